@@ -1,0 +1,257 @@
+//! Sealing secrets at rest with AES-256-GCM under the master key (DESIGN.md §4).
+//!
+//! A sealed value is `v1.<key id>.<base64url(nonce ‖ ciphertext ‖ tag)>`. The key id names the
+//! master key that sealed it, so a later master-key rotation can hold old and new keys side by
+//! side and re-seal lazily. The AAD binds each ciphertext to its table, column and row: a sealed
+//! value copied into another row or column does not open.
+
+use std::fmt;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use hkdf::Hkdf;
+use rand::RngCore;
+use sha2::Sha256;
+
+const FORMAT_VERSION: &str = "v1";
+const NONCE_LEN: usize = 12;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SealError {
+    #[error("the master key must be 32 bytes of base64 ({0})")]
+    BadMasterKey(String),
+    #[error("sealed value is malformed")]
+    Malformed,
+    #[error("sealed value was made under another master key (key id {0})")]
+    UnknownKey(String),
+    #[error("sealed value does not open: wrong key, wrong row binding, or tampered")]
+    Unauthentic,
+}
+
+/// The 32-byte root secret. Everything Ward keeps sealed, or keys with HMAC, derives from it.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+impl MasterKey {
+    pub fn from_base64(text: &str) -> Result<Self, SealError> {
+        let bytes = STANDARD
+            .decode(text.trim())
+            .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim()))
+            .map_err(|e| SealError::BadMasterKey(e.to_string()))?;
+        let array: [u8; 32] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| SealError::BadMasterKey(format!("got {} bytes", b.len())))?;
+        Ok(Self(array))
+    }
+
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+
+    /// A purpose-bound subkey (HKDF-SHA-256), so no two uses share key material.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let hk = Hkdf::<Sha256>::new(Some(b"ward"), &self.0);
+        let mut out = [0u8; 32];
+        // 32 bytes is far below HKDF's 255*32 limit, so expand cannot fail.
+        if hk.expand(purpose.as_bytes(), &mut out).is_err() {
+            out = [0u8; 32];
+        }
+        out
+    }
+
+    /// A short public fingerprint naming this key in sealed values.
+    fn key_id(&self) -> String {
+        let id = self.derive("ward/master-key-id/v1");
+        URL_SAFE_NO_PAD.encode(&id[..6])
+    }
+}
+
+/// Where a sealed value lives; the binding is authenticated as AAD.
+#[derive(Debug, Clone, Copy)]
+pub struct Aad<'a> {
+    pub table: &'a str,
+    pub column: &'a str,
+    pub row: &'a str,
+}
+
+impl Aad<'_> {
+    fn bytes(&self) -> Vec<u8> {
+        format!(
+            "ward/{FORMAT_VERSION}/{}/{}/{}",
+            self.table, self.column, self.row
+        )
+        .into_bytes()
+    }
+}
+
+/// Seals and opens values under the master key.
+#[derive(Clone)]
+pub struct Sealer {
+    key_id: String,
+    cipher: Aes256Gcm,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer").field("key_id", &self.key_id).finish()
+    }
+}
+
+impl Sealer {
+    pub fn new(master: &MasterKey) -> Self {
+        let key = master.derive("ward/seal/aes-256-gcm/v1");
+        Self {
+            key_id: master.key_id(),
+            cipher: Aes256Gcm::new(&key.into()),
+        }
+    }
+
+    pub fn seal(&self, aad: Aad<'_>, plaintext: &[u8]) -> Result<String, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let aad = aad.bytes();
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SealError::Unauthentic)?;
+        let mut blob = nonce.to_vec();
+        blob.extend_from_slice(&ciphertext);
+        Ok(format!(
+            "{FORMAT_VERSION}.{}.{}",
+            self.key_id,
+            URL_SAFE_NO_PAD.encode(blob)
+        ))
+    }
+
+    pub fn open(&self, aad: Aad<'_>, sealed: &str) -> Result<Vec<u8>, SealError> {
+        let mut parts = sealed.splitn(3, '.');
+        let (Some(version), Some(key_id), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(SealError::Malformed);
+        };
+        if version != FORMAT_VERSION {
+            return Err(SealError::Malformed);
+        }
+        if key_id != self.key_id {
+            return Err(SealError::UnknownKey(key_id.to_owned()));
+        }
+        let blob = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| SealError::Malformed)?;
+        if blob.len() < NONCE_LEN + 16 {
+            return Err(SealError::Malformed);
+        }
+        let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
+        let aad = aad.bytes();
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SealError::Unauthentic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROW: Aad<'static> = Aad {
+        table: "signing_keys",
+        column: "private_jwk",
+        row: "kid-1",
+    };
+
+    #[test]
+    fn seal_then_open_round_trips() {
+        let sealer = Sealer::new(&MasterKey::generate());
+        let sealed = sealer.seal(ROW, b"top secret").expect("seals");
+        assert!(sealed.starts_with("v1."));
+        assert!(!sealed.contains("top secret"));
+        assert_eq!(sealer.open(ROW, &sealed).expect("opens"), b"top secret");
+    }
+
+    #[test]
+    fn same_plaintext_seals_differently_each_time() {
+        let sealer = Sealer::new(&MasterKey::generate());
+        assert_ne!(sealer.seal(ROW, b"x").ok(), sealer.seal(ROW, b"x").ok());
+    }
+
+    #[test]
+    fn rejects_tampered_ciphertext() {
+        let sealer = Sealer::new(&MasterKey::generate());
+        let sealed = sealer.seal(ROW, b"top secret").expect("seals");
+        let (head, body) = sealed.rsplit_once('.').expect("has body");
+        let mut bytes = URL_SAFE_NO_PAD.decode(body).expect("b64");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let tampered = format!("{head}.{}", URL_SAFE_NO_PAD.encode(bytes));
+        assert_eq!(sealer.open(ROW, &tampered), Err(SealError::Unauthentic));
+    }
+
+    #[test]
+    fn rejects_wrong_row_binding() {
+        let sealer = Sealer::new(&MasterKey::generate());
+        let sealed = sealer.seal(ROW, b"top secret").expect("seals");
+        let other_row = Aad { row: "kid-2", ..ROW };
+        let other_column = Aad { column: "public_jwk", ..ROW };
+        assert_eq!(sealer.open(other_row, &sealed), Err(SealError::Unauthentic));
+        assert_eq!(sealer.open(other_column, &sealed), Err(SealError::Unauthentic));
+    }
+
+    #[test]
+    fn rejects_wrong_master_key() {
+        let sealed = Sealer::new(&MasterKey::generate())
+            .seal(ROW, b"top secret")
+            .expect("seals");
+        let other = Sealer::new(&MasterKey::generate());
+        assert!(matches!(other.open(ROW, &sealed), Err(SealError::UnknownKey(_))));
+        // Even if the key id is forged to match, authentication still fails.
+        let forged = sealed.replacen(
+            sealed.split('.').nth(1).expect("key id"),
+            &other.key_id,
+            1,
+        );
+        assert_eq!(other.open(ROW, &forged), Err(SealError::Unauthentic));
+    }
+
+    #[test]
+    fn rejects_malformed_values() {
+        let sealer = Sealer::new(&MasterKey::generate());
+        for bad in ["", "v1", "v1.x", "v2.abc.def", "v1.abc.!!!", "v1.abc.AAAA"] {
+            assert!(sealer.open(ROW, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn master_key_parses_only_32_bytes() {
+        let key = MasterKey::generate();
+        assert!(MasterKey::from_base64(&key.to_base64()).is_ok());
+        assert!(MasterKey::from_base64("c2hvcnQ=").is_err());
+        assert!(MasterKey::from_base64("not base64 at all!").is_err());
+        assert!(!format!("{key:?}").contains(&key.to_base64()));
+    }
+}

@@ -1,0 +1,177 @@
+//! The in-memory key ring every node keeps: opened signing keys and the pre-serialised JWKS,
+//! reloaded from the database every few seconds so rotations reach every node.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use josekit::jwk::Jwk;
+use josekit::jws::{JwsSigner, ES256, RS256};
+use serde_json::json;
+
+use super::{private_aad, schedule, KeyAlg, KeyError, KeyMeta, KeyState, KeyTiming};
+use crate::crypto::sha256_b64;
+use crate::crypto::seal::Sealer;
+use crate::store::signing_keys::{self, SigningKeyRow};
+use crate::store::DbConnection;
+
+/// A key that may sign now.
+#[derive(Clone, Debug)]
+pub struct Signer {
+    pub kid: String,
+    pub alg: KeyAlg,
+    pub inner: Arc<dyn JwsSigner>,
+}
+
+/// The published key set, serialised once per reload; `/jwks` serves these bytes.
+#[derive(Debug, Clone)]
+pub struct JwksDocument {
+    pub body: String,
+    pub etag: String,
+}
+
+#[derive(Debug)]
+struct LoadedKey {
+    meta: KeyMeta,
+    alg: KeyAlg,
+    public: serde_json::Value,
+    signer: Arc<dyn JwsSigner>,
+}
+
+#[derive(Debug)]
+struct Snapshot {
+    keys: Vec<Arc<LoadedKey>>,
+    jwks: Arc<JwksDocument>,
+}
+
+#[derive(Debug)]
+pub struct KeyRing {
+    sealer: Sealer,
+    timing: KeyTiming,
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl KeyRing {
+    pub fn load(
+        conn: &mut DbConnection,
+        sealer: Sealer,
+        timing: KeyTiming,
+        now: i64,
+    ) -> Result<Self, KeyError> {
+        let ring = Self {
+            sealer,
+            timing,
+            current: RwLock::new(Arc::new(Snapshot {
+                keys: Vec::new(),
+                jwks: Arc::new(JwksDocument {
+                    body: String::new(),
+                    etag: String::new(),
+                }),
+            })),
+        };
+        ring.reload(conn, now)?;
+        Ok(ring)
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Reads the key rows again; only keys not already open are unsealed.
+    pub fn reload(&self, conn: &mut DbConnection, now: i64) -> Result<(), KeyError> {
+        let rows = signing_keys::all(conn)?;
+        self.install(rows, now)
+    }
+
+    fn install(&self, rows: Vec<SigningKeyRow>, now: i64) -> Result<(), KeyError> {
+        let previous = self.snapshot();
+        let known: HashMap<&str, &Arc<LoadedKey>> = previous
+            .keys
+            .iter()
+            .map(|k| (k.meta.kid.as_str(), k))
+            .collect();
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match known.get(row.kid.as_str()) {
+                Some(loaded) => keys.push(Arc::clone(loaded)),
+                None => keys.push(Arc::new(self.open(row)?)),
+            }
+        }
+        let jwks = Arc::new(self.publish(&keys, now));
+        let next = Arc::new(Snapshot { keys, jwks });
+        match self.current.write() {
+            Ok(mut guard) => *guard = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        Ok(())
+    }
+
+    fn open(&self, row: &SigningKeyRow) -> Result<LoadedKey, KeyError> {
+        let alg = KeyAlg::parse(&row.alg)
+            .ok_or_else(|| KeyError::Crypto(format!("unknown key algorithm {}", row.alg)))?;
+        let private = self
+            .sealer
+            .open(private_aad(&row.kid), &row.private_jwk_sealed)?;
+        let jwk = Jwk::from_bytes(&private)?;
+        let signer: Arc<dyn JwsSigner> = match alg {
+            KeyAlg::Es256 => Arc::new(ES256.signer_from_jwk(&jwk)?),
+            KeyAlg::Rs256 => Arc::new(RS256.signer_from_jwk(&jwk)?),
+        };
+        let public: serde_json::Value = serde_json::from_str(&row.public_jwk)
+            .map_err(|e| KeyError::Crypto(format!("public JWK of {}: {e}", row.kid)))?;
+        Ok(LoadedKey {
+            meta: KeyMeta::from(row),
+            alg,
+            public,
+            signer,
+        })
+    }
+
+    fn publish(&self, keys: &[Arc<LoadedKey>], now: i64) -> JwksDocument {
+        let metas: Vec<KeyMeta> = keys.iter().map(|k| k.meta.clone()).collect();
+        let statuses = schedule(&metas, now, self.timing.max_token_lifetime_seconds);
+        let published: Vec<&serde_json::Value> = keys
+            .iter()
+            .filter(|k| {
+                statuses
+                    .iter()
+                    .any(|s| s.kid == k.meta.kid && s.published())
+            })
+            .map(|k| &k.public)
+            .collect();
+        let body = json!({ "keys": published }).to_string();
+        let etag = format!("\"{}\"", sha256_b64(body.as_bytes()));
+        JwksDocument { body, etag }
+    }
+
+    /// The key that signs for `alg` at `now` (decided on each call, so activation is on time
+    /// even between reloads).
+    pub fn signer(&self, alg: KeyAlg, now: i64) -> Result<Signer, KeyError> {
+        let snapshot = self.snapshot();
+        let metas: Vec<KeyMeta> = snapshot.keys.iter().map(|k| k.meta.clone()).collect();
+        let active = schedule(&metas, now, self.timing.max_token_lifetime_seconds)
+            .into_iter()
+            .find(|s| s.state == KeyState::Active && s.alg == alg.as_str())
+            .ok_or(KeyError::NoActiveKey(alg.as_str()))?;
+        snapshot
+            .keys
+            .iter()
+            .find(|k| k.meta.kid == active.kid && k.alg == alg)
+            .map(|k| Signer {
+                kid: k.meta.kid.clone(),
+                alg,
+                inner: Arc::clone(&k.signer),
+            })
+            .ok_or(KeyError::NoActiveKey(alg.as_str()))
+    }
+
+    pub fn jwks(&self) -> Arc<JwksDocument> {
+        Arc::clone(&self.snapshot().jwks)
+    }
+
+    pub fn timing(&self) -> KeyTiming {
+        self.timing
+    }
+}

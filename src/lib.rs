@@ -1,0 +1,20 @@
+//! Ward: a SMART on FHIR authorization server. See README.md for what it does and DESIGN.md
+//! (the team's shared design) for how it is built.
+//!
+//! Layers, importing downward only: `http` → services → core rules → `store` / `crypto`.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod server;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

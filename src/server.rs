@@ -1,0 +1,107 @@
+//! Binding and running the HTTP server: rustls with TLS 1.2 and 1.3 only when a certificate is
+//! configured (DESIGN.md §10), plain HTTP otherwise (config validation has already refused
+//! plain HTTP on a non-loopback address without a declared TLS proxy).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer};
+
+use crate::app::{configure, AppState};
+use crate::http::middleware::observe;
+use crate::startup::StartError;
+
+pub struct RunningServer {
+    pub server: actix_web::dev::Server,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Binds the listener and starts the background key-ring refresh. Call inside an actix system.
+pub fn start(state: AppState) -> Result<RunningServer, StartError> {
+    let settings = Arc::clone(&state.settings);
+    let listen = settings.listen_addr()?;
+    let app_state = state.clone();
+    let mut http = HttpServer::new(move || {
+        App::new()
+            .wrap(from_fn(observe))
+            .configure(configure(app_state.clone()))
+    })
+    .shutdown_timeout(5);
+    if settings.server.workers > 0 {
+        http = http.workers(settings.server.workers);
+    }
+    let http = match (&settings.tls.cert, &settings.tls.key) {
+        (Some(cert), Some(key)) => http
+            .bind_rustls_0_23(listen, tls_config(cert, key)?)
+            .map_err(|e| StartError::Server(format!("cannot listen on {listen}: {e}")))?,
+        _ => http
+            .bind(listen)
+            .map_err(|e| StartError::Server(format!("cannot listen on {listen}: {e}")))?,
+    };
+    let addrs = http.addrs();
+    spawn_key_refresh(state);
+    Ok(RunningServer {
+        server: http.run(),
+        addrs,
+    })
+}
+
+/// Every node reloads the signing keys on a short period, so a rotation made anywhere (CLI or
+/// another node) is published and used everywhere well before it may sign.
+fn spawn_key_refresh(state: AppState) {
+    let period = Duration::from_secs(state.settings.keys.refresh_seconds);
+    actix_web::rt::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let keys = Arc::clone(&state.keys);
+            let now = state.clock.now_secs();
+            let result = state
+                .db
+                .run(move |conn| keys.reload(conn, now))
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "signing key reload failed; keeping the keys already loaded");
+            }
+        }
+    });
+}
+
+/// A rustls server configuration offering TLS 1.2 and 1.3 only.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, StartError> {
+    let fail = |what: String| StartError::Server(what);
+    let mut cert_reader = BufReader::new(
+        File::open(cert).map_err(|e| fail(format!("tls.cert {}: {e}", cert.display())))?,
+    );
+    let certs = rustls_pemfile::certs(&mut cert_reader)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(format!("tls.cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(fail(format!(
+            "tls.cert {}: no PEM certificate found",
+            cert.display()
+        )));
+    }
+    let mut key_reader = BufReader::new(
+        File::open(key).map_err(|e| fail(format!("tls.key {}: {e}", key.display())))?,
+    );
+    let private_key = rustls_pemfile::private_key(&mut key_reader)
+        .map_err(|e| fail(format!("tls.key {}: {e}", key.display())))?
+        .ok_or_else(|| fail(format!("tls.key {}: no PEM private key found", key.display())))?;
+    // ring rather than aws-lc-rs keeps the build free of a C toolchain dependency beyond cc;
+    // the cost is no post-quantum hybrid key exchange (a TLS-terminating proxy can add it).
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| fail(format!("TLS setup: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, private_key)
+        .map_err(|e| fail(format!("tls.cert/tls.key do not form a usable pair: {e}")))
+}

@@ -1,0 +1,276 @@
+//! Storage: one diesel schema over SQLite (embedded, default) and PostgreSQL (production and
+//! several nodes), chosen from the URL scheme (DESIGN.md §4).
+//!
+//! Every protocol step runs as one closure over one connection inside one transaction, on a
+//! blocking thread (`Db::run`), never on the async executor. SQLite write transactions begin
+//! `IMMEDIATE` so concurrent writers queue on the busy timeout instead of failing with
+//! "database is locked" halfway through.
+
+pub mod audit_events;
+pub mod migrate;
+pub mod schema;
+pub mod signing_keys;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+
+use crate::config::DatabaseTarget;
+
+/// One connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl DbConnection {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection could be had in time: the database is down or overloaded (→ 503).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the failure is the database being unreachable, rather than a bug.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Query(diesel::result::Error::DatabaseError(kind, info)) => {
+                matches!(kind, diesel::result::DatabaseErrorKind::ClosedConnection)
+                    || info.message().contains("database is locked")
+                    || info.message().contains("terminating connection")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Opens connections of the configured backend, with SQLite's PRAGMAs on every connection.
+#[derive(Debug)]
+pub struct ConnectionManager {
+    target: DatabaseTarget,
+}
+
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
+     PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;";
+
+impl ConnectionManager {
+    pub fn new(target: DatabaseTarget) -> Self {
+        Self { target }
+    }
+
+    pub fn establish(&self) -> Result<DbConnection, diesel::ConnectionError> {
+        match &self.target {
+            DatabaseTarget::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(&sqlite_path(path))?;
+                conn.batch_execute(SQLITE_PRAGMAS)
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+            DatabaseTarget::Postgres(url) => Ok(DbConnection::Postgres(PgConnection::establish(
+                &with_connect_timeout(url),
+            )?)),
+        }
+    }
+}
+
+fn sqlite_path(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// libpq waits for the OS TCP timeout by default; a dead database must fail fast instead.
+fn with_connect_timeout(url: &str) -> String {
+    if url.contains("connect_timeout=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&connect_timeout=3")
+    } else {
+        format!("{url}?connect_timeout=3")
+    }
+}
+
+impl r2d2::ManageConnection for ConnectionManager {
+    type Connection = DbConnection;
+    type Error = diesel::ConnectionError;
+
+    fn connect(&self) -> Result<DbConnection, Self::Error> {
+        self.establish()
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
+        conn.batch_execute("SELECT 1")
+            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
+        false
+    }
+}
+
+/// A pool of connections to the configured database.
+#[derive(Clone)]
+pub struct Db {
+    pool: r2d2::Pool<ConnectionManager>,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("backend", &self.backend).finish()
+    }
+}
+
+impl Db {
+    /// Opens the pool lazily: the first connection is made on first use, so a node whose
+    /// database is briefly down still starts serving `/healthz` and answers 503 elsewhere.
+    pub fn open(
+        target: &DatabaseTarget,
+        pool_size: u32,
+        connect_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        if let DatabaseTarget::Sqlite(path) = target {
+            create_parent_dir(path)?;
+        }
+        let backend = match target {
+            DatabaseTarget::Sqlite(_) => Backend::Sqlite,
+            DatabaseTarget::Postgres(_) => Backend::Postgres,
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size)
+            .min_idle(Some(0))
+            .connection_timeout(connect_timeout)
+            .test_on_check_out(true)
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(ConnectionManager::new(target.clone()));
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A connection for synchronous callers (the CLI, startup).
+    pub fn conn(&self) -> Result<r2d2::PooledConnection<ConnectionManager>, StoreError> {
+        self.pool
+            .get()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Run blocking database work off the async executor.
+    pub async fn run<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| E::from(StoreError::Unavailable(e.to_string())))?;
+            work(&mut conn)
+        })
+        .await;
+        match joined {
+            Ok(result) => result,
+            Err(e) => Err(E::from(StoreError::Unavailable(format!(
+                "database task failed: {e}"
+            )))),
+        }
+    }
+}
+
+fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
+    let parent: PathBuf = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    if parent.as_os_str().is_empty() || parent.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&parent).map_err(|e| {
+        StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+    })
+}
+
+/// Run `work` in one write transaction: all of it commits, or none of it does.
+///
+/// On SQLite the transaction starts `BEGIN IMMEDIATE`, taking the write lock up front, so two
+/// writers never both read and then fail to upgrade their lock.
+pub fn write_transaction<T, E, F>(conn: &mut DbConnection, work: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+    E: From<StoreError>,
+{
+    let begun = match conn {
+        DbConnection::Sqlite(inner) => {
+            AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")
+        }
+        DbConnection::Postgres(_) => {
+            <DbConnection as Connection>::TransactionManager::begin_transaction(conn)
+        }
+    };
+    begun.map_err(|e| E::from(StoreError::from(e)))?;
+    match work(conn) {
+        Ok(value) => {
+            <DbConnection as Connection>::TransactionManager::commit_transaction(conn)
+                .map_err(|e| E::from(StoreError::from(e)))?;
+            Ok(value)
+        }
+        Err(err) => {
+            // The work's error is the one worth reporting; a failed rollback leaves the
+            // connection broken and r2d2's check-out test discards it.
+            let _ = <DbConnection as Connection>::TransactionManager::rollback_transaction(conn);
+            Err(err)
+        }
+    }
+}
+
+/// Serialise a critical section across every node sharing the database (PostgreSQL advisory
+/// transaction lock, released at commit); on SQLite the `IMMEDIATE` write lock already does.
+pub fn lock_for_transaction(conn: &mut DbConnection, lock: AdvisoryLock) -> Result<(), StoreError> {
+    if let DbConnection::Postgres(pg) = conn {
+        pg.batch_execute(&format!("SELECT pg_advisory_xact_lock({})", lock as i64))?;
+    }
+    Ok(())
+}
+
+/// Advisory lock ids, one per critical section.
+#[derive(Debug, Clone, Copy)]
+#[repr(i64)]
+pub enum AdvisoryLock {
+    Migrations = 0x5741_5244_0001,
+    SigningKeys = 0x5741_5244_0002,
+}
