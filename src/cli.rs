@@ -16,7 +16,11 @@ use crate::keys::{self, KeyAlg, KeyState};
 use crate::startup::{self, MasterKeySource, StartError};
 
 #[derive(Debug, Parser)]
-#[command(name = "ward", version, about = "Ward: a SMART on FHIR authorization server")]
+#[command(
+    name = "ward",
+    version,
+    about = "Ward: a SMART on FHIR authorization server"
+)]
 pub struct Cli {
     /// Configuration file (ward.toml). Env: WARD_CONFIG.
     #[arg(long, global = true, value_name = "FILE")]
@@ -159,7 +163,10 @@ fn run(cli: Cli) -> Result<(), StartError> {
 fn serve(settings: Settings, clock: SharedClock) -> Result<(), StartError> {
     crate::telemetry::init(&settings);
     for switch in settings.danger_switches() {
-        tracing::warn!(setting = switch, "DANGER: an insecure development switch is on; never use it in production");
+        tracing::warn!(
+            setting = switch,
+            "DANGER: an insecure development switch is on; never use it in production"
+        );
     }
     let prepared = startup::prepare(settings, clock)?;
     if !prepared.migrations.is_empty() {

@@ -49,7 +49,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -139,23 +139,6 @@ pub struct MetricsSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct DangerSettings {
     pub allow_http_public_url: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            server: ServerSettings::default(),
-            database: DatabaseSettings::default(),
-            tls: TlsSettings::default(),
-            keys: KeySettings::default(),
-            tokens: TokenSettings::default(),
-            fhir: FhirSettings::default(),
-            log: LogSettings::default(),
-            metrics: MetricsSettings::default(),
-            danger: DangerSettings::default(),
-            master_key: None,
-        }
-    }
 }
 
 impl Default for ServerSettings {
@@ -261,7 +244,10 @@ pub const SETTINGS: &[SettingDoc] = &[
 
 /// Name a setting the way an operator meets it: `server.listen (WARD_LISTEN, --listen)`.
 pub fn setting_name(section: &str, key: &str) -> String {
-    match SETTINGS.iter().find(|s| s.section == section && s.key == key) {
+    match SETTINGS
+        .iter()
+        .find(|s| s.section == section && s.key == key)
+    {
         Some(doc) => match doc.flag {
             Some(flag) => format!("{section}.{key} ({}, {flag})", doc.env),
             None => format!("{section}.{key} ({})", doc.env),
@@ -504,7 +490,9 @@ impl Settings {
                     )));
                 }
                 if url.query().is_some() || url.fragment().is_some() {
-                    return Err(problem(format!("`{raw}` must not have a query or fragment")));
+                    return Err(problem(format!(
+                        "`{raw}` must not have a query or fragment"
+                    )));
                 }
                 Ok(url)
             })
@@ -595,12 +583,8 @@ fn read_config_file(path: &Path) -> Result<toml::Table, ConfigError> {
             format!("cannot read `{}`: {e}", path.display()),
         )
     })?;
-    text.parse::<toml::Table>().map_err(|e| {
-        ConfigError::new(
-            format!("config file `{}`", path.display()),
-            e.to_string(),
-        )
-    })
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::new(format!("config file `{}`", path.display()), e.to_string()))
 }
 
 /// Put one env-style `name=value` into the TOML table at its section and key.
@@ -683,12 +667,16 @@ pub fn reference_markdown() -> String {
             s.section,
             s.key,
             s.env,
-            s.flag.map(|f| format!("`{f}`")).unwrap_or_else(|| "—".into()),
+            s.flag
+                .map(|f| format!("`{f}`"))
+                .unwrap_or_else(|| "—".into()),
             s.default,
             s.doc
         ));
     }
-    out.push_str("| — | `WARD_MASTER_KEY` | — | — | The master key itself (base64, 32 bytes). Env only. |\n");
+    out.push_str(
+        "| — | `WARD_MASTER_KEY` | — | — | The master key itself (base64, 32 bytes). Env only. |\n",
+    );
     out.push_str("| — | `WARD_CONFIG` | `--config` | none | Path of `ward.toml`. |\n");
     out
 }
@@ -723,7 +711,10 @@ mod tests {
     fn env_overrides_and_parses_types() {
         let s = load(&[
             ("WARD_LISTEN", "127.0.0.1:9999"),
-            ("WARD_FHIR_BASE", "https://ehr.example/fhir, https://lab.example/r4"),
+            (
+                "WARD_FHIR_BASE",
+                "https://ehr.example/fhir, https://lab.example/r4",
+            ),
             ("WARD_METRICS_OPEN", "true"),
             ("WARD_DATABASE_POOL_SIZE", "3"),
         ])
@@ -759,10 +750,22 @@ mod tests {
             (&[("WARD_LISTEN", "0.0.0.0:8080")], "server.listen"),
             (&[("WARD_DATABASE_URL", "mysql://x")], "database.url"),
             (&[("WARD_CLUSTER", "true")], "server.cluster"),
-            (&[("WARD_PUBLIC_URL", "http://ward.example")], "server.public_url"),
-            (&[("WARD_PUBLIC_URL", "https://ward.example/?x=1")], "server.public_url"),
-            (&[("WARD_FHIR_BASE", "http://ehr.example/fhir")], "fhir.base"),
-            (&[("WARD_TRUSTED_PROXIES", "not-an-ip")], "server.trusted_proxies"),
+            (
+                &[("WARD_PUBLIC_URL", "http://ward.example")],
+                "server.public_url",
+            ),
+            (
+                &[("WARD_PUBLIC_URL", "https://ward.example/?x=1")],
+                "server.public_url",
+            ),
+            (
+                &[("WARD_FHIR_BASE", "http://ehr.example/fhir")],
+                "fhir.base",
+            ),
+            (
+                &[("WARD_TRUSTED_PROXIES", "not-an-ip")],
+                "server.trusted_proxies",
+            ),
             (&[("WARD_TLS_CERT", "/nonexistent.pem")], "tls.key"),
             (&[("WARD_MAX_BODY_BYTES", "-5")], "server.max_body_bytes"),
             (&[("WARD_MAX_BODY_BYTES", "10")], "server.max_body_bytes"),
@@ -801,7 +804,11 @@ mod tests {
         .expect_err("typo refused");
         assert!(err.to_string().contains("lisen"), "{err}");
 
-        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:7\"\n[fhir]\nbase = [\"https://x.example/fhir\"]\n").expect("write");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:7\"\n[fhir]\nbase = [\"https://x.example/fhir\"]\n",
+        )
+        .expect("write");
         let s = Settings::load(&Sources {
             config_file: Some(path),
             ..Sources::default()
@@ -821,11 +828,41 @@ mod tests {
         for s in SETTINGS {
             assert!(s.env.starts_with("WARD_"), "{}", s.env);
             if let Some(flag) = s.flag {
-                let derived = format!("WARD_{}", flag.trim_start_matches("--").replace('-', "_").to_uppercase());
+                let derived = format!(
+                    "WARD_{}",
+                    flag.trim_start_matches("--")
+                        .replace('-', "_")
+                        .to_uppercase()
+                );
                 // --trusted-proxy is repeatable; its env name is the plural list.
                 if flag != "--trusted-proxy" {
                     assert_eq!(derived, s.env);
                 }
+            }
+        }
+    }
+
+    /// The README's configuration table is generated from `SETTINGS`; run with
+    /// `WARD_UPDATE_README=1` to regenerate it after changing a setting.
+    #[test]
+    fn readme_configuration_reference_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        let (start, end) = (
+            "<!-- config-reference:start -->\n",
+            "<!-- config-reference:end -->",
+        );
+        let (Some(a), Some(b)) = (readme.find(start), readme.find(end)) else {
+            panic!("README.md lacks the config-reference markers");
+        };
+        let current = &readme[a + start.len()..b];
+        let expected = reference_markdown();
+        if current != expected {
+            if std::env::var("WARD_UPDATE_README").is_ok() {
+                let updated = format!("{}{}{}", &readme[..a + start.len()], expected, &readme[b..]);
+                std::fs::write(path, updated).expect("write README.md");
+            } else {
+                panic!("README.md configuration reference is stale; rerun this test with WARD_UPDATE_README=1");
             }
         }
     }

@@ -21,10 +21,24 @@ pub struct RunningServer {
     pub addrs: Vec<SocketAddr>,
 }
 
-/// Binds the listener and starts the background key-ring refresh. Call inside an actix system.
+/// Binds the configured address and starts serving. Call inside an actix system.
 pub fn start(state: AppState) -> Result<RunningServer, StartError> {
+    let listen = state.settings.listen_addr()?;
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| StartError::Server(format!("cannot listen on {listen}: {e}")))?;
+    start_on(state, listener)
+}
+
+/// Serves on an already-bound listener (tests bind port 0 first to learn the issuer URL) and
+/// starts the background key-ring refresh. Call inside an actix system.
+pub fn start_on(
+    state: AppState,
+    listener: std::net::TcpListener,
+) -> Result<RunningServer, StartError> {
     let settings = Arc::clone(&state.settings);
-    let listen = settings.listen_addr()?;
+    let listen = listener
+        .local_addr()
+        .map_err(|e| StartError::Server(e.to_string()))?;
     let app_state = state.clone();
     let mut http = HttpServer::new(move || {
         App::new()
@@ -37,10 +51,10 @@ pub fn start(state: AppState) -> Result<RunningServer, StartError> {
     }
     let http = match (&settings.tls.cert, &settings.tls.key) {
         (Some(cert), Some(key)) => http
-            .bind_rustls_0_23(listen, tls_config(cert, key)?)
+            .listen_rustls_0_23(listener, tls_config(cert, key)?)
             .map_err(|e| StartError::Server(format!("cannot listen on {listen}: {e}")))?,
         _ => http
-            .bind(listen)
+            .listen(listener)
             .map_err(|e| StartError::Server(format!("cannot listen on {listen}: {e}")))?,
     };
     let addrs = http.addrs();
@@ -62,10 +76,7 @@ fn spawn_key_refresh(state: AppState) {
             ticker.tick().await;
             let keys = Arc::clone(&state.keys);
             let now = state.clock.now_secs();
-            let result = state
-                .db
-                .run(move |conn| keys.reload(conn, now))
-                .await;
+            let result = state.db.run(move |conn| keys.reload(conn, now)).await;
             if let Err(e) = result {
                 tracing::warn!(error = %e, "signing key reload failed; keeping the keys already loaded");
             }
@@ -93,7 +104,12 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Start
     );
     let private_key = rustls_pemfile::private_key(&mut key_reader)
         .map_err(|e| fail(format!("tls.key {}: {e}", key.display())))?
-        .ok_or_else(|| fail(format!("tls.key {}: no PEM private key found", key.display())))?;
+        .ok_or_else(|| {
+            fail(format!(
+                "tls.key {}: no PEM private key found",
+                key.display()
+            ))
+        })?;
     // ring rather than aws-lc-rs keeps the build free of a C toolchain dependency beyond cc;
     // the cost is no post-quantum hybrid key exchange (a TLS-terminating proxy can add it).
     #[allow(deprecated)]

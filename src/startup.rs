@@ -49,7 +49,11 @@ pub fn open_db(settings: &Settings) -> Result<Db, StartError> {
 }
 
 /// Applies pending migrations and records them in the audit trail.
-pub fn migrate(db: &Db, clock: &SharedClock, ctx: &AuditContext) -> Result<Vec<String>, StartError> {
+pub fn migrate(
+    db: &Db,
+    clock: &SharedClock,
+    ctx: &AuditContext,
+) -> Result<Vec<String>, StartError> {
     let mut conn = db.conn()?;
     let applied = migrate::run_pending(&mut conn)?;
     if !applied.is_empty() {
@@ -117,7 +121,10 @@ pub fn default_key_path(db_path: &Path) -> PathBuf {
 
 fn read_key_file(path: &Path) -> Result<MasterKey, StartError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        StartError::MasterKey(format!("cannot read master key file {}: {e}", path.display()))
+        StartError::MasterKey(format!(
+            "cannot read master key file {}: {e}",
+            path.display()
+        ))
     })?;
     MasterKey::from_base64(&text)
         .map_err(|e| StartError::MasterKey(format!("master key file {}: {e}", path.display())))
@@ -125,7 +132,10 @@ fn read_key_file(path: &Path) -> Result<MasterKey, StartError> {
 
 fn write_new_key_file(path: &Path, key: &MasterKey) -> Result<(), StartError> {
     let fail = |e: std::io::Error| {
-        StartError::MasterKey(format!("cannot create master key file {}: {e}", path.display()))
+        StartError::MasterKey(format!(
+            "cannot create master key file {}: {e}",
+            path.display()
+        ))
     };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

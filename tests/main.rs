@@ -1,1 +1,9 @@
+//! Ward's one integration-test binary (STYLE.md habit 8): real servers on free ports, real
+//! SQLite files and real PostgreSQL databases, real HTTP.
 
+mod common;
+
+mod keys;
+mod ops;
+mod process;
+mod tls;

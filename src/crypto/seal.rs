@@ -107,7 +107,9 @@ pub struct Sealer {
 
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sealer").field("key_id", &self.key_id).finish()
+        f.debug_struct("Sealer")
+            .field("key_id", &self.key_id)
+            .finish()
     }
 }
 
@@ -216,10 +218,19 @@ mod tests {
     fn rejects_wrong_row_binding() {
         let sealer = Sealer::new(&MasterKey::generate());
         let sealed = sealer.seal(ROW, b"top secret").expect("seals");
-        let other_row = Aad { row: "kid-2", ..ROW };
-        let other_column = Aad { column: "public_jwk", ..ROW };
+        let other_row = Aad {
+            row: "kid-2",
+            ..ROW
+        };
+        let other_column = Aad {
+            column: "public_jwk",
+            ..ROW
+        };
         assert_eq!(sealer.open(other_row, &sealed), Err(SealError::Unauthentic));
-        assert_eq!(sealer.open(other_column, &sealed), Err(SealError::Unauthentic));
+        assert_eq!(
+            sealer.open(other_column, &sealed),
+            Err(SealError::Unauthentic)
+        );
     }
 
     #[test]
@@ -228,13 +239,12 @@ mod tests {
             .seal(ROW, b"top secret")
             .expect("seals");
         let other = Sealer::new(&MasterKey::generate());
-        assert!(matches!(other.open(ROW, &sealed), Err(SealError::UnknownKey(_))));
+        assert!(matches!(
+            other.open(ROW, &sealed),
+            Err(SealError::UnknownKey(_))
+        ));
         // Even if the key id is forged to match, authentication still fails.
-        let forged = sealed.replacen(
-            sealed.split('.').nth(1).expect("key id"),
-            &other.key_id,
-            1,
-        );
+        let forged = sealed.replacen(sealed.split('.').nth(1).expect("key id"), &other.key_id, 1);
         assert_eq!(other.open(ROW, &forged), Err(SealError::Unauthentic));
     }
 

@@ -1,8 +1,8 @@
 //! The HTTP edge: every URL Ward answers is listed in [`routes`]. Handlers are thin: extract,
 //! call a service, map the result.
 
-pub mod middleware;
 pub mod metrics;
+pub mod middleware;
 mod ops;
 
 use actix_web::web;

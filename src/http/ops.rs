@@ -21,10 +21,9 @@ pub async fn healthz_get() -> HttpResponse {
 
 /// The node can serve: its database answers. 503 otherwise, so a load balancer routes away.
 pub async fn readyz_get(state: web::Data<AppState>) -> HttpResponse {
-    let probe = state.db.run(|conn| {
-        conn.batch_execute("SELECT 1")
-            .map_err(StoreError::from)
-    });
+    let probe = state
+        .db
+        .run(|conn| conn.batch_execute("SELECT 1").map_err(StoreError::from));
     let ready = matches!(
         tokio::time::timeout(Duration::from_secs(3), probe).await,
         Ok(Ok(()))
@@ -58,10 +57,7 @@ pub async fn metrics_get(
 /// The published signing keys, pre-serialised at each key-ring reload, with an ETag.
 pub async fn jwks_get(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let jwks = state.keys.jwks();
-    let cache = format!(
-        "public, max-age={}",
-        state.keys.timing().jwks_cache_seconds
-    );
+    let cache = format!("public, max-age={}", state.keys.timing().jwks_cache_seconds);
     let matches = req
         .headers()
         .get(header::IF_NONE_MATCH)

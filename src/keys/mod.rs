@@ -22,7 +22,9 @@ use crate::clock::Clock;
 use crate::crypto::random_token;
 use crate::crypto::seal::{Aad, SealError, Sealer};
 use crate::store::signing_keys::{self, SigningKeyRow};
-use crate::store::{lock_for_transaction, write_transaction, AdvisoryLock, DbConnection, StoreError};
+use crate::store::{
+    lock_for_transaction, write_transaction, AdvisoryLock, DbConnection, StoreError,
+};
 
 /// The algorithms Ward signs with, one key family each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -241,5 +243,9 @@ pub fn list(
 ) -> Result<Vec<KeyStatus>, KeyError> {
     let rows = signing_keys::all(conn)?;
     let metas: Vec<KeyMeta> = rows.iter().map(KeyMeta::from).collect();
-    Ok(schedule(&metas, clock.now_secs(), timing.max_token_lifetime_seconds))
+    Ok(schedule(
+        &metas,
+        clock.now_secs(),
+        timing.max_token_lifetime_seconds,
+    ))
 }

@@ -9,8 +9,8 @@ use josekit::jws::{JwsSigner, ES256, RS256};
 use serde_json::json;
 
 use super::{private_aad, schedule, KeyAlg, KeyError, KeyMeta, KeyState, KeyTiming};
-use crate::crypto::sha256_b64;
 use crate::crypto::seal::Sealer;
+use crate::crypto::sha256_b64;
 use crate::store::signing_keys::{self, SigningKeyRow};
 use crate::store::DbConnection;
 

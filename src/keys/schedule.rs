@@ -148,7 +148,10 @@ mod tests {
     #[test]
     fn a_superseded_key_leaves_the_jwks_once_its_tokens_expired() {
         let keys = [key("old", "ES256", 0), key("new", "ES256", 1000)];
-        assert_eq!(state_of(&schedule(&keys, 4599, 3600), "old"), KeyState::Retiring);
+        assert_eq!(
+            state_of(&schedule(&keys, 4599, 3600), "old"),
+            KeyState::Retiring
+        );
         let later = schedule(&keys, 4600, 3600);
         assert_eq!(state_of(&later, "old"), KeyState::Retired);
         assert!(!later.iter().any(|s| s.kid == "old" && s.published()));
@@ -170,10 +173,16 @@ mod tests {
 
     #[test]
     fn exactly_one_active_key_per_algorithm_after_several_rotations() {
-        let keys: Vec<KeyMeta> = (0..6).map(|i| key(&format!("k{i}"), "ES256", i * 100)).collect();
+        let keys: Vec<KeyMeta> = (0..6)
+            .map(|i| key(&format!("k{i}"), "ES256", i * 100))
+            .collect();
         for now in [0, 50, 150, 450, 10_000] {
             let s = schedule(&keys, now, 120);
-            assert_eq!(s.iter().filter(|k| k.state == KeyState::Active).count(), 1, "at {now}");
+            assert_eq!(
+                s.iter().filter(|k| k.state == KeyState::Active).count(),
+                1,
+                "at {now}"
+            );
         }
         let s = schedule(&keys, 450, 120);
         assert_eq!(state_of(&s, "k4"), KeyState::Active);

@@ -64,11 +64,10 @@ mod tests {
         let root = env!("CARGO_MANIFEST_DIR");
         for backend in ["sqlite", "postgres"] {
             for name in names(&format!("{root}/migrations/{backend}")) {
-                let up = std::fs::read_to_string(format!(
-                    "{root}/migrations/{backend}/{name}/up.sql"
-                ))
-                .expect("up.sql exists")
-                .to_uppercase();
+                let up =
+                    std::fs::read_to_string(format!("{root}/migrations/{backend}/{name}/up.sql"))
+                        .expect("up.sql exists")
+                        .to_uppercase();
                 if name.contains("contract") {
                     continue;
                 }

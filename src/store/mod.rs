@@ -151,7 +151,9 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("backend", &self.backend).finish()
+        f.debug_struct("Db")
+            .field("backend", &self.backend)
+            .finish()
     }
 }
 
@@ -220,9 +222,8 @@ fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
     if parent.as_os_str().is_empty() || parent.exists() {
         return Ok(());
     }
-    std::fs::create_dir_all(&parent).map_err(|e| {
-        StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-    })
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))
 }
 
 /// Run `work` in one write transaction: all of it commits, or none of it does.

@@ -20,7 +20,11 @@ pub struct SigningKeyRow {
 pub fn all(conn: &mut DbConnection) -> Result<Vec<SigningKeyRow>, StoreError> {
     Ok(signing_keys::table
         .select(SigningKeyRow::as_select())
-        .order((signing_keys::alg, signing_keys::activates_at, signing_keys::kid))
+        .order((
+            signing_keys::alg,
+            signing_keys::activates_at,
+            signing_keys::kid,
+        ))
         .load(conn)?)
 }
 

@@ -1,0 +1,240 @@
+//! The test kit: `TestApp` (an in-process Ward on a free port, on SQLite or on a fresh
+//! PostgreSQL database), `WardProcess` (the real `ward` binary as a child process) and
+//! `PgDatabase` (a database created per test and dropped after).
+#![allow(dead_code)]
+
+pub mod pg;
+pub mod process;
+
+use std::net::TcpListener;
+use std::sync::{Arc, Once};
+
+use tempfile::TempDir;
+use ward::app::AppState;
+use ward::clock::{ManualClock, SharedClock, SystemClock};
+use ward::config::{Settings, Sources};
+use ward::crypto::seal::MasterKey;
+
+pub use pg::PgDatabase;
+pub use process::WardProcess;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates `mod <name> { sqlite, postgres }` tests that call `<name>(Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::common::Backend::Postgres).await
+            }
+        }
+    )+};
+}
+
+/// rustls needs one process-wide crypto provider for reqwest's client.
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+pub fn http_client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+/// Where a test's Ward keeps its data: a temp dir (SQLite) or a fresh PostgreSQL database.
+pub struct Storage {
+    pub dir: TempDir,
+    pub database_url: String,
+    pub pg: Option<PgDatabase>,
+    /// Supplied for PostgreSQL (required there); SQLite generates its own file.
+    pub master_key: Option<String>,
+}
+
+impl Storage {
+    /// `None` when PostgreSQL is absent outside CI (the test is skipped with a printed reason).
+    pub fn new(backend: Backend) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match backend {
+            Backend::Sqlite => Some(Self {
+                database_url: format!("sqlite://{}", dir.path().join("ward.db").display()),
+                dir,
+                pg: None,
+                master_key: None,
+            }),
+            Backend::Postgres => {
+                let pg = PgDatabase::create()?;
+                Some(Self {
+                    database_url: pg.url.clone(),
+                    dir,
+                    pg: Some(pg),
+                    master_key: Some(MasterKey::generate().to_base64()),
+                })
+            }
+        }
+    }
+
+    /// The env-style settings pointing at this storage.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("WARD_DATABASE_URL".to_string(), self.database_url.clone())];
+        if let Some(key) = &self.master_key {
+            env.push(("WARD_MASTER_KEY".into(), key.clone()));
+        }
+        env
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub storage: Arc<Storage>,
+    pub manual_clock: Option<Arc<ManualClock>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+pub struct TestAppBuilder {
+    backend: Backend,
+    env: Vec<(String, String)>,
+    clock: Option<Arc<ManualClock>>,
+    storage: Option<Arc<Storage>>,
+}
+
+impl TestApp {
+    pub fn builder(backend: Backend) -> TestAppBuilder {
+        TestAppBuilder {
+            backend,
+            env: Vec::new(),
+            clock: None,
+            storage: None,
+        }
+    }
+
+    pub async fn start(backend: Backend) -> Option<Self> {
+        Self::builder(backend).start().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// A synchronous connection to the same database, for assertions on stored state.
+    pub fn conn(&self) -> r2d2::PooledConnection<ward::store::ConnectionManager> {
+        self.state.db.conn().expect("db connection")
+    }
+
+    pub fn stop(&self) {
+        // The stop command is sent when called; completion is not awaited.
+        drop(self.handle.stop(false));
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl TestAppBuilder {
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn manual_clock(mut self, clock: Arc<ManualClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Reuse another app's storage (a restart, or a second node).
+    pub fn storage(mut self, storage: Arc<Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    pub async fn start(self) -> Option<TestApp> {
+        let storage = match self.storage {
+            Some(s) => s,
+            None => Arc::new(Storage::new(self.backend)?),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let tls = self.env.iter().any(|(k, _)| k == "WARD_TLS_CERT");
+        let scheme = if tls { "https" } else { "http" };
+        let mut env = storage.env();
+        env.push(("WARD_LISTEN".into(), format!("127.0.0.1:{port}")));
+        env.push((
+            "WARD_PUBLIC_URL".into(),
+            format!("{scheme}://localhost:{port}"),
+        ));
+        env.extend(self.env);
+        let settings = Settings::load(&Sources {
+            config_file: None,
+            env,
+            flags: Vec::new(),
+        })
+        .expect("test settings are valid");
+        let clock: SharedClock = match &self.clock {
+            Some(c) => c.clone(),
+            None => Arc::new(SystemClock),
+        };
+        let prepared = tokio::task::spawn_blocking(move || ward::startup::prepare(settings, clock))
+            .await
+            .expect("join")
+            .expect("Ward prepares");
+        let state = prepared.state.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server_state = state.clone();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                match ward::server::start_on(server_state, listener) {
+                    Ok(running) => {
+                        let _ = tx.send(Ok(running.server.handle()));
+                        let _ = running.server.await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            })
+        });
+        let handle = rx.recv().expect("server thread").expect("server starts");
+        Some(TestApp {
+            base: format!("{scheme}://localhost:{port}"),
+            client: http_client(),
+            state,
+            storage,
+            manual_clock: self.clock,
+            handle,
+        })
+    }
+}
+
+/// True when running under CI, where missing services are failures, not skips.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
