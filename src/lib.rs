@@ -7,14 +7,18 @@
 
 pub mod app;
 pub mod audit;
+pub mod authz;
 pub mod cli;
+pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod oauth;
 pub mod server;
+pub mod smart;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

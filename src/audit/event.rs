@@ -3,6 +3,7 @@
 //! so the README's event list and the code cannot drift (a test lists `AuditEvent::ACTIONS`).
 
 use serde::Serialize;
+use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,27 +76,82 @@ pub enum AuditEvent {
         reason: KeyCreationReason,
         activates_at: i64,
     },
+    /// A client app was registered. `after` is its public registration (never a secret).
+    #[serde(rename = "client.registered")]
+    ClientRegistered { client_id: String, after: Value },
+    /// A client's registration changed.
+    #[serde(rename = "client.updated")]
+    ClientUpdated {
+        client_id: String,
+        before: Value,
+        after: Value,
+    },
+    /// A client was enabled or disabled.
+    #[serde(rename = "client.status_changed")]
+    ClientStatusChanged { client_id: String, enabled: bool },
+    /// A client's secret was replaced; the previous one works until `previous_valid_until`.
+    #[serde(rename = "client.secret_rotated")]
+    ClientSecretRotated {
+        client_id: String,
+        previous_valid_until: Option<i64>,
+    },
+    #[serde(rename = "role.created")]
+    RoleCreated { role: String, after: Value },
+    #[serde(rename = "role.updated")]
+    RoleUpdated {
+        role: String,
+        before: Value,
+        after: Value,
+    },
+    #[serde(rename = "role.deleted")]
+    RoleDeleted { role: String, before: Value },
+    #[serde(rename = "user.created")]
+    UserCreated { user_id: String, after: Value },
+    #[serde(rename = "user.role_added")]
+    UserRoleAdded { user_id: String, role: String },
+    #[serde(rename = "user.role_removed")]
+    UserRoleRemoved { user_id: String, role: String },
 }
 
 impl AuditEvent {
     /// Every action name, for documentation and tests.
-    pub const ACTIONS: &'static [&'static str] =
-        &["server.started", "database.migrated", "key.created"];
+    pub const ACTIONS: &'static [&'static str] = &[
+        "server.started",
+        "database.migrated",
+        "key.created",
+        "client.registered",
+        "client.updated",
+        "client.status_changed",
+        "client.secret_rotated",
+        "role.created",
+        "role.updated",
+        "role.deleted",
+        "user.created",
+        "user.role_added",
+        "user.role_removed",
+    ];
 
     pub fn action(&self) -> &'static str {
         match self {
             Self::ServerStarted { .. } => "server.started",
             Self::DatabaseMigrated { .. } => "database.migrated",
             Self::SigningKeyCreated { .. } => "key.created",
+            Self::ClientRegistered { .. } => "client.registered",
+            Self::ClientUpdated { .. } => "client.updated",
+            Self::ClientStatusChanged { .. } => "client.status_changed",
+            Self::ClientSecretRotated { .. } => "client.secret_rotated",
+            Self::RoleCreated { .. } => "role.created",
+            Self::RoleUpdated { .. } => "role.updated",
+            Self::RoleDeleted { .. } => "role.deleted",
+            Self::UserCreated { .. } => "user.created",
+            Self::UserRoleAdded { .. } => "user.role_added",
+            Self::UserRoleRemoved { .. } => "user.role_removed",
         }
     }
 
     pub fn outcome(&self) -> Outcome {
-        match self {
-            Self::ServerStarted { .. }
-            | Self::DatabaseMigrated { .. }
-            | Self::SigningKeyCreated { .. } => Outcome::Success,
-        }
+        // Every event so far records a change that happened; refusals arrive with login.
+        Outcome::Success
     }
 
     pub fn severity(&self) -> Severity {
@@ -108,6 +164,7 @@ impl AuditEvent {
                 KeyCreationReason::ImmediateRotation => Severity::High,
                 _ => Severity::Notice,
             },
+            _ => Severity::Notice,
         }
     }
 
@@ -140,6 +197,48 @@ mod tests {
                 alg: "ES256".into(),
                 reason: KeyCreationReason::Initial,
                 activates_at: 0,
+            },
+            AuditEvent::ClientRegistered {
+                client_id: "c".into(),
+                after: Value::Null,
+            },
+            AuditEvent::ClientUpdated {
+                client_id: "c".into(),
+                before: Value::Null,
+                after: Value::Null,
+            },
+            AuditEvent::ClientStatusChanged {
+                client_id: "c".into(),
+                enabled: false,
+            },
+            AuditEvent::ClientSecretRotated {
+                client_id: "c".into(),
+                previous_valid_until: None,
+            },
+            AuditEvent::RoleCreated {
+                role: "r".into(),
+                after: Value::Null,
+            },
+            AuditEvent::RoleUpdated {
+                role: "r".into(),
+                before: Value::Null,
+                after: Value::Null,
+            },
+            AuditEvent::RoleDeleted {
+                role: "r".into(),
+                before: Value::Null,
+            },
+            AuditEvent::UserCreated {
+                user_id: "u".into(),
+                after: Value::Null,
+            },
+            AuditEvent::UserRoleAdded {
+                user_id: "u".into(),
+                role: "r".into(),
+            },
+            AuditEvent::UserRoleRemoved {
+                user_id: "u".into(),
+                role: "r".into(),
             },
         ];
         assert_eq!(samples.len(), AuditEvent::ACTIONS.len());

@@ -7,9 +7,12 @@
 //! "database is locked" halfway through.
 
 pub mod audit_events;
+pub mod clients;
 pub mod migrate;
+pub mod roles;
 pub mod schema;
 pub mod signing_keys;
+pub mod users;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

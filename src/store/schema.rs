@@ -31,4 +31,86 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(signing_keys, audit_events);
+diesel::table! {
+    clients (client_id) {
+        client_id -> Text,
+        name -> Text,
+        kind -> Text,
+        auth_method -> Text,
+        redirect_uris -> Text,
+        fhir_bases -> Text,
+        grant_types -> Text,
+        launch_modes -> Text,
+        allowed_scopes -> Text,
+        ehr_launcher -> Bool,
+        ai_tool -> Bool,
+        access_token_lifetime -> BigInt,
+        refresh_token_idle_lifetime -> BigInt,
+        refresh_token_absolute_lifetime -> BigInt,
+        logo_uri -> Nullable<Text>,
+        contact -> Nullable<Text>,
+        jwks -> Nullable<Text>,
+        jwks_uri -> Nullable<Text>,
+        enabled -> Bool,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        version -> BigInt,
+    }
+}
+
+diesel::table! {
+    client_secrets (id) {
+        id -> Text,
+        client_id -> Text,
+        secret_hash -> Text,
+        created_at -> BigInt,
+        expires_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        username -> Text,
+        display_name -> Text,
+        fhir_user -> Nullable<Text>,
+        enabled -> Bool,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        version -> BigInt,
+    }
+}
+
+diesel::table! {
+    roles (name) {
+        name -> Text,
+        description -> Text,
+        scope_ceiling -> Text,
+        mfa_required -> Bool,
+        break_glass -> Bool,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        version -> BigInt,
+    }
+}
+
+diesel::table! {
+    user_roles (user_id, role_name) {
+        user_id -> Text,
+        role_name -> Text,
+    }
+}
+
+diesel::joinable!(client_secrets -> clients (client_id));
+diesel::joinable!(user_roles -> users (user_id));
+diesel::joinable!(user_roles -> roles (role_name));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    signing_keys,
+    audit_events,
+    clients,
+    client_secrets,
+    users,
+    roles,
+    user_roles,
+);
