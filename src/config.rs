@@ -60,6 +60,7 @@ pub struct Settings {
     pub fhir: FhirSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub clients: ClientSettingsConfig,
     /// Insecure switches for tests and development only; each is logged loudly at start.
     pub danger: DangerSettings,
     /// Only ever read from `WARD_MASTER_KEY`; a secret does not belong in a config file.
@@ -135,10 +136,26 @@ pub struct MetricsSettings {
     pub open: bool,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSettingsConfig {
+    pub secret_grace_seconds: u64,
+}
+
+impl Default for ClientSettingsConfig {
+    fn default() -> Self {
+        Self {
+            secret_grace_seconds: 86_400,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DangerSettings {
     pub allow_http_public_url: bool,
+    pub allow_loopback_jwks_uri: bool,
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -239,7 +256,10 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc { section: "log", key: "format", env: "WARD_LOG_FORMAT", flag: None, kind: Kind::Text, default: "human", doc: "`human` or `json`." },
     SettingDoc { section: "log", key: "level", env: "WARD_LOG_LEVEL", flag: None, kind: Kind::Text, default: "info", doc: "A tracing filter such as `info` or `ward=debug,info`." },
     SettingDoc { section: "metrics", key: "open", env: "WARD_METRICS_OPEN", flag: None, kind: Kind::Bool, default: "false", doc: "Answer `/metrics` to non-loopback peers too." },
+    SettingDoc { section: "clients", key: "secret_grace_seconds", env: "WARD_CLIENT_SECRET_GRACE_SECONDS", flag: None, kind: Kind::Integer, default: "86400", doc: "After `ward client rotate-secret`, how long the previous secret keeps working." },
     SettingDoc { section: "danger", key: "allow_http_public_url", env: "WARD_DANGER_ALLOW_HTTP_PUBLIC_URL", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: accept an `http://` public URL on a non-loopback host (tests only)." },
+    SettingDoc { section: "danger", key: "allow_loopback_jwks_uri", env: "WARD_DANGER_ALLOW_LOOPBACK_JWKS_URI", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: let client JWKS URLs point at loopback addresses (tests only)." },
+    SettingDoc { section: "danger", key: "extra_ca_file", env: "WARD_DANGER_EXTRA_CA_FILE", flag: None, kind: Kind::Path, default: "(none)", doc: "DANGER: trust this extra PEM CA for client JWKS URLs (tests only)." },
 ];
 
 /// Name a setting the way an operator meets it: `server.listen (WARD_LISTEN, --listen)`.
@@ -391,6 +411,15 @@ impl Settings {
                 "must be at most 512",
             ));
         }
+        if let Some(ca) = &self.danger.extra_ca_file {
+            require_file("danger", "extra_ca_file", ca)?;
+        }
+        if self.clients.secret_grace_seconds > 30 * 86_400 {
+            return Err(ConfigError::new(
+                setting_name("clients", "secret_grace_seconds"),
+                "must be at most 2592000 (30 days)",
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::new(setting_name("log", "level"), e.to_string()))?;
         if let Some(key) = &self.master_key {
@@ -518,6 +547,12 @@ impl Settings {
         let mut on = Vec::new();
         if self.danger.allow_http_public_url {
             on.push("danger.allow_http_public_url");
+        }
+        if self.danger.allow_loopback_jwks_uri {
+            on.push("danger.allow_loopback_jwks_uri");
+        }
+        if self.danger.extra_ca_file.is_some() {
+            on.push("danger.extra_ca_file");
         }
         on
     }

@@ -29,6 +29,9 @@ pub enum StartError {
     Keys(#[from] KeyError),
     #[error("{0}")]
     Server(String),
+    /// Input that breaks a rule: one line per field.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<crate::clients::FieldError>),
 }
 
 /// What the operator should be told about the master key.
@@ -213,4 +216,19 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
         created_keys,
         migrations,
     })
+}
+
+/// The fetcher for client JWKS URLs, with the `DANGER_` test switches applied.
+pub fn jwks_fetcher(settings: &Settings) -> Result<crate::clients::jwks::JwksFetcher, StartError> {
+    let extra_ca = match &settings.danger.extra_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            StartError::Server(format!("danger.extra_ca_file {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    crate::clients::jwks::JwksFetcher::new(
+        extra_ca.as_deref(),
+        settings.danger.allow_loopback_jwks_uri,
+    )
+    .map_err(|e| StartError::Server(e.to_string()))
 }

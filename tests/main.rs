@@ -6,4 +6,5 @@ mod common;
 mod keys;
 mod ops;
 mod process;
+mod registry;
 mod tls;

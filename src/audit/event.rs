@@ -160,10 +160,10 @@ impl AuditEvent {
                 danger_switches, ..
             } if !danger_switches.is_empty() => Severity::High,
             Self::ServerStarted { .. } | Self::DatabaseMigrated { .. } => Severity::Info,
-            Self::SigningKeyCreated { reason, .. } => match reason {
-                KeyCreationReason::ImmediateRotation => Severity::High,
-                _ => Severity::Notice,
-            },
+            Self::SigningKeyCreated {
+                reason: KeyCreationReason::ImmediateRotation,
+                ..
+            } => Severity::High,
             _ => Severity::Notice,
         }
     }

@@ -678,7 +678,8 @@ mod tests {
 
     #[test]
     fn rejects_each_broken_rule() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ClientSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut ClientSpec)>;
+        let cases: Vec<(&str, Mutation, &str)> = vec![
             ("empty name", Box::new(|s| s.name = " ".into()), "name"),
             (
                 "unknown kind",

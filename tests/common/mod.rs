@@ -3,6 +3,7 @@
 //! `PgDatabase` (a database created per test and dropped after).
 #![allow(dead_code)]
 
+pub mod https_server;
 pub mod pg;
 pub mod process;
 
@@ -88,6 +89,35 @@ impl Storage {
                 })
             }
         }
+    }
+
+    /// A direct connection pool to this storage, for assertions on what was (not) written.
+    pub fn db(&self) -> ward::store::Db {
+        let target = ward::config::DatabaseTarget::parse(&self.database_url).expect("url");
+        ward::store::Db::open(&target, 2, std::time::Duration::from_secs(5)).expect("db")
+    }
+
+    /// Runs a `ward` subcommand against this storage: (exit code, stdout, stderr).
+    pub fn ward(&self, args: &[&str], extra_env: &[(&str, &str)]) -> (i32, String, String) {
+        let mut env = self.env();
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let out = process::ward(self.dir.path(), args, &env);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Like `ward`, but the command must succeed; returns stdout parsed as JSON.
+    pub fn ward_json(&self, args: &[&str], extra_env: &[(&str, &str)]) -> serde_json::Value {
+        let (code, stdout, stderr) = self.ward(args, extra_env);
+        assert_eq!(code, 0, "ward {args:?} failed: {stderr}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("ward {args:?}: {e}: {stdout}"))
     }
 
     /// The env-style settings pointing at this storage.

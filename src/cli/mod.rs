@@ -1,6 +1,8 @@
 //! The `ward` command line (DESIGN.md §11): every subcommand reads the same settings as
 //! `ward serve`, so it works against the same database. Exit codes: 0 ok, 1 failure, 2 usage.
 
+mod directory;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,6 +46,15 @@ enum Command {
     /// Signing keys: list and rotate.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Client apps: register, list, show, update, disable, enable, rotate-secret.
+    #[command(subcommand)]
+    Client(Box<directory::ClientCommand>),
+    /// Roles and their scope ceilings.
+    #[command(subcommand)]
+    Role(directory::RoleCommand),
+    /// Users and their roles.
+    #[command(subcommand)]
+    User(directory::UserCommand),
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +168,9 @@ fn run(cli: Cli) -> Result<(), StartError> {
             immediate,
             json,
         }) => keys_rotate(&settings, &clock, &alg, immediate, json),
+        Command::Client(command) => directory::client(&settings, &clock, *command),
+        Command::Role(command) => directory::role(&settings, &clock, command),
+        Command::User(command) => directory::user(&settings, &clock, command),
     }
 }
 
@@ -315,4 +329,14 @@ fn keys_rotate(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }
