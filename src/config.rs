@@ -61,6 +61,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub clients: ClientSettingsConfig,
+    pub login: LoginSettings,
     /// Insecure switches for tests and development only; each is logged loudly at start.
     pub danger: DangerSettings,
     /// Only ever read from `WARD_MASTER_KEY`; a secret does not belong in a config file.
@@ -150,12 +151,39 @@ impl Default for ClientSettingsConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginSettings {
+    pub idle_timeout_seconds: u64,
+    pub session_lifetime_seconds: u64,
+    pub free_attempts: u64,
+    pub max_backoff_seconds: u64,
+    pub lockout_threshold: u64,
+    pub max_concurrent_hashes: u64,
+    pub hash_queue_limit: u64,
+}
+
+impl Default for LoginSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout_seconds: 900,
+            session_lifetime_seconds: 43_200,
+            free_attempts: 3,
+            max_backoff_seconds: 900,
+            lockout_threshold: 100,
+            max_concurrent_hashes: 0,
+            hash_queue_limit: 64,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DangerSettings {
     pub allow_http_public_url: bool,
     pub allow_loopback_jwks_uri: bool,
     pub extra_ca_file: Option<PathBuf>,
+    pub disable_login_throttle: bool,
 }
 
 impl Default for ServerSettings {
@@ -257,8 +285,16 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc { section: "log", key: "level", env: "WARD_LOG_LEVEL", flag: None, kind: Kind::Text, default: "info", doc: "A tracing filter such as `info` or `ward=debug,info`." },
     SettingDoc { section: "metrics", key: "open", env: "WARD_METRICS_OPEN", flag: None, kind: Kind::Bool, default: "false", doc: "Answer `/metrics` to non-loopback peers too." },
     SettingDoc { section: "clients", key: "secret_grace_seconds", env: "WARD_CLIENT_SECRET_GRACE_SECONDS", flag: None, kind: Kind::Integer, default: "86400", doc: "After `ward client rotate-secret`, how long the previous secret keeps working." },
+    SettingDoc { section: "login", key: "idle_timeout_seconds", env: "WARD_LOGIN_IDLE_TIMEOUT_SECONDS", flag: None, kind: Kind::Integer, default: "900", doc: "Automatic logoff: a session unused this long ends." },
+    SettingDoc { section: "login", key: "session_lifetime_seconds", env: "WARD_LOGIN_SESSION_LIFETIME_SECONDS", flag: None, kind: Kind::Integer, default: "43200", doc: "Absolute session lifetime, however active." },
+    SettingDoc { section: "login", key: "free_attempts", env: "WARD_LOGIN_FREE_ATTEMPTS", flag: None, kind: Kind::Integer, default: "3", doc: "Failed attempts per (account, client IP) before back-off starts (then 1 s, 2 s, 4 s, …)." },
+    SettingDoc { section: "login", key: "max_backoff_seconds", env: "WARD_LOGIN_MAX_BACKOFF_SECONDS", flag: None, kind: Kind::Integer, default: "900", doc: "Longest back-off between attempts." },
+    SettingDoc { section: "login", key: "lockout_threshold", env: "WARD_LOGIN_LOCKOUT_THRESHOLD", flag: None, kind: Kind::Integer, default: "100", doc: "Consecutive failures (from anywhere) that lock an account until `ward user unlock`." },
+    SettingDoc { section: "login", key: "max_concurrent_hashes", env: "WARD_LOGIN_MAX_CONCURRENT_HASHES", flag: None, kind: Kind::Integer, default: "0 (one per core)", doc: "Password hashes computed at once." },
+    SettingDoc { section: "login", key: "hash_queue_limit", env: "WARD_LOGIN_HASH_QUEUE_LIMIT", flag: None, kind: Kind::Integer, default: "64", doc: "Password checks allowed to wait; beyond it logins get a quick 503." },
     SettingDoc { section: "danger", key: "allow_http_public_url", env: "WARD_DANGER_ALLOW_HTTP_PUBLIC_URL", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: accept an `http://` public URL on a non-loopback host (tests only)." },
     SettingDoc { section: "danger", key: "allow_loopback_jwks_uri", env: "WARD_DANGER_ALLOW_LOOPBACK_JWKS_URI", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: let client JWKS URLs point at loopback addresses (tests only)." },
+    SettingDoc { section: "danger", key: "disable_login_throttle", env: "WARD_DANGER_DISABLE_LOGIN_THROTTLE", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: no back-off or lockout (benchmarks only)." },
     SettingDoc { section: "danger", key: "extra_ca_file", env: "WARD_DANGER_EXTRA_CA_FILE", flag: None, kind: Kind::Path, default: "(none)", doc: "DANGER: trust this extra PEM CA for client JWKS URLs (tests only)." },
 ];
 
@@ -414,6 +450,40 @@ impl Settings {
         if let Some(ca) = &self.danger.extra_ca_file {
             require_file("danger", "extra_ca_file", ca)?;
         }
+        let login = &self.login;
+        if !(60..=86_400).contains(&login.idle_timeout_seconds) {
+            return Err(ConfigError::new(
+                setting_name("login", "idle_timeout_seconds"),
+                "must be between 60 and 86400",
+            ));
+        }
+        if !(login.idle_timeout_seconds..=7 * 86_400).contains(&login.session_lifetime_seconds) {
+            return Err(ConfigError::new(
+                setting_name("login", "session_lifetime_seconds"),
+                "must be at least the idle timeout and at most 7 days",
+            ));
+        }
+        if !(1..=1000).contains(&login.lockout_threshold) {
+            return Err(ConfigError::new(
+                setting_name("login", "lockout_threshold"),
+                "must be between 1 and 1000 (NIST SP 800-63B: at most 100)",
+            ));
+        }
+        if login.free_attempts > login.lockout_threshold {
+            return Err(ConfigError::new(
+                setting_name("login", "free_attempts"),
+                "must not exceed login.lockout_threshold",
+            ));
+        }
+        if !(1..=86_400).contains(&login.max_backoff_seconds) {
+            return Err(ConfigError::new(
+                setting_name("login", "max_backoff_seconds"),
+                "must be between 1 and 86400",
+            ));
+        }
+        if login.max_concurrent_hashes > 256 || login.hash_queue_limit > 100_000 {
+            return Err(ConfigError::new(setting_name("login", "hash_queue_limit"), "login.max_concurrent_hashes must be at most 256 and login.hash_queue_limit at most 100000"));
+        }
         if self.clients.secret_grace_seconds > 30 * 86_400 {
             return Err(ConfigError::new(
                 setting_name("clients", "secret_grace_seconds"),
@@ -553,6 +623,9 @@ impl Settings {
         }
         if self.danger.extra_ca_file.is_some() {
             on.push("danger.extra_ca_file");
+        }
+        if self.danger.disable_login_throttle {
+            on.push("danger.disable_login_throttle");
         }
         on
     }

@@ -367,6 +367,19 @@ async fn client_secrets_are_shown_once_stored_hashed_and_rotate_with_grace(backe
         .iter()
         .any(|a| a == "client.secret_rotated"));
 
+    // A disabled client's secret does not authenticate it.
+    storage.ward_json(&["client", "disable", &id, "--json"], &[]);
+    assert!(!ward::clients::verify_secret(&mut conn, &id, &second, now()).unwrap());
+    storage.ward_json(&["client", "enable", &id, "--json"], &[]);
+    assert!(ward::clients::verify_secret(&mut conn, &id, &second, now()).unwrap());
+    // A grace period beyond 30 days is refused.
+    let (code, _, stderr) = storage.ward(
+        &["client", "rotate-secret", &id],
+        &[("WARD_CLIENT_SECRET_GRACE_SECONDS", "99999999")],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("secret_grace_seconds"), "{stderr}");
+
     // A public client has no secret to rotate.
     storage.ward(&[APP, &["--client-id", "pub"]].concat(), &[]);
     let (code, _, stderr) = storage.ward(&["client", "rotate-secret", "pub"], &[]);

@@ -111,6 +111,49 @@ pub enum AuditEvent {
     UserRoleAdded { user_id: String, role: String },
     #[serde(rename = "user.role_removed")]
     UserRoleRemoved { user_id: String, role: String },
+    /// A person finished signing in; `methods` as RFC 8176 AMR values.
+    #[serde(rename = "login.succeeded")]
+    LoginSucceeded { methods: Vec<String> },
+    /// A sign-in attempt failed. The reason is for investigators; the person only ever sees
+    /// the same generic message.
+    #[serde(rename = "login.failed")]
+    LoginFailed { reason: LoginFailure },
+    #[serde(rename = "account.locked")]
+    AccountLocked { consecutive_failures: i64 },
+    #[serde(rename = "account.unlocked")]
+    AccountUnlocked {},
+    #[serde(rename = "user.status_changed")]
+    UserStatusChanged { user_id: String, enabled: bool },
+    #[serde(rename = "mfa.enrolled")]
+    MfaEnrolled { method: String },
+    #[serde(rename = "mfa.removed")]
+    MfaRemoved { method: String },
+    /// An administrator removed every second factor of a user.
+    #[serde(rename = "mfa.reset")]
+    MfaReset { user_id: String },
+    #[serde(rename = "mfa.used")]
+    MfaUsed { method: String },
+    #[serde(rename = "mfa.failed")]
+    MfaFailed { reason: LoginFailure },
+    #[serde(rename = "session.ended")]
+    SessionEnded { session: String, reason: String },
+    #[serde(rename = "password.changed")]
+    PasswordChanged { user_id: String, by_operator: bool },
+}
+
+/// Why a sign-in step failed (audit detail only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginFailure {
+    UnknownUser,
+    BadPassword,
+    NoPassword,
+    Disabled,
+    Locked,
+    Throttled,
+    BadCode,
+    ReplayedCode,
+    Busy,
 }
 
 impl AuditEvent {
@@ -129,6 +172,18 @@ impl AuditEvent {
         "user.created",
         "user.role_added",
         "user.role_removed",
+        "login.succeeded",
+        "login.failed",
+        "account.locked",
+        "account.unlocked",
+        "user.status_changed",
+        "mfa.enrolled",
+        "mfa.removed",
+        "mfa.reset",
+        "mfa.used",
+        "mfa.failed",
+        "session.ended",
+        "password.changed",
     ];
 
     pub fn action(&self) -> &'static str {
@@ -146,12 +201,26 @@ impl AuditEvent {
             Self::UserCreated { .. } => "user.created",
             Self::UserRoleAdded { .. } => "user.role_added",
             Self::UserRoleRemoved { .. } => "user.role_removed",
+            Self::LoginSucceeded { .. } => "login.succeeded",
+            Self::LoginFailed { .. } => "login.failed",
+            Self::AccountLocked { .. } => "account.locked",
+            Self::AccountUnlocked { .. } => "account.unlocked",
+            Self::UserStatusChanged { .. } => "user.status_changed",
+            Self::MfaEnrolled { .. } => "mfa.enrolled",
+            Self::MfaRemoved { .. } => "mfa.removed",
+            Self::MfaReset { .. } => "mfa.reset",
+            Self::MfaUsed { .. } => "mfa.used",
+            Self::MfaFailed { .. } => "mfa.failed",
+            Self::SessionEnded { .. } => "session.ended",
+            Self::PasswordChanged { .. } => "password.changed",
         }
     }
 
     pub fn outcome(&self) -> Outcome {
-        // Every event so far records a change that happened; refusals arrive with login.
-        Outcome::Success
+        match self {
+            Self::LoginFailed { .. } | Self::MfaFailed { .. } => Outcome::Failure,
+            _ => Outcome::Success,
+        }
     }
 
     pub fn severity(&self) -> Severity {
@@ -164,6 +233,10 @@ impl AuditEvent {
                 reason: KeyCreationReason::ImmediateRotation,
                 ..
             } => Severity::High,
+            Self::AccountLocked { .. } | Self::MfaReset { .. } => Severity::High,
+            Self::LoginSucceeded { .. } | Self::MfaUsed { .. } | Self::SessionEnded { .. } => {
+                Severity::Info
+            }
             _ => Severity::Notice,
         }
     }
@@ -239,6 +312,41 @@ mod tests {
             AuditEvent::UserRoleRemoved {
                 user_id: "u".into(),
                 role: "r".into(),
+            },
+            AuditEvent::LoginSucceeded { methods: vec![] },
+            AuditEvent::LoginFailed {
+                reason: LoginFailure::BadPassword,
+            },
+            AuditEvent::AccountLocked {
+                consecutive_failures: 100,
+            },
+            AuditEvent::AccountUnlocked {},
+            AuditEvent::UserStatusChanged {
+                user_id: "u".into(),
+                enabled: false,
+            },
+            AuditEvent::MfaEnrolled {
+                method: "totp".into(),
+            },
+            AuditEvent::MfaRemoved {
+                method: "totp".into(),
+            },
+            AuditEvent::MfaReset {
+                user_id: "u".into(),
+            },
+            AuditEvent::MfaUsed {
+                method: "totp".into(),
+            },
+            AuditEvent::MfaFailed {
+                reason: LoginFailure::BadCode,
+            },
+            AuditEvent::SessionEnded {
+                session: "s".into(),
+                reason: "logout".into(),
+            },
+            AuditEvent::PasswordChanged {
+                user_id: "u".into(),
+                by_operator: false,
             },
         ];
         assert_eq!(samples.len(), AuditEvent::ACTIONS.len());

@@ -8,7 +8,7 @@
 
 mod event;
 
-pub use event::{AuditEvent, KeyCreationReason, Outcome, Severity};
+pub use event::{AuditEvent, KeyCreationReason, LoginFailure, Outcome, Severity};
 
 use serde_json::Value;
 

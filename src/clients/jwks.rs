@@ -131,19 +131,24 @@ fn validate_key(map: &Map<String, Value>) -> Result<ClientKey, String> {
     };
     let jwk = Jwk::from_map(map.clone()).map_err(|e| format!("not a JWK: {e}"))?;
     if kty == "RSA" {
-        let bits = text("n")
-            .and_then(|n| {
-                use base64::Engine;
+        let decode = |name: &str| {
+            use base64::Engine;
+            text(name).and_then(|v| {
                 base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(n)
+                    .decode(v)
                     .ok()
             })
-            .map(|n| n.iter().skip_while(|b| **b == 0).count() * 8)
-            .unwrap_or(0);
+        };
+        let bits = decode("n").map(|n| significant_bits(&n)).unwrap_or(0);
         if bits < 2048 {
             return Err(format!(
                 "RSA key of {bits} bits; at least 2048 are required"
             ));
+        }
+        let exponent = decode("e").unwrap_or_default();
+        let odd = exponent.last().is_some_and(|b| b & 1 == 1);
+        if !odd || significant_bits(&exponent) < 17 {
+            return Err("RSA public exponent must be odd and at least 65537".into());
         }
     }
     // Building a verifier proves the key material is well-formed for each algorithm.
@@ -151,6 +156,15 @@ fn validate_key(map: &Map<String, Value>) -> Result<ClientKey, String> {
         verifier_check(alg, &jwk).map_err(|e| format!("unusable for {alg}: {e}"))?;
     }
     Ok(ClientKey { kid, algs, jwk })
+}
+
+/// Bit length of a big-endian unsigned integer.
+fn significant_bits(bytes: &[u8]) -> usize {
+    let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+    match trimmed.first() {
+        Some(first) => (trimmed.len() - 1) * 8 + (8 - first.leading_zeros() as usize),
+        None => 0,
+    }
 }
 
 fn verifier_check(alg: &str, jwk: &Jwk) -> Result<(), String> {
@@ -169,12 +183,14 @@ fn verifier_check(alg: &str, jwk: &Jwk) -> Result<(), String> {
     built.map_err(|e| e.to_string())
 }
 
-/// Whether an address is on the public internet (not loopback, private, link-local, CGNAT,
-/// unspecified, multicast or an IPv6 mapping of one of those).
+/// Whether an address is on the public internet: not loopback, private, link-local, CGNAT,
+/// benchmarking, documentation, reserved, multicast, and, for IPv6, only global unicast
+/// (`2000::/3`) outside the special ranges, with embedded IPv4 addresses (mapped, compatible,
+/// NAT64, 6to4) judged as the IPv4 address they carry.
 pub fn is_public_address(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -184,19 +200,37 @@ pub fn is_public_address(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 192 && b == 88 && c == 99)
                 || (a == 198 && (b == 18 || b == 19))
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public_address(IpAddr::V4(v4));
+            let segments = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+            };
+            // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, deprecated).
+            if segments[..5] == [0, 0, 0, 0, 0] && (segments[5] == 0xffff || segments[5] == 0) {
+                return is_public_address(embedded(segments[6], segments[7]));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+            // NAT64 well-known prefix 64:ff9b::/96 carries an IPv4 destination.
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public_address(embedded(segments[6], segments[7]));
+            }
+            // 6to4 2002::/16 carries an IPv4 address in bits 16..48.
+            if segments[0] == 0x2002 {
+                return is_public_address(embedded(segments[1], segments[2]));
+            }
+            let global_unicast = (segments[0] & 0xe000) == 0x2000;
+            // Teredo, ORCHID, benchmarking (2001::/23) and documentation (2001:db8::/32), and
+            // local-use NAT64 (64:ff9b:1::/48).
+            let special = (segments[0] == 0x2001
+                && (segments[1] < 0x0200 || segments[1] == 0x0db8))
+                || (segments[0] == 0x0064 && segments[1] == 0xff9b); // local-use NAT64 64:ff9b:1::/48
+            global_unicast && !special
         }
     }
 }
@@ -286,6 +320,8 @@ impl JwksFetcher {
             .use_preconfigured_tls(tls)
             .https_only(true)
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve names itself, around the guarded resolver.
+            .no_proxy()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5))
             .dns_resolver(Arc::new(GuardedResolver(policy)))
@@ -386,8 +422,18 @@ fn classify(e: reqwest::Error) -> JwksError {
     }
 }
 
-/// The cache lifetime a `Cache-Control` header allows: `None` inside means "do not cache".
+/// Bounds on how long a fetched key set is cached, whatever the server says: long enough to
+/// spare the client's server, short enough that a revoked key stops working within a day.
+pub const MIN_CACHE: Duration = Duration::from_secs(300);
+pub const MAX_CACHE: Duration = Duration::from_secs(86_400);
+
+/// The cache lifetime a `Cache-Control` header allows (`None`: do not cache), clamped to at
+/// most [`MAX_CACHE`].
 fn cache_lifetime(header: &str) -> Option<Duration> {
+    raw_cache_lifetime(header).map(|d| d.min(MAX_CACHE))
+}
+
+fn raw_cache_lifetime(header: &str) -> Option<Duration> {
     let mut max_age = None;
     for directive in header.split(',').map(str::trim) {
         let lower = directive.to_ascii_lowercase();
@@ -436,6 +482,12 @@ mod tests {
         json!({ "kty": "RSA", "kid": kid, "n": b64(key.n().to_vec()), "e": b64(key.e().to_vec()) })
     }
 
+    fn with_exponent(mut key: Value, e: &[u8]) -> Value {
+        use base64::Engine;
+        key["e"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(e));
+        key
+    }
+
     #[test]
     fn accepts_public_rs384_and_es384_keys() {
         let keys = validate(&json!({ "keys": [es384("a"), rsa("b", 2048)] })).unwrap();
@@ -479,6 +531,15 @@ mod tests {
                 "not allowed",
             ),
             (json!({ "keys": [rsa("small", 1024)] }), "at least 2048"),
+            (json!({ "keys": [rsa("odd", 2041)] }), "at least 2048"),
+            (
+                json!({ "keys": [with_exponent(rsa("e3", 2048), &[3])] }),
+                "exponent",
+            ),
+            (
+                json!({ "keys": [with_exponent(rsa("even", 2048), &[1, 0, 0])] }),
+                "exponent",
+            ),
             (
                 json!({ "keys": [{"kty": "EC", "crv": "P-384", "kid": "z", "x": "AA", "y": "AA"}] }),
                 "unusable",
@@ -510,7 +571,14 @@ mod tests {
         ] {
             assert!(!is_public_address(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(is_public_address(ip.parse().unwrap()), "{ip}");
         }
     }
@@ -549,5 +617,6 @@ mod tests {
         assert_eq!(cache_lifetime("no-store"), None);
         assert_eq!(cache_lifetime("max-age=60, no-cache"), None);
         assert_eq!(cache_lifetime("public"), None);
+        assert_eq!(cache_lifetime("max-age=315360000"), Some(MAX_CACHE));
     }
 }

@@ -246,7 +246,10 @@ fn https_url(field: &str, value: &str, allow_loopback_http: bool, errors: &mut V
                     field,
                     format!("`{value}` must be an https URL"),
                 ));
-            } else if url.fragment().is_some() || !url.username().is_empty() {
+            } else if url.fragment().is_some()
+                || !url.username().is_empty()
+                || url.password().is_some()
+            {
                 errors.push(FieldError::new(
                     field,
                     format!("`{value}` must not have a fragment or credentials"),

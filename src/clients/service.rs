@@ -284,7 +284,7 @@ pub fn update(
         // A client that now authenticates with a secret and had none gets one later via
         // rotate-secret; one that no longer uses a secret keeps none valid.
         if !settings.uses_secret() {
-            rows::expire_current_secrets(conn, client_id, clock.now_secs())?;
+            rows::delete_all_secrets(conn, client_id)?;
         }
         let after = from_row(row)?;
         audit::append(
@@ -339,6 +339,9 @@ pub fn set_enabled(
     })
 }
 
+/// The longest a rotated-out secret keeps working.
+pub const MAX_SECRET_GRACE_SECONDS: i64 = 30 * 86_400;
+
 /// Issues a new secret; the current one stays valid for `grace_seconds` so deployments can
 /// switch without downtime. Returns the new secret (shown once).
 pub fn rotate_secret(
@@ -349,6 +352,12 @@ pub fn rotate_secret(
     grace_seconds: i64,
 ) -> Result<String, RegistryError> {
     let now = clock.now_secs();
+    if !(0..=MAX_SECRET_GRACE_SECONDS).contains(&grace_seconds) {
+        return Err(RegistryError::Invalid(vec![FieldError::new(
+            "grace_seconds",
+            format!("must be between 0 and {MAX_SECRET_GRACE_SECONDS}"),
+        )]));
+    }
     write_transaction(conn, |conn| {
         let client = get(conn, client_id)?;
         if !client.settings.uses_secret() {
@@ -378,14 +387,27 @@ pub fn rotate_secret(
     })
 }
 
-/// Whether `presented` is a currently valid secret of the client. Every stored hash is
-/// compared in constant time, so timing reveals neither which secret matched nor how much.
+/// Whether `presented` is a currently valid secret of an enabled client that authenticates
+/// with secrets. Every stored hash is compared in constant time, so timing reveals neither
+/// which secret matched nor how much.
 pub fn verify_secret(
     conn: &mut DbConnection,
     client_id: &str,
     presented: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
+    let usable = match rows::find(conn, client_id)? {
+        Some(row) => {
+            row.enabled
+                && model::AuthMethod::parse(&row.auth_method).is_some_and(|m| {
+                    matches!(
+                        m,
+                        model::AuthMethod::ClientSecretBasic | model::AuthMethod::ClientSecretPost
+                    )
+                })
+        }
+        None => false,
+    };
     let presented_hash = sha256_b64(presented.as_bytes());
     let mut matched = false;
     for row in rows::secrets(conn, client_id)? {
@@ -393,5 +415,5 @@ pub fn verify_secret(
         let equal = constant_time_eq(row.secret_hash.as_bytes(), presented_hash.as_bytes());
         matched |= live & equal;
     }
-    Ok(matched)
+    Ok(matched && usable)
 }

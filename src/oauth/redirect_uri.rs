@@ -22,7 +22,7 @@ pub enum RedirectUriError {
     Wildcard,
     #[error("must not contain user credentials")]
     Credentials,
-    #[error("must use https (http only on a loopback address)")]
+    #[error("must use https (http only for public native apps on 127.0.0.1 or [::1])")]
     InsecureHttp,
     #[error("scheme `{0}` is not allowed")]
     ForbiddenScheme(String),
@@ -71,8 +71,10 @@ pub fn validate(uri: &str, native: bool) -> Result<Url, RedirectUriError> {
                 return Err(RedirectUriError::NotAbsolute);
             }
         }
+        // RFC 8252 §7.3, §8.3: plain http only for native apps on a loopback IP literal
+        // (`localhost` can be re-pointed by the hosts file or DNS).
         "http" => {
-            if !is_loopback(&url) {
+            if !(native && is_loopback_ip_literal(&url)) {
                 return Err(RedirectUriError::InsecureHttp);
             }
         }
@@ -91,15 +93,6 @@ pub fn validate(uri: &str, native: bool) -> Result<Url, RedirectUriError> {
         }
     }
     Ok(url)
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
 }
 
 fn is_loopback_ip_literal(url: &Url) -> bool {
@@ -154,7 +147,6 @@ mod tests {
             ("http://127.0.0.1/callback", true),
             ("http://127.0.0.1:51004/callback", true),
             ("http://[::1]:8000/cb", true),
-            ("http://localhost:3000/cb", false),
             ("com.example.app:/oauth2redirect", true),
         ] {
             assert!(validate(uri, native).is_ok(), "{uri}");
@@ -178,6 +170,8 @@ mod tests {
             ("https://app.example.com/cb#frag", false, Fragment),
             ("http://app.example.com/cb", false, InsecureHttp),
             ("http://192.168.1.10/cb", true, InsecureHttp),
+            ("http://localhost:3000/cb", true, InsecureHttp),
+            ("http://127.0.0.1:3000/cb", false, InsecureHttp),
             ("/relative/path", false, NotAbsolute),
             ("https://user:pass@app.example.com/cb", false, Credentials),
             ("myapp:/cb", true, PrivateUseScheme),

@@ -143,3 +143,11 @@ pub fn delete_expired_secrets(
     )
     .execute(conn)?)
 }
+
+/// Removes every secret of a client (it no longer authenticates with one).
+pub fn delete_all_secrets(conn: &mut DbConnection, client_id: &str) -> Result<usize, StoreError> {
+    Ok(
+        diesel::delete(client_secrets::table.filter(client_secrets::client_id.eq(client_id)))
+            .execute(conn)?,
+    )
+}

@@ -8,6 +8,7 @@
 
 pub mod audit_events;
 pub mod clients;
+pub mod credentials;
 pub mod migrate;
 pub mod roles;
 pub mod schema;

@@ -78,6 +78,10 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         version -> BigInt,
+        password_hash -> Nullable<Text>,
+        password_changed_at -> Nullable<BigInt>,
+        failed_logins -> BigInt,
+        locked_at -> Nullable<BigInt>,
     }
 }
 
@@ -101,7 +105,58 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    totp_credentials (id) {
+        id -> Text,
+        user_id -> Text,
+        secret_sealed -> Text,
+        confirmed -> Bool,
+        last_step -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    recovery_codes (id) {
+        id -> Text,
+        user_id -> Text,
+        code_hash -> Text,
+        used_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    sessions (id_hash) {
+        id_hash -> Text,
+        public_id -> Text,
+        user_id -> Text,
+        stage -> Text,
+        amr -> Text,
+        created_at -> BigInt,
+        last_seen_at -> BigInt,
+        expires_at -> BigInt,
+        authenticated_at -> BigInt,
+        mfa_at -> Nullable<BigInt>,
+        source_ip -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+        ended_at -> Nullable<BigInt>,
+        end_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    auth_throttle (key_hash) {
+        key_hash -> Text,
+        failures -> BigInt,
+        last_failure_at -> BigInt,
+    }
+}
+
 diesel::joinable!(client_secrets -> clients (client_id));
+diesel::joinable!(totp_credentials -> users (user_id));
+diesel::joinable!(recovery_codes -> users (user_id));
+diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(user_roles -> users (user_id));
 diesel::joinable!(user_roles -> roles (role_name));
 
@@ -113,4 +168,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     users,
     roles,
     user_roles,
+    totp_credentials,
+    recovery_codes,
+    sessions,
+    auth_throttle,
 );
