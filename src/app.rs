@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use actix_web::web;
 
+use crate::authn::login::LoginPolicy;
+use crate::authn::password::PasswordHashing;
 use crate::clock::SharedClock;
 use crate::config::Settings;
+use crate::crypto::seal::Sealer;
 use crate::http;
 use crate::http::metrics::Metrics;
 use crate::keys::KeyRing;
@@ -21,6 +24,13 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// This process's name in audit events and logs.
     pub node: String,
+    /// Seals and opens TOTP seeds and other secrets at rest.
+    pub sealer: Sealer,
+    /// Keys CSRF tokens (derived from the master key, so every node agrees).
+    pub csrf_key: Arc<[u8; 32]>,
+    pub hashing: Arc<PasswordHashing>,
+    pub login: LoginPolicy,
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
 }
 
 /// Registers every route with its state and body limits. Middleware is added by the server.

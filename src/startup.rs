@@ -167,6 +167,39 @@ pub struct Prepared {
     pub master_key_source: MasterKeySource,
     pub created_keys: Vec<String>,
     pub migrations: Vec<String>,
+    /// Nobody can sign in yet: `serve` says how to create the first admin.
+    pub no_users: bool,
+}
+
+pub fn login_policy(settings: &Settings) -> crate::authn::login::LoginPolicy {
+    let l = &settings.login;
+    let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    crate::authn::login::LoginPolicy {
+        throttle: crate::authn::throttle::Policy {
+            free_attempts: secs(l.free_attempts),
+            max_delay_seconds: secs(l.max_backoff_seconds),
+        },
+        throttle_enabled: !settings.danger.disable_login_throttle,
+        lockout_threshold: secs(l.lockout_threshold),
+        timeouts: crate::authn::session::Timeouts {
+            idle_seconds: secs(l.idle_timeout_seconds),
+            absolute_seconds: secs(l.session_lifetime_seconds),
+        },
+    }
+}
+
+fn password_hashing(settings: &Settings) -> crate::authn::password::PasswordHashing {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let concurrency = match settings.login.max_concurrent_hashes {
+        0 => cores,
+        n => usize::try_from(n).unwrap_or(cores),
+    };
+    crate::authn::password::PasswordHashing::new(
+        concurrency,
+        usize::try_from(settings.login.hash_queue_limit).unwrap_or(64),
+    )
 }
 
 pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, StartError> {
@@ -179,7 +212,8 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
     let timing = key_timing(&settings);
     let mut conn = db.conn()?;
     let created_keys = keys::ensure_initial_keys(&mut conn, &sealer, clock.as_ref(), &ctx)?;
-    let ring = KeyRing::load(&mut conn, sealer, timing, clock.now_secs())?;
+    let ring = KeyRing::load(&mut conn, sealer.clone(), timing, clock.now_secs())?;
+    let no_users = crate::store::users::list(&mut conn, None)?.is_empty();
     write_transaction(&mut conn, |conn| {
         audit::append(
             conn,
@@ -203,18 +237,25 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
     })?;
     drop(conn);
     let metrics = Metrics::new().map_err(|e| StartError::Server(e.to_string()))?;
+    let trusted_proxies = settings.trusted_proxies()?;
     Ok(Prepared {
         state: AppState {
             db,
             keys: Arc::new(ring),
             clock,
+            hashing: Arc::new(password_hashing(&settings)),
+            login: login_policy(&settings),
             settings: Arc::new(settings),
             metrics: Arc::new(metrics),
             node,
+            sealer,
+            csrf_key: Arc::new(master.derive("ward/csrf/v1")),
+            trusted_proxies: Arc::new(trusted_proxies),
         },
         master_key_source,
         created_keys,
         migrations,
+        no_users,
     })
 }
 

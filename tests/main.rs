@@ -4,6 +4,7 @@
 mod common;
 
 mod keys;
+mod login;
 mod ops;
 mod process;
 mod registry;

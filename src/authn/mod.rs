@@ -1,6 +1,8 @@
 //! Signing people in (DESIGN.md §7): passwords, TOTP, recovery codes, sessions and back-off.
 //! Pure rules live in the small modules; `login` runs them against the store.
 
+pub mod accounts;
+pub mod login;
 pub mod password;
 pub mod recovery;
 pub mod session;

@@ -35,6 +35,8 @@ pub struct NewUser {
     pub display_name: Option<String>,
     pub fhir_user: Option<String>,
     pub roles: Vec<String>,
+    /// An argon2id hash, set in the same transaction as the user.
+    pub password_hash: Option<String>,
 }
 
 /// Usernames compare case-insensitively, so they are stored lowercase.
@@ -155,6 +157,9 @@ pub fn create(
             version: 1,
         };
         rows::insert(conn, &row)?;
+        if let Some(hash) = &new.password_hash {
+            crate::store::credentials::set_password(conn, &row.id, hash, now)?;
+        }
         for role in &new.roles {
             if roles::find(conn, role)?.is_none() {
                 return Err(DirectoryError::NotFound(format!("no role `{role}`")));

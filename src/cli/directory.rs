@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::audit::AuditContext;
+use crate::authn::accounts;
 use crate::authz::roles::{self, Role, RoleChanges};
 use crate::authz::users::{self, NewUser, User};
 use crate::authz::DirectoryError;
@@ -254,6 +255,40 @@ pub enum UserCommand {
         /// Practitioner/123, Patient/456, … (the user's FHIR resource).
         #[arg(long, value_name = "REFERENCE")]
         fhir_user: Option<String>,
+        /// Read an initial password from standard input (never from the command line).
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a user's password from standard input; ends their sessions.
+    SetPassword {
+        username: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a user: every session ends at once.
+    Disable {
+        username: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Enable {
+        username: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a lock caused by too many failed sign-ins.
+    Unlock {
+        username: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every second factor (the user enrols again at next sign-in).
+    ResetMfa {
+        username: String,
         #[arg(long)]
         json: bool,
     },
@@ -598,6 +633,16 @@ pub fn role(
     Ok(())
 }
 
+/// One line from standard input, without its line ending. Passwords never come from argv,
+/// where other local users could read them.
+fn read_password() -> Result<String, StartError> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| {
+        StartError::Server(format!("cannot read the password from standard input: {e}"))
+    })?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
 fn print_user(user: &User, json: bool) {
     if json {
         println!("{}", serde_json::to_value(user).unwrap_or(Value::Null));
@@ -628,8 +673,21 @@ pub fn user(
             roles,
             display_name,
             fhir_user,
+            password_stdin,
             json,
         } => {
+            let password_hash = if password_stdin {
+                let password = read_password()?;
+                crate::authn::password::check_policy(&password, &[&username]).map_err(|e| {
+                    StartError::Invalid(vec![crate::clients::FieldError::new(
+                        "password",
+                        e.to_string(),
+                    )])
+                })?;
+                Some(crate::authn::password::hash_blocking(&password).map_err(StartError::Server)?)
+            } else {
+                None
+            };
             let user = users::create(
                 &mut conn,
                 clock,
@@ -639,6 +697,7 @@ pub fn user(
                     display_name,
                     fhir_user,
                     roles,
+                    password_hash,
                 },
             )?;
             print_user(&user, json);
@@ -668,6 +727,38 @@ pub fn user(
             json,
         } => print_user(
             &users::change_role(&mut conn, clock, &ctx, &username, &role, false)?,
+            json,
+        ),
+        UserCommand::SetPassword { username, json, .. } => {
+            let password = read_password()?;
+            print_user(
+                &accounts::set_password(&mut conn, clock, &ctx, &username, &password)?,
+                json,
+            );
+        }
+        UserCommand::Disable { username, json } => print_user(
+            &accounts::set_enabled(&mut conn, clock, &ctx, &username, false)?,
+            json,
+        ),
+        UserCommand::Enable { username, json } => print_user(
+            &accounts::set_enabled(&mut conn, clock, &ctx, &username, true)?,
+            json,
+        ),
+        UserCommand::Unlock { username, json } => {
+            let was_locked = accounts::unlock(&mut conn, clock, &ctx, &username)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "username": username, "was_locked": was_locked })
+                );
+            } else if was_locked {
+                println!("Unlocked {username}.");
+            } else {
+                println!("{username} was not locked.");
+            }
+        }
+        UserCommand::ResetMfa { username, json } => print_user(
+            &accounts::reset_mfa(&mut conn, clock, &ctx, &username)?,
             json,
         ),
     }

@@ -195,6 +195,11 @@ fn serve(settings: Settings, clock: SharedClock) -> Result<(), StartError> {
     for kid in &prepared.created_keys {
         tracing::info!(kid = %kid, "created signing key");
     }
+    if prepared.no_users {
+        tracing::warn!(
+            "No users yet. Create the first admin (you will be asked to enrol a second factor at first sign-in):\n\n    ward user add admin --role admin --password-stdin\n"
+        );
+    }
     let state = prepared.state;
     actix_web::rt::System::new().block_on(async move {
         let issuer = state.settings.issuer()?;

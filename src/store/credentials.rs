@@ -177,6 +177,19 @@ pub fn delete_totp(conn: &mut DbConnection, user_id: &str) -> Result<usize, Stor
     )
 }
 
+pub fn delete_totp_except(
+    conn: &mut DbConnection,
+    user_id: &str,
+    keep_id: &str,
+) -> Result<usize, StoreError> {
+    Ok(diesel::delete(
+        totp_credentials::table
+            .filter(totp_credentials::user_id.eq(user_id))
+            .filter(totp_credentials::id.ne(keep_id)),
+    )
+    .execute(conn)?)
+}
+
 /// Records `step` as used if it is later than the last used step; false means a replay (or a
 /// concurrent request used it first).
 pub fn claim_totp_step(

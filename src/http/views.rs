@@ -1,0 +1,69 @@
+//! askama views: one struct per page, holding only what the page shows. HTML escaping is on
+//! for every value; only the server-rendered QR SVG is marked safe.
+
+use askama::Template;
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginView {
+    pub csrf: String,
+    pub return_to: String,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "mfa.html")]
+pub struct MfaView {
+    pub csrf: String,
+    pub return_to: String,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "enrol_totp.html")]
+pub struct EnrolTotpView {
+    pub csrf: String,
+    pub return_to: String,
+    pub qr_svg: String,
+    pub secret: String,
+    pub required: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "recovery_codes.html")]
+pub struct RecoveryCodesView {
+    pub codes: Vec<String>,
+    pub return_to: String,
+}
+
+pub struct SessionRowView {
+    pub public_id: String,
+    pub created: String,
+    pub last_seen: String,
+    pub from: String,
+    pub current: bool,
+}
+
+#[derive(Template)]
+#[template(path = "account.html")]
+pub struct AccountView {
+    pub csrf: String,
+    pub username: String,
+    pub display_name: String,
+    pub totp_enrolled: bool,
+    pub recovery_codes_left: i64,
+    pub mfa_required: bool,
+    pub sessions: Vec<SessionRowView>,
+    pub notice: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct MessageView {
+    pub title: String,
+    pub message: String,
+    pub link: Option<String>,
+    pub link_text: String,
+}

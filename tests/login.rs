@@ -1,0 +1,585 @@
+//! Signing in over real HTTP on SQLite and PostgreSQL: passwords, TOTP enrolment and use,
+//! recovery codes, CSRF, back-off and lockout, idle timeout, session fixation, no enumeration.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use ward::audit::AuditContext;
+use ward::authn::totp::Totp;
+use ward::authz::users::{self, NewUser};
+use ward::clock::{Clock, ManualClock};
+use ward::store::audit_events;
+
+use crate::common::browser::{base32_decode, value_by_id, Browser};
+use crate::common::{Backend, TestApp};
+use crate::on_both_backends;
+
+on_both_backends!(
+    a_password_only_user_signs_in_and_out,
+    unknown_users_and_wrong_passwords_look_the_same,
+    mfa_enrolment_totp_and_recovery_codes,
+    rejects_forms_without_a_valid_csrf_token,
+    idle_sessions_end_automatically,
+    session_ids_change_at_every_sign_in_step,
+    failures_back_off_then_lock_and_unlock,
+    concurrent_failures_are_all_counted,
+    the_same_totp_code_wins_only_once_under_concurrency,
+    password_changes_need_the_current_password_and_end_other_sessions,
+);
+
+const PASSWORD: &str = "violet tractor sings at dawn";
+const START: i64 = 1_900_000_000;
+
+fn add_user(app: &TestApp, username: &str, roles: &[&str]) {
+    users::create(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &AuditContext::cli(),
+        NewUser {
+            username: username.into(),
+            display_name: Some(format!("Dr. {username}")),
+            fhir_user: None,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            password_hash: Some(ward::authn::password::hash_blocking(PASSWORD).unwrap()),
+        },
+    )
+    .unwrap();
+}
+
+async fn app_with_clock(
+    backend: Backend,
+    env: &[(&str, &str)],
+) -> Option<(TestApp, Arc<ManualClock>)> {
+    let clock = Arc::new(ManualClock::at_secs(START));
+    let mut builder = TestApp::builder(backend).manual_clock(clock.clone());
+    for (k, v) in env {
+        builder = builder.env(k, v);
+    }
+    Some((builder.start().await?, clock))
+}
+
+fn actions(app: &TestApp, action: &str) -> Vec<serde_json::Value> {
+    audit_events::list(&mut app.conn(), Some(action), 1000)
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str(&e.details).unwrap())
+        .collect()
+}
+
+/// Enrols TOTP for a signed-in (or enrolment-stage) browser; returns the secret.
+async fn enrol_totp(browser: &Browser, clock: &ManualClock) -> (Vec<u8>, Vec<String>) {
+    let page = browser.get("/account/mfa/totp").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("<svg"), "QR code rendered inline");
+    let secret = base32_decode(&value_by_id(&page.body, "secret").expect("key shown"));
+    let code = Totp::new(&secret)
+        .unwrap()
+        .code_at_step(clock.now_secs() / 30);
+    let done = browser
+        .post(
+            "/account/mfa/totp",
+            &[("code", &code), ("csrf", &page.csrf())],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let codes: Vec<String> = done
+        .body
+        .split("<li>")
+        .skip(1)
+        .filter_map(|s| s.split("</li>").next())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(codes.len(), 10, "ten recovery codes shown once");
+    (secret, codes)
+}
+
+async fn a_password_only_user_signs_in_and_out(backend: Backend) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let browser = Browser::new(&app.base);
+    let signed_in = browser.sign_in("pat", PASSWORD).await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    assert_eq!(signed_in.location.as_deref(), Some("/account"));
+    let cookie = signed_in
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with("ward_session="))
+        .expect("session cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+
+    let account = browser.get("/account").await;
+    assert_eq!(account.status, StatusCode::OK);
+    assert!(account.body.contains("Dr. pat"));
+    assert_eq!(account.body.matches("This device").count(), 1);
+    assert!(
+        account.status == StatusCode::OK && account.body.contains("Set up an authenticator app")
+    );
+
+    let out = browser.post("/logout", &[("csrf", &account.csrf())]).await;
+    assert_eq!(out.location.as_deref(), Some("/login"));
+    let after = browser.get("/account").await;
+    assert_eq!(after.status, StatusCode::SEE_OTHER);
+    assert!(after
+        .location
+        .unwrap()
+        .starts_with("/login?return_to=%2Faccount"));
+    assert_eq!(actions(&app, "login.succeeded").len(), 1);
+    assert_eq!(actions(&app, "session.ended")[0]["reason"], "logout");
+}
+
+async fn unknown_users_and_wrong_passwords_look_the_same(backend: Backend) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    add_user(&app, "gone", &["patient"]);
+    ward::authn::accounts::set_enabled(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &AuditContext::cli(),
+        "gone",
+        false,
+    )
+    .unwrap();
+    let browser = Browser::new(&app.base);
+    let csrf = browser.get("/login").await.csrf();
+    let mut answers = Vec::new();
+    for (username, password) in [
+        ("pat", "wrong password here"),
+        ("nobody", PASSWORD),
+        ("gone", PASSWORD),
+        ("", ""),
+    ] {
+        let page = browser
+            .post(
+                "/login",
+                &[
+                    ("username", username),
+                    ("password", password),
+                    ("csrf", &csrf),
+                ],
+            )
+            .await;
+        answers.push((page.status, page.body));
+    }
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body, &answers[0].1, "every refusal has the same body");
+    }
+    assert!(browser.session_cookie().is_none());
+    let reasons: Vec<String> = actions(&app, "login.failed")
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["bad_password", "unknown_user", "disabled", "unknown_user"]
+    );
+}
+
+async fn mfa_enrolment_totp_and_recovery_codes(backend: Backend) {
+    let Some((app, clock)) = app_with_clock(backend, &[]).await else {
+        return;
+    };
+    add_user(&app, "who", &["physician"]);
+    let browser = Browser::new(&app.base);
+    // The physician role requires MFA and there is no factor yet: enrolment comes first.
+    let first = browser.sign_in("who", PASSWORD).await;
+    assert_eq!(
+        first.location.as_deref(),
+        Some("/account/mfa/totp?return_to=%2Faccount")
+    );
+    let blocked = browser.get("/account").await;
+    assert!(
+        blocked.location.unwrap().starts_with("/account/mfa/totp"),
+        "nothing else before enrolment"
+    );
+    let (secret, codes) = enrol_totp(&browser, &clock).await;
+    assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+    let logout_csrf = browser.get("/account").await.csrf();
+    browser.post("/logout", &[("csrf", &logout_csrf)]).await;
+
+    // Next sign-in asks for the code; the one used at enrolment is a replay.
+    let totp = Totp::new(&secret).unwrap();
+    let used = totp.code_at_step(clock.now_secs() / 30);
+    let browser = Browser::new(&app.base);
+    assert_eq!(
+        browser.sign_in("who", PASSWORD).await.location.as_deref(),
+        Some("/login/mfa?return_to=%2Faccount")
+    );
+    let mfa = browser.get("/login/mfa").await;
+    let replay = browser
+        .post("/login/mfa", &[("code", &used), ("csrf", &mfa.csrf())])
+        .await;
+    assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
+    // One step later the new code works.
+    clock.advance_secs(30);
+    let fresh = totp.code_at_step(clock.now_secs() / 30);
+    let ok = browser
+        .post("/login/mfa", &[("code", &fresh), ("csrf", &mfa.csrf())])
+        .await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER, "{}", ok.body);
+    assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+
+    // A recovery code works once.
+    for (attempt, expected) in [(1, StatusCode::SEE_OTHER), (2, StatusCode::UNAUTHORIZED)] {
+        let b = Browser::new(&app.base);
+        b.sign_in("who", PASSWORD).await;
+        let mfa = b.get("/login/mfa").await;
+        let page = b
+            .post(
+                "/login/mfa",
+                &[("code", &codes[0].to_uppercase()), ("csrf", &mfa.csrf())],
+            )
+            .await;
+        assert_eq!(page.status, expected, "recovery code attempt {attempt}");
+    }
+    let used: Vec<String> = actions(&app, "mfa.used")
+        .iter()
+        .map(|d| d["method"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(used, ["otp", "recovery_code"]);
+    assert_eq!(actions(&app, "mfa.enrolled").len(), 1);
+    assert_eq!(actions(&app, "mfa.failed").len(), 2);
+}
+
+async fn rejects_forms_without_a_valid_csrf_token(backend: Backend) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let browser = Browser::new(&app.base);
+    browser.get("/login").await;
+    for csrf in ["", "forged-token"] {
+        let page = browser
+            .post(
+                "/login",
+                &[("username", "pat"), ("password", PASSWORD), ("csrf", csrf)],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN);
+        assert!(
+            browser.session_cookie().is_none(),
+            "no session from a forged login"
+        );
+    }
+    browser.sign_in("pat", PASSWORD).await;
+    let account = browser.get("/account").await;
+    // A token from another browser's session is refused too.
+    let other = Browser::new(&app.base);
+    other.sign_in("pat", PASSWORD).await;
+    let foreign = other.get("/account").await.csrf();
+    let changed = browser
+        .post(
+            "/account/password",
+            &[
+                ("current", PASSWORD),
+                ("new", "amber walrus plays the oboe"),
+                ("confirm", "amber walrus plays the oboe"),
+                ("csrf", &foreign),
+            ],
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::FORBIDDEN);
+    let out = browser.post("/logout", &[("csrf", "nope")]).await;
+    assert_eq!(out.status, StatusCode::FORBIDDEN);
+    // Nothing changed: the old password still works and the session is still live.
+    assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+    assert_eq!(
+        Browser::new(&app.base)
+            .sign_in("pat", PASSWORD)
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+    assert!(actions(&app, "password.changed").is_empty());
+    drop(account);
+}
+
+async fn idle_sessions_end_automatically(backend: Backend) {
+    let Some((app, clock)) = app_with_clock(backend, &[]).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let browser = Browser::new(&app.base);
+    browser.sign_in("pat", PASSWORD).await;
+    clock.advance_secs(600);
+    assert_eq!(
+        browser.get("/account").await.status,
+        StatusCode::OK,
+        "activity keeps it alive"
+    );
+    clock.advance_secs(899);
+    assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+    clock.advance_secs(900);
+    let expired = browser.get("/account").await;
+    assert_eq!(expired.status, StatusCode::SEE_OTHER);
+    assert_eq!(actions(&app, "session.ended")[0]["reason"], "idle_timeout");
+    // The absolute lifetime ends even a busy session.
+    browser.sign_in("pat", PASSWORD).await;
+    for _ in 0..50 {
+        clock.advance_secs(880);
+        browser.get("/account").await;
+    }
+    assert_eq!(browser.get("/account").await.status, StatusCode::SEE_OTHER);
+    assert!(actions(&app, "session.ended")
+        .iter()
+        .any(|d| d["reason"] == "absolute_lifetime"));
+}
+
+async fn session_ids_change_at_every_sign_in_step(backend: Backend) {
+    let Some((app, clock)) = app_with_clock(backend, &[]).await else {
+        return;
+    };
+    add_user(&app, "who", &["physician"]);
+    let browser = Browser::new(&app.base);
+    // An attacker-planted session id is never adopted.
+    browser.jar.add_cookie_str(
+        "ward_session=planted-by-attacker; Path=/",
+        &app.base.parse().unwrap(),
+    );
+    browser.sign_in("who", PASSWORD).await;
+    let enrolment_id = browser.session_cookie().unwrap();
+    assert_ne!(enrolment_id, "planted-by-attacker");
+    let (secret, _) = enrol_totp(&browser, &clock).await;
+    let full_id = browser.session_cookie().unwrap();
+    assert_ne!(full_id, enrolment_id, "a new id once MFA completes");
+    // The pre-MFA id is dead.
+    let stale = Browser::new(&app.base);
+    stale.jar.add_cookie_str(
+        &format!("ward_session={enrolment_id}; Path=/"),
+        &app.base.parse().unwrap(),
+    );
+    assert_eq!(stale.get("/account").await.status, StatusCode::SEE_OTHER);
+
+    let second = Browser::new(&app.base);
+    second.sign_in("who", PASSWORD).await;
+    let partial = second.session_cookie().unwrap();
+    clock.advance_secs(30);
+    let mfa = second.get("/login/mfa").await;
+    let code = Totp::new(&secret)
+        .unwrap()
+        .code_at_step(clock.now_secs() / 30);
+    second
+        .post("/login/mfa", &[("code", &code), ("csrf", &mfa.csrf())])
+        .await;
+    assert_ne!(second.session_cookie().unwrap(), partial);
+}
+
+async fn failures_back_off_then_lock_and_unlock(backend: Backend) {
+    let Some((app, clock)) =
+        app_with_clock(backend, &[("WARD_LOGIN_LOCKOUT_THRESHOLD", "6")]).await
+    else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let browser = Browser::new(&app.base);
+    for _ in 0..3 {
+        assert_eq!(
+            browser.sign_in("pat", "wrong password here").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Backed off: even the right password is refused, with the same answer.
+    let refused = browser.sign_in("pat", PASSWORD).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert!(actions(&app, "login.failed")
+        .iter()
+        .any(|d| d["reason"] == "throttled"));
+    clock.advance_secs(1);
+    assert_eq!(
+        browser.sign_in("pat", "wrong password here").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    clock.advance_secs(2);
+    assert_eq!(
+        browser.sign_in("pat", "wrong password here").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    clock.advance_secs(4);
+    assert_eq!(
+        browser.sign_in("pat", "wrong password here").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Sixth counted failure: the account locks.
+    assert_eq!(actions(&app, "account.locked").len(), 1);
+    clock.advance_secs(3600);
+    assert_eq!(
+        browser.sign_in("pat", PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED,
+        "locked"
+    );
+    assert!(ward::authn::accounts::unlock(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &AuditContext::cli(),
+        "pat"
+    )
+    .unwrap());
+    clock.advance_secs(3600);
+    assert_eq!(
+        browser.sign_in("pat", PASSWORD).await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(actions(&app, "account.unlocked").len(), 1);
+}
+
+async fn concurrent_failures_are_all_counted(backend: Backend) {
+    let Some(app) = TestApp::builder(backend)
+        .env("WARD_DANGER_DISABLE_LOGIN_THROTTLE", "true")
+        .env("WARD_LOGIN_HASH_QUEUE_LIMIT", "1000")
+        .start()
+        .await
+    else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let browser = Arc::new(Browser::new(&app.base));
+    let csrf = browser.get("/login").await.csrf();
+    let attempts = 40;
+    let barrier = Arc::new(tokio::sync::Barrier::new(attempts));
+    let tasks: Vec<_> = (0..attempts)
+        .map(|_| {
+            let (browser, barrier, csrf) = (browser.clone(), barrier.clone(), csrf.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                browser
+                    .post(
+                        "/login",
+                        &[
+                            ("username", "pat"),
+                            ("password", "wrong password here"),
+                            ("csrf", &csrf),
+                        ],
+                    )
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    let row = ward::store::credentials::login_user_by_name(&mut app.conn(), "pat")
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.failed_logins, attempts as i64, "every failure counted");
+}
+
+async fn the_same_totp_code_wins_only_once_under_concurrency(backend: Backend) {
+    let Some((app, clock)) = app_with_clock(backend, &[]).await else {
+        return;
+    };
+    add_user(&app, "who", &["physician"]);
+    let enrolling = Browser::new(&app.base);
+    enrolling.sign_in("who", PASSWORD).await;
+    let (secret, _) = enrol_totp(&enrolling, &clock).await;
+    clock.advance_secs(30);
+    let code = Totp::new(&secret)
+        .unwrap()
+        .code_at_step(clock.now_secs() / 30);
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        let b = Browser::new(&app.base);
+        b.sign_in("who", PASSWORD).await;
+        let csrf = b.get("/login/mfa").await.csrf();
+        pending.push((b, csrf));
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let mut tasks = Vec::new();
+    for (b, csrf) in pending {
+        let (barrier, code) = (barrier.clone(), code.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            b.post("/login/mfa", &[("code", &code), ("csrf", &csrf)])
+                .await
+                .status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::SEE_OTHER, StatusCode::UNAUTHORIZED]);
+}
+
+async fn password_changes_need_the_current_password_and_end_other_sessions(backend: Backend) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let (here, elsewhere) = (Browser::new(&app.base), Browser::new(&app.base));
+    here.sign_in("pat", PASSWORD).await;
+    elsewhere.sign_in("pat", PASSWORD).await;
+    let csrf = here.get("/account").await.csrf();
+    let new = "amber walrus plays the oboe";
+    for (current, next, confirm, expected) in [
+        (
+            "not my password!",
+            new,
+            new,
+            "current password is not correct",
+        ),
+        (
+            PASSWORD,
+            "password1234",
+            "password1234",
+            "too easy to guess",
+        ),
+        (PASSWORD, "short", "short", "at least 12"),
+        (PASSWORD, new, "something else", "different"),
+    ] {
+        let page = here
+            .post(
+                "/account/password",
+                &[
+                    ("current", current),
+                    ("new", next),
+                    ("confirm", confirm),
+                    ("csrf", &csrf),
+                ],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::BAD_REQUEST);
+        assert!(page.body.contains(expected), "{expected}: {}", page.body);
+    }
+    let ok = here
+        .post(
+            "/account/password",
+            &[
+                ("current", PASSWORD),
+                ("new", new),
+                ("confirm", new),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(
+        here.get("/account").await.status,
+        StatusCode::OK,
+        "this session stays"
+    );
+    assert_eq!(
+        elsewhere.get("/account").await.status,
+        StatusCode::SEE_OTHER,
+        "others end"
+    );
+    assert_eq!(
+        Browser::new(&app.base)
+            .sign_in("pat", PASSWORD)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        Browser::new(&app.base).sign_in("pat", new).await.status,
+        StatusCode::SEE_OTHER
+    );
+}
