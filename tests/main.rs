@@ -3,6 +3,8 @@
 
 mod common;
 
+mod chromium;
+
 mod keys;
 mod login;
 mod ops;
