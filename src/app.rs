@@ -31,6 +31,8 @@ pub struct AppState {
     pub hashing: Arc<PasswordHashing>,
     pub login: LoginPolicy,
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    /// The WebAuthn relying party (id: the public URL's host).
+    pub webauthn: Arc<webauthn_rs::prelude::Webauthn>,
 }
 
 /// Registers every route with its state and body limits. Middleware is added by the server.

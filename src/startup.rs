@@ -238,6 +238,8 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
     drop(conn);
     let metrics = Metrics::new().map_err(|e| StartError::Server(e.to_string()))?;
     let trusted_proxies = settings.trusted_proxies()?;
+    let webauthn = crate::authn::passkeys::relying_party(&settings.public_url()?)
+        .map_err(StartError::Server)?;
     Ok(Prepared {
         state: AppState {
             db,
@@ -251,6 +253,7 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
             sealer,
             csrf_key: Arc::new(master.derive("ward/csrf/v1")),
             trusted_proxies: Arc::new(trusted_proxies),
+            webauthn: Arc::new(webauthn),
         },
         master_key_source,
         created_keys,

@@ -87,3 +87,123 @@ async fn a_clinician_signs_in_with_password_and_totp_in_chromium() {
         .await
         .contains("Authenticator app: <strong>set up</strong>"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_registers_a_passkey_and_signs_in_with_it_in_chromium() {
+    let Some(app) = TestApp::start(Backend::Sqlite).await else {
+        return;
+    };
+    let Some(chrome) = Chromium::start().await else {
+        return;
+    };
+    users::create(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &AuditContext::cli(),
+        NewUser {
+            username: "pat".into(),
+            display_name: Some("Pat Patient".into()),
+            fhir_user: Some("Patient/123".into()),
+            roles: vec!["patient".into()],
+            password_hash: Some(ward::authn::password::hash_blocking(PASSWORD).unwrap()),
+        },
+    )
+    .unwrap();
+    let authenticator = chrome.add_virtual_authenticator().await;
+
+    chrome.goto(&app.url("/login")).await;
+    chrome.type_into("#username", "pat").await;
+    chrome.type_into("#password", PASSWORD).await;
+    chrome
+        .click("form[action='/login'] button[type=submit]")
+        .await;
+    chrome.wait_for_path("/account").await;
+
+    // Register a passkey from the account page.
+    chrome.type_into("#passkey-name", "Test laptop").await;
+    chrome.click("button[data-passkey=register]").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !chrome.source().await.contains("value=\"Test laptop\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "passkey not listed: {}",
+            chrome.source().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    chrome.screenshot("account-passkey").await;
+    assert_eq!(
+        chrome
+            .credentials(&authenticator)
+            .await
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // Passwordless: the passkey alone signs in (it verifies the user itself).
+    chrome.click("header form button").await;
+    chrome.wait_for_path("/login").await;
+    chrome.click("button[data-passkey=login]").await;
+    chrome.wait_for_path("/account").await;
+    assert!(chrome.source().await.contains("Pat Patient"));
+
+    // As a second factor after the password.
+    chrome.click("header form button").await;
+    chrome.wait_for_path("/login").await;
+    chrome.type_into("#username", "pat").await;
+    chrome.type_into("#password", PASSWORD).await;
+    chrome
+        .click("form[action='/login'] button[type=submit]")
+        .await;
+    chrome.wait_for_path("/login/mfa").await;
+    chrome.click("button[data-passkey=mfa]").await;
+    chrome.wait_for_path("/account").await;
+
+    let events =
+        ward::store::audit_events::list(&mut app.conn(), Some("login.succeeded"), 10).unwrap();
+    let methods: Vec<String> = events.iter().map(|e| e.details.clone()).collect();
+    assert!(
+        methods
+            .iter()
+            .any(|m| m.contains("\"hwk\"") && m.contains("\"mfa\"")),
+        "passwordless: {methods:?}"
+    );
+    assert!(
+        methods
+            .iter()
+            .any(|m| m.contains("\"pwd\"") && m.contains("\"hwk\"")),
+        "second factor: {methods:?}"
+    );
+    let enrolled =
+        ward::store::audit_events::list(&mut app.conn(), Some("mfa.enrolled"), 10).unwrap();
+    assert!(enrolled[0].details.contains("webauthn"));
+
+    // A cloned authenticator replays an old signature counter: refused and audited.
+    let credential = chrome.credentials(&authenticator).await[0].clone();
+    assert!(
+        credential["signCount"].as_u64().unwrap_or(0) > 0,
+        "the authenticator counts: {credential}"
+    );
+    chrome.remove_virtual_authenticator(&authenticator).await;
+    let clone = chrome.add_virtual_authenticator().await;
+    chrome.add_credential(&clone, &credential, 1).await;
+    chrome.click("header form button").await;
+    chrome.wait_for_path("/login").await;
+    chrome.click("button[data-passkey=login]").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !chrome.source().await.contains("cannot sign you in") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clone was not refused: {}",
+            chrome.source().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(chrome.url().await.ends_with("/login"));
+    let regressions =
+        ward::store::audit_events::list(&mut app.conn(), Some("webauthn.counter_regression"), 10)
+            .unwrap();
+    assert_eq!(regressions.len(), 1);
+    assert_eq!(regressions[0].severity, "high");
+}

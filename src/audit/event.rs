@@ -139,6 +139,9 @@ pub enum AuditEvent {
     SessionEnded { session: String, reason: String },
     #[serde(rename = "password.changed")]
     PasswordChanged { user_id: String, by_operator: bool },
+    /// A WebAuthn signature counter did not increase: the authenticator may have been cloned.
+    #[serde(rename = "webauthn.counter_regression")]
+    WebauthnCounterRegression {},
 }
 
 /// Why a sign-in step failed (audit detail only).
@@ -154,6 +157,7 @@ pub enum LoginFailure {
     BadCode,
     ReplayedCode,
     Busy,
+    PasswordlessNotAllowed,
 }
 
 impl AuditEvent {
@@ -184,6 +188,7 @@ impl AuditEvent {
         "mfa.failed",
         "session.ended",
         "password.changed",
+        "webauthn.counter_regression",
     ];
 
     pub fn action(&self) -> &'static str {
@@ -213,12 +218,15 @@ impl AuditEvent {
             Self::MfaFailed { .. } => "mfa.failed",
             Self::SessionEnded { .. } => "session.ended",
             Self::PasswordChanged { .. } => "password.changed",
+            Self::WebauthnCounterRegression { .. } => "webauthn.counter_regression",
         }
     }
 
     pub fn outcome(&self) -> Outcome {
         match self {
-            Self::LoginFailed { .. } | Self::MfaFailed { .. } => Outcome::Failure,
+            Self::LoginFailed { .. }
+            | Self::MfaFailed { .. }
+            | Self::WebauthnCounterRegression { .. } => Outcome::Failure,
             _ => Outcome::Success,
         }
     }
@@ -233,7 +241,9 @@ impl AuditEvent {
                 reason: KeyCreationReason::ImmediateRotation,
                 ..
             } => Severity::High,
-            Self::AccountLocked { .. } | Self::MfaReset { .. } => Severity::High,
+            Self::AccountLocked { .. }
+            | Self::MfaReset { .. }
+            | Self::WebauthnCounterRegression { .. } => Severity::High,
             Self::LoginSucceeded { .. } | Self::MfaUsed { .. } | Self::SessionEnded { .. } => {
                 Severity::Info
             }
@@ -348,6 +358,7 @@ mod tests {
                 user_id: "u".into(),
                 by_operator: false,
             },
+            AuditEvent::WebauthnCounterRegression {},
         ];
         assert_eq!(samples.len(), AuditEvent::ACTIONS.len());
         for (event, name) in samples.iter().zip(AuditEvent::ACTIONS) {

@@ -106,6 +106,7 @@ pub fn reset_mfa(
     write_transaction(conn, |conn| {
         creds::delete_totp(conn, &user.id)?;
         creds::delete_recovery_codes(conn, &user.id)?;
+        crate::store::passkeys::delete_all_of(conn, &user.id)?;
         creds::end_sessions_of(conn, &user.id, None, now, "mfa_reset")?;
         audit::append(
             conn,

@@ -102,19 +102,20 @@ pub fn mfa_required(conn: &mut DbConnection, user_id: &str) -> Result<bool, Stor
 }
 
 pub fn has_second_factor(conn: &mut DbConnection, user_id: &str) -> Result<bool, StoreError> {
-    Ok(creds::totp_of(conn, user_id)?.iter().any(|t| t.confirmed))
+    Ok(creds::totp_of(conn, user_id)?.iter().any(|t| t.confirmed)
+        || !crate::store::passkeys::of_user(conn, user_id)?.is_empty())
 }
 
 /// What a new session row starts with.
-struct SessionStart<'a> {
-    user_id: &'a str,
-    stage: Stage,
-    amr: &'a [&'a str],
-    authenticated_at: i64,
-    mfa_at: Option<i64>,
+pub struct SessionStart<'a> {
+    pub user_id: &'a str,
+    pub stage: Stage,
+    pub amr: &'a [&'a str],
+    pub authenticated_at: i64,
+    pub mfa_at: Option<i64>,
 }
 
-fn create_session(
+pub(super) fn create_session(
     conn: &mut DbConnection,
     start: SessionStart<'_>,
     now: i64,
@@ -415,7 +416,7 @@ pub fn load_session(
 }
 
 /// Replaces a session with a fully signed-in one (new id), recording the second factor.
-fn promote(
+pub(super) fn promote(
     conn: &mut DbConnection,
     clock: &dyn Clock,
     policy: &LoginPolicy,
@@ -730,6 +731,7 @@ pub struct AccountOverview {
     pub recovery_codes_left: i64,
     pub mfa_required: bool,
     pub sessions: Vec<SessionSummary>,
+    pub passkeys: Vec<super::passkeys::PasskeySummary>,
 }
 
 #[derive(Debug, Clone)]
@@ -758,7 +760,10 @@ pub fn account_overview(
         })
         .collect();
     Ok(AccountOverview {
-        totp_enrolled: has_second_factor(conn, &current.user_id)?,
+        totp_enrolled: creds::totp_of(conn, &current.user_id)?
+            .iter()
+            .any(|t| t.confirmed),
+        passkeys: super::passkeys::list(conn, &current.user_id)?,
         recovery_codes_left: creds::unused_recovery_codes(conn, &current.user_id)?,
         mfa_required: mfa_required(conn, &current.user_id)?,
         sessions,
@@ -829,9 +834,10 @@ pub fn remove_totp(
 ) -> Result<(), LoginError> {
     let ctx = audit_as(ctx, Some(&current.user_id));
     write_transaction(conn, |conn| {
-        if mfa_required(conn, &current.user_id)? {
+        let has_passkey = !crate::store::passkeys::of_user(conn, &current.user_id)?.is_empty();
+        if mfa_required(conn, &current.user_id)? && !has_passkey {
             return Err(LoginError::Refused(
-                "Your role requires a second factor, so it cannot be removed.".into(),
+                "Your role requires a second factor; add a passkey before removing the authenticator app.".into(),
             ));
         }
         if creds::delete_totp(conn, &current.user_id)? > 0 {

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod login;
+pub mod passkeys;
 pub mod password;
 pub mod recovery;
 pub mod session;

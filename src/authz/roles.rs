@@ -19,6 +19,8 @@ pub struct Role {
     pub scope_ceiling: String,
     pub mfa_required: bool,
     pub break_glass: bool,
+    /// Holders may sign in with a passkey alone (it verifies the user itself).
+    pub passwordless: bool,
     pub version: i64,
 }
 
@@ -40,6 +42,7 @@ impl From<RoleRow> for Role {
             scope_ceiling: r.scope_ceiling,
             mfa_required: r.mfa_required,
             break_glass: r.break_glass,
+            passwordless: r.passwordless,
             version: r.version,
         }
     }
@@ -52,6 +55,7 @@ pub struct RoleChanges {
     pub scope_ceiling: Option<String>,
     pub mfa_required: Option<bool>,
     pub break_glass: Option<bool>,
+    pub passwordless: Option<bool>,
 }
 
 pub fn valid_role_name(name: &str) -> bool {
@@ -130,6 +134,7 @@ pub fn create(
         created_at: now,
         updated_at: now,
         version: 1,
+        passwordless: changes.passwordless.unwrap_or(true),
     };
     write_transaction(conn, |conn| {
         if rows::find(conn, name)?.is_some() {
@@ -192,6 +197,7 @@ pub fn update(
             scope_ceiling: ceiling.clone().unwrap_or(current.scope_ceiling.clone()),
             mfa_required: changes.mfa_required.unwrap_or(current.mfa_required),
             break_glass: changes.break_glass.unwrap_or(current.break_glass),
+            passwordless: changes.passwordless.unwrap_or(current.passwordless),
             updated_at: clock.now_secs(),
             version: current.version + 1,
             ..current.clone()

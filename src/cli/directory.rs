@@ -232,6 +232,9 @@ pub enum RoleCommand {
         mfa_required: Option<bool>,
         #[arg(long, value_name = "BOOL")]
         break_glass: Option<bool>,
+        /// Allow signing in with a passkey alone.
+        #[arg(long, value_name = "BOOL")]
+        passwordless: Option<bool>,
         #[arg(long)]
         json: bool,
     },
@@ -574,6 +577,7 @@ pub fn role(
                     scope_ceiling: Some(scopes.join(" ")),
                     mfa_required: Some(mfa_required),
                     break_glass,
+                    passwordless: None,
                 },
             )?;
             print_role(&role, json);
@@ -605,6 +609,7 @@ pub fn role(
             description,
             mfa_required,
             break_glass,
+            passwordless,
             json,
         } => {
             let role = roles::update(
@@ -617,6 +622,7 @@ pub fn role(
                     scope_ceiling: None,
                     mfa_required,
                     break_glass,
+                    passwordless,
                 },
             )?;
             print_role(&role, json);

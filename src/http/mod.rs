@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod middleware;
 mod ops;
 pub mod pages;
+mod passkey_pages;
 pub mod views;
 
 use actix_web::web;
@@ -36,5 +37,38 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/account/mfa/totp/remove",
             web::post().to(pages::totp_remove_post),
         )
+        .route(
+            "/account/passkeys/register/start",
+            web::post().to(passkey_pages::register_start),
+        )
+        .route(
+            "/account/passkeys/register/finish",
+            web::post().to(passkey_pages::register_finish),
+        )
+        .route(
+            "/account/passkeys/rename",
+            web::post().to(passkey_pages::rename_post),
+        )
+        .route(
+            "/account/passkeys/remove",
+            web::post().to(passkey_pages::remove_post),
+        )
+        .route(
+            "/login/passkey/mfa/start",
+            web::post().to(passkey_pages::second_factor_start),
+        )
+        .route(
+            "/login/passkey/mfa/finish",
+            web::post().to(passkey_pages::second_factor_finish),
+        )
+        .route(
+            "/login/passkey/start",
+            web::post().to(passkey_pages::passwordless_start),
+        )
+        .route(
+            "/login/passkey/finish",
+            web::post().to(passkey_pages::passwordless_finish),
+        )
+        .route("/static/webauthn.js", web::get().to(pages::script_get))
         .default_service(web::to(ops::not_found));
 }

@@ -11,8 +11,11 @@ use super::client_ip::client_ip;
 use super::cookies;
 use super::csrf::{self, Binding};
 use super::middleware::RequestId;
+use std::ops::Not;
+
 use super::views::{
-    AccountView, EnrolTotpView, LoginView, MessageView, MfaView, RecoveryCodesView, SessionRowView,
+    AccountView, EnrolTotpView, LoginView, MessageView, MfaView, PasskeyView, RecoveryCodesView,
+    SessionRowView,
 };
 use crate::app::AppState;
 use crate::audit::AuditContext;
@@ -264,17 +267,37 @@ pub async fn mfa_get(
 ) -> Result<HttpResponse, AppError> {
     let return_to = safe_return_to(query.return_to.as_deref());
     match current_session(&req, &state).await? {
-        Some(s) if s.stage == Stage::SecondFactor => render(
-            StatusCode::OK,
-            &MfaView {
-                csrf: session_csrf(&state, &s),
-                return_to,
-                error: None,
-            },
-        ),
+        Some(s) if s.stage == Stage::SecondFactor => {
+            mfa_page(&state, &s, return_to, None, StatusCode::OK).await
+        }
         Some(s) => Ok(redirect(&next_step(s.stage, &return_to))),
         None => Ok(redirect("/login")),
     }
+}
+
+async fn mfa_page(
+    state: &AppState,
+    session: &SessionInfo,
+    return_to: String,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, AppError> {
+    let user_id = session.user_id.clone();
+    let has_passkey = state
+        .db
+        .run(move |conn| crate::store::passkeys::of_user(conn, &user_id).map_err(AppError::from))
+        .await?
+        .is_empty()
+        .not();
+    render(
+        status,
+        &MfaView {
+            csrf: session_csrf(state, session),
+            return_to,
+            error,
+            has_passkey,
+        },
+    )
 }
 
 #[derive(Deserialize)]
@@ -329,14 +352,16 @@ pub async fn mfa_post(
             set_session(&mut response, &state, &created)?;
             Ok(response)
         }
-        Ok(FactorOutcome::Refused) => render(
-            StatusCode::UNAUTHORIZED,
-            &MfaView {
-                csrf: session_csrf(&state, &session),
+        Ok(FactorOutcome::Refused) => {
+            mfa_page(
+                &state,
+                &session,
                 return_to,
-                error: Some("That code did not work. Wait for a new code and try again.".into()),
-            },
-        ),
+                Some("That code did not work. Wait for a new code and try again.".into()),
+                StatusCode::UNAUTHORIZED,
+            )
+            .await
+        }
         Err(e) => login_error(e),
     }
 }
@@ -501,6 +526,16 @@ async fn account_page(
             totp_enrolled: overview.totp_enrolled,
             recovery_codes_left: overview.recovery_codes_left,
             mfa_required: overview.mfa_required,
+            passkeys: overview
+                .passkeys
+                .into_iter()
+                .map(|p| PasskeyView {
+                    id: p.id,
+                    name: p.name,
+                    created: format_secs(p.created_at),
+                    last_used: p.last_used_at.map(format_secs),
+                })
+                .collect(),
             sessions: overview
                 .sessions
                 .into_iter()
@@ -684,6 +719,13 @@ pub async fn logout_post(
         .add_cookie(&cookies::removal(cookies::SESSION, https))
         .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(response)
+}
+
+pub async fn script_get() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
+        .body(include_str!("../../static/webauthn.js"))
 }
 
 pub async fn stylesheet_get() -> HttpResponse {

@@ -17,6 +17,7 @@ pub struct MfaView {
     pub csrf: String,
     pub return_to: String,
     pub error: Option<String>,
+    pub has_passkey: bool,
 }
 
 #[derive(Template)]
@@ -37,6 +38,13 @@ pub struct RecoveryCodesView {
     pub return_to: String,
 }
 
+pub struct PasskeyView {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub last_used: Option<String>,
+}
+
 pub struct SessionRowView {
     pub public_id: String,
     pub created: String,
@@ -55,6 +63,7 @@ pub struct AccountView {
     pub recovery_codes_left: i64,
     pub mfa_required: bool,
     pub sessions: Vec<SessionRowView>,
+    pub passkeys: Vec<PasskeyView>,
     pub notice: Option<String>,
     pub error: Option<String>,
 }

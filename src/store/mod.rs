@@ -10,6 +10,7 @@ pub mod audit_events;
 pub mod clients;
 pub mod credentials;
 pub mod migrate;
+pub mod passkeys;
 pub mod roles;
 pub mod schema;
 pub mod signing_keys;

@@ -16,6 +16,7 @@ pub struct RoleRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub version: i64,
+    pub passwordless: bool,
 }
 
 pub fn find(conn: &mut DbConnection, name: &str) -> Result<Option<RoleRow>, StoreError> {

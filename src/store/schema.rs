@@ -95,6 +95,7 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         version -> BigInt,
+        passwordless -> Bool,
     }
 }
 
@@ -153,6 +154,29 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webauthn_credentials (id) {
+        id -> Text,
+        user_id -> Text,
+        user_handle -> Text,
+        name -> Text,
+        passkey -> Text,
+        created_at -> BigInt,
+        last_used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    webauthn_challenges (id) {
+        id -> Text,
+        purpose -> Text,
+        user_id -> Nullable<Text>,
+        bound_to -> Text,
+        state -> Text,
+        expires_at -> BigInt,
+    }
+}
+
 diesel::joinable!(client_secrets -> clients (client_id));
 diesel::joinable!(totp_credentials -> users (user_id));
 diesel::joinable!(recovery_codes -> users (user_id));
@@ -172,4 +196,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     recovery_codes,
     sessions,
     auth_throttle,
+    webauthn_credentials,
+    webauthn_challenges,
 );

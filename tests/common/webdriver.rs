@@ -202,10 +202,15 @@ impl Chromium {
             if path.starts_with(prefix) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "still at {url}, expected {prefix}"
-            );
+            if Instant::now() >= deadline {
+                let source = self.source().await;
+                let status = source
+                    .split("id=\"passkey-status\"")
+                    .nth(1)
+                    .and_then(|s| s.split("</p>").next())
+                    .unwrap_or("");
+                panic!("still at {url}, expected {prefix}; status: {status}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -232,11 +237,33 @@ impl Chromium {
                 Some(json!({
                     "protocol": "ctap2", "transport": "internal", "hasResidentKey": true,
                     "hasUserVerification": true, "isUserVerified": true,
-                    "automaticPresenceSimulation": true
+                    "isUserConsenting": true
                 })),
             )
             .await;
         value.as_str().unwrap_or_default().to_owned()
+    }
+
+    pub async fn remove_virtual_authenticator(&self, authenticator: &str) {
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/webauthn/authenticator/{authenticator}"),
+            None,
+        )
+        .await;
+    }
+
+    /// Puts a copy of a credential (as returned by `credentials`) on an authenticator, with a
+    /// chosen signature counter: a clone of the original key.
+    pub async fn add_credential(&self, authenticator: &str, credential: &Value, sign_count: u32) {
+        let mut copy = credential.clone();
+        copy["signCount"] = json!(sign_count);
+        self.call(
+            reqwest::Method::POST,
+            &format!("/webauthn/authenticator/{authenticator}/credential"),
+            Some(copy),
+        )
+        .await;
     }
 
     pub async fn credentials(&self, authenticator: &str) -> Value {
