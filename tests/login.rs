@@ -25,6 +25,9 @@ on_both_backends!(
     concurrent_failures_are_all_counted,
     the_same_totp_code_wins_only_once_under_concurrency,
     password_changes_need_the_current_password_and_end_other_sessions,
+    back_off_is_per_client_ip_behind_a_trusted_proxy,
+    operators_disable_reset_and_people_end_their_own_sessions,
+    people_rename_and_remove_their_passkeys,
 );
 
 const PASSWORD: &str = "violet tractor sings at dawn";
@@ -582,4 +585,269 @@ async fn password_changes_need_the_current_password_and_end_other_sessions(backe
         Browser::new(&app.base).sign_in("pat", new).await.status,
         StatusCode::SEE_OTHER
     );
+}
+
+async fn back_off_is_per_client_ip_behind_a_trusted_proxy(backend: Backend) {
+    let Some(app) = TestApp::builder(backend)
+        .env("WARD_TRUSTED_PROXIES", "127.0.0.0/8")
+        .start()
+        .await
+    else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let attempt = |ip: &'static str, password: &'static str| {
+        let app_base = app.base.clone();
+        async move {
+            let browser = Browser::new(&app_base);
+            let csrf = browser.get("/login").await.csrf();
+            browser
+                .client
+                .post(format!("{app_base}/login"))
+                .header("x-forwarded-for", ip)
+                .form(&[
+                    ("username", "pat"),
+                    ("password", password),
+                    ("csrf", csrf.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // Someone guessing from one address backs off only that address.
+    for _ in 0..4 {
+        assert_eq!(
+            attempt("203.0.113.9", "wrong password here").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        attempt("203.0.113.9", PASSWORD).await,
+        StatusCode::UNAUTHORIZED,
+        "guesser is backed off"
+    );
+    assert_eq!(
+        attempt("198.51.100.4", PASSWORD).await,
+        StatusCode::SEE_OTHER,
+        "the clinician is not"
+    );
+    let failed = audit_events::list(&mut app.conn(), Some("login.failed"), 100).unwrap();
+    assert!(failed
+        .iter()
+        .all(|e| e.source_ip.as_deref() == Some("203.0.113.9")));
+
+    // Without a trusted proxy, the header is ignored: everyone is the TCP peer.
+    let Some(direct) = TestApp::start(backend).await else {
+        return;
+    };
+    add_user(&direct, "pat", &["patient"]);
+    let browser = Browser::new(&direct.base);
+    let csrf = browser.get("/login").await.csrf();
+    for _ in 0..4 {
+        browser
+            .client
+            .post(format!("{}/login", direct.base))
+            .header("x-forwarded-for", "203.0.113.9")
+            .form(&[
+                ("username", "pat"),
+                ("password", "wrong password here"),
+                ("csrf", csrf.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+    }
+    let events = audit_events::list(&mut direct.conn(), Some("login.failed"), 100).unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|e| e.source_ip.as_deref() == Some("127.0.0.1")),
+        "spoofed header ignored"
+    );
+}
+
+async fn operators_disable_reset_and_people_end_their_own_sessions(backend: Backend) {
+    let Some((app, clock)) = app_with_clock(backend, &[]).await else {
+        return;
+    };
+    add_user(&app, "who", &["physician"]);
+    let (laptop, phone) = (Browser::new(&app.base), Browser::new(&app.base));
+    laptop.sign_in("who", PASSWORD).await;
+    let (secret, _) = enrol_totp(&laptop, &clock).await;
+    clock.advance_secs(30);
+    phone.sign_in("who", PASSWORD).await;
+    let mfa = phone.get("/login/mfa").await;
+    let code = Totp::new(&secret)
+        .unwrap()
+        .code_at_step(clock.now_secs() / 30);
+    phone
+        .post("/login/mfa", &[("code", &code), ("csrf", &mfa.csrf())])
+        .await;
+
+    // The laptop ends the phone's session from the account page.
+    let account = laptop.get("/account").await;
+    let other = account
+        .body
+        .split("name=\"session\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let ended = laptop
+        .post(
+            "/account/sessions/end",
+            &[("session", &other), ("csrf", &account.csrf())],
+        )
+        .await;
+    assert_eq!(ended.location.as_deref(), Some("/account"));
+    assert_eq!(phone.get("/account").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(laptop.get("/account").await.status, StatusCode::OK);
+    assert!(actions(&app, "session.ended")
+        .iter()
+        .any(|d| d["reason"] == "ended_by_user"));
+
+    // An operator's MFA reset ends every session; the next sign-in enrols again.
+    let ctx = AuditContext::cli();
+    ward::authn::accounts::reset_mfa(&mut app.conn(), clock.as_ref(), &ctx, "who").unwrap();
+    assert_eq!(laptop.get("/account").await.status, StatusCode::SEE_OTHER);
+    let again = Browser::new(&app.base);
+    assert!(again
+        .sign_in("who", PASSWORD)
+        .await
+        .location
+        .unwrap()
+        .starts_with("/account/mfa/totp"));
+    assert_eq!(actions(&app, "mfa.reset").len(), 1);
+
+    // Disabling ends sessions at once and refuses sign-in.
+    ward::authn::accounts::set_enabled(&mut app.conn(), clock.as_ref(), &ctx, "who", false)
+        .unwrap();
+    assert_eq!(
+        again.get("/account/mfa/totp").await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        Browser::new(&app.base)
+            .sign_in("who", PASSWORD)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn people_rename_and_remove_their_passkeys(backend: Backend) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    add_user(&app, "other", &["patient"]);
+    let browser = Browser::new(&app.base);
+    assert_eq!(
+        browser.sign_in("pat", PASSWORD).await.location.as_deref(),
+        Some("/account")
+    );
+    // Registration itself is exercised in Chromium; here rows stand in for registered keys.
+    let owner = |name: &str| {
+        ward::store::credentials::login_user_by_name(&mut app.conn(), name)
+            .unwrap()
+            .unwrap()
+            .id
+    };
+    let (pat, other) = (owner("pat"), owner("other"));
+    for (id, user) in [("key-of-pat", &pat), ("key-of-other", &other)] {
+        let row = ward::store::passkeys::PasskeyRow {
+            id: id.into(),
+            user_id: user.clone(),
+            user_handle: ward::authn::passkeys::user_handle(user).to_string(),
+            name: "Old name".into(),
+            passkey: "{}".into(),
+            created_at: 0,
+            last_used_at: None,
+        };
+        ward::store::passkeys::insert(&mut app.conn(), &row).unwrap();
+    }
+    // With a passkey registered, a new sign-in asks for it as the second factor.
+    let next = Browser::new(&app.base);
+    assert_eq!(
+        next.sign_in("pat", PASSWORD).await.location.as_deref(),
+        Some("/login/mfa?return_to=%2Faccount")
+    );
+    assert!(next
+        .get("/login/mfa")
+        .await
+        .body
+        .contains("data-passkey=\"mfa\""));
+
+    let account = browser.get("/account").await;
+    assert!(account.body.contains("value=\"Old name\""));
+    let csrf = account.csrf();
+    let renamed = browser
+        .post(
+            "/account/passkeys/rename",
+            &[
+                ("id", "key-of-pat"),
+                ("name", "  Work laptop\u{7} "),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::SEE_OTHER);
+    assert!(
+        browser
+            .get("/account")
+            .await
+            .body
+            .contains("value=\"Work laptop\""),
+        "renamed, control characters dropped"
+    );
+    // Someone else's key cannot be renamed or removed through this account.
+    browser
+        .post(
+            "/account/passkeys/rename",
+            &[
+                ("id", "key-of-other"),
+                ("name", "Mine now"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    browser
+        .post(
+            "/account/passkeys/remove",
+            &[("id", "key-of-other"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(
+        ward::store::passkeys::of_user(&mut app.conn(), &other).unwrap()[0].name,
+        "Old name"
+    );
+    // A forged form changes nothing.
+    let forged = browser
+        .post(
+            "/account/passkeys/remove",
+            &[("id", "key-of-pat"), ("csrf", "forged")],
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        ward::store::passkeys::of_user(&mut app.conn(), &pat)
+            .unwrap()
+            .len(),
+        1
+    );
+    let removed = browser
+        .post(
+            "/account/passkeys/remove",
+            &[("id", "key-of-pat"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::SEE_OTHER);
+    assert!(ward::store::passkeys::of_user(&mut app.conn(), &pat)
+        .unwrap()
+        .is_empty());
+    assert!(actions(&app, "mfa.removed")
+        .iter()
+        .any(|d| d["method"] == "webauthn"));
 }

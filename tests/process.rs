@@ -33,6 +33,10 @@ async fn first_start_creates_a_private_master_key_and_warns() {
     assert!(dir.path().join("ward.db").exists());
     let log = node.stop();
     assert!(log.contains("GENERATED A NEW MASTER KEY"), "{log}");
+    assert!(
+        log.contains("ward user add admin --role admin --password-stdin"),
+        "{log}"
+    );
     assert!(log.contains("WARD_MASTER_KEY"), "{log}");
 
     // The second start reuses the key file and does not warn again.

@@ -21,7 +21,56 @@ on_both_backends!(
     backend_services_register_keys_inline_or_by_verified_url,
     roles_have_validated_ceilings_and_protect_their_holders,
     users_get_roles_and_bad_input_writes_nothing,
+    operators_manage_passwords_and_account_state_from_the_cli,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_key_sets_are_cached_as_long_as_cache_control_allows() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use ward::clients::jwks::{JwksCache, JwksFetcher};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let jwks = backend_jwks().to_string();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let server = https_server::serve(
+        &ca,
+        Arc::new(move |path: &str| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            match path {
+                "/cached" => Some(Reply::JsonCached(jwks.clone(), "public, max-age=300")),
+                "/no-store" => Some(Reply::JsonCached(jwks.clone(), "no-store")),
+                _ => None,
+            }
+        }),
+    )
+    .await;
+    let pem = std::fs::read(&ca.ca_file).unwrap();
+    let cache = JwksCache::new(JwksFetcher::new(Some(&pem), true).unwrap());
+
+    let first = cache.keys(&server.url("/cached")).await.unwrap();
+    let second = cache.keys(&server.url("/cached")).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(Arc::ptr_eq(&first, &second));
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "served from cache");
+
+    cache.keys(&server.url("/no-store")).await.unwrap();
+    cache.keys(&server.url("/no-store")).await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "no-store is never cached");
+
+    // An unknown kid may force one refetch per minute, not more.
+    assert!(cache
+        .refetch_for_unknown_kid(&server.url("/cached"))
+        .await
+        .unwrap()
+        .is_some());
+    assert!(cache
+        .refetch_for_unknown_kid(&server.url("/cached"))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
+}
 
 /// Row counts of everything a registry command could write.
 fn counts(storage: &Storage) -> [i64; 5] {
@@ -705,4 +754,97 @@ async fn users_get_roles_and_bad_input_writes_nothing(backend: Backend) {
     let list = storage.ward_json(&["user", "list", "--search", "who", "--json"], &[]);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert!(audit_actions(&storage).iter().any(|a| a == "user.created"));
+}
+
+async fn operators_manage_passwords_and_account_state_from_the_cli(backend: Backend) {
+    let Some(storage) = Storage::new(backend) else {
+        return;
+    };
+    storage.ward_json(&["migrate", "--json"], &[]);
+    let before = counts(&storage);
+    // Weak passwords are refused before anything is written; passwords never come from argv.
+    let (code, _, stderr) = storage.ward_stdin(
+        &[
+            "user",
+            "add",
+            "admin",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        "password1234\n",
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("password: is too easy to guess"),
+        "{stderr}"
+    );
+    assert_eq!(counts(&storage), before);
+    let (code, _, stderr) = storage.ward_stdin(
+        &[
+            "user",
+            "add",
+            "admin",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        "short\n",
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("at least 12"), "{stderr}");
+
+    let (code, out, stderr) = storage.ward_stdin(
+        &[
+            "user",
+            "add",
+            "admin",
+            "--role",
+            "admin",
+            "--password-stdin",
+            "--json",
+        ],
+        "violet tractor sings at dawn\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let admin: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(admin["roles"], json!(["admin"]));
+    let db = storage.db();
+    let stored = ward::store::credentials::login_user_by_name(&mut db.conn().unwrap(), "admin")
+        .unwrap()
+        .unwrap();
+    assert!(stored
+        .password_hash
+        .unwrap()
+        .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+
+    let (code, _, stderr) = storage.ward_stdin(
+        &["user", "set-password", "admin", "--password-stdin"],
+        "amber walrus plays the oboe\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let unlocked = storage.ward_json(&["user", "unlock", "admin", "--json"], &[]);
+    assert_eq!(unlocked["was_locked"], false);
+    let disabled = storage.ward_json(&["user", "disable", "admin", "--json"], &[]);
+    assert_eq!(disabled["enabled"], false);
+    let enabled = storage.ward_json(&["user", "enable", "admin", "--json"], &[]);
+    assert_eq!(enabled["enabled"], true);
+    storage.ward_json(&["user", "reset-mfa", "admin", "--json"], &[]);
+    let actions = audit_actions(&storage);
+    for expected in ["password.changed", "user.status_changed", "mfa.reset"] {
+        assert!(
+            actions.iter().any(|a| a == expected),
+            "{expected} missing from {actions:?}"
+        );
+    }
+    let audit: Vec<String> = audit_events::table
+        .select(audit_events::details)
+        .load(&mut *db.conn().unwrap())
+        .unwrap();
+    assert!(
+        audit
+            .iter()
+            .all(|d| !d.contains("violet") && !d.contains("walrus")),
+        "no password in the audit trail"
+    );
 }

@@ -103,6 +103,20 @@ async fn tls12_and_tls13_work_and_tls11_is_refused() {
         "HSTS must be sent over TLS: {response}"
     );
 
+    // Over HTTPS cookies are `__Host-` cookies: Secure, host-only, Path=/.
+    let (_, login) = get_over(&fixture, &rustls::version::TLS13, "/login").await;
+    let cookie = login
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {login}"));
+    assert!(
+        cookie.contains("__Host-ward_browser=")
+            && cookie.contains("Secure")
+            && cookie.contains("Path=/")
+            && !cookie.contains("Domain"),
+        "{cookie}"
+    );
+
     let (version, response) = get_over(&fixture, &rustls::version::TLS13, "/jwks").await;
     assert_eq!(version, Some(ProtocolVersion::TLSv1_3));
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");

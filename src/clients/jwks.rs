@@ -404,6 +404,98 @@ impl JwksFetcher {
     }
 }
 
+/// Client key sets by URL, cached no longer than the response's `Cache-Control` allows (and
+/// at most a day); a response that forbids caching is fetched again each time. When a client
+/// signs with a `kid` the cached set lacks, one refetch is allowed per URL per minute, so a
+/// stream of bogus `kid`s cannot turn Ward into a request amplifier.
+pub struct JwksCache {
+    fetcher: JwksFetcher,
+    entries: std::sync::Mutex<std::collections::HashMap<String, CacheEntry>>,
+}
+
+struct CacheEntry {
+    keys: Arc<Vec<ClientKey>>,
+    expires: Option<std::time::Instant>,
+    last_refetch: Option<std::time::Instant>,
+}
+
+const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+
+impl JwksCache {
+    pub fn new(fetcher: JwksFetcher) -> Self {
+        Self {
+            fetcher,
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, CacheEntry>> {
+        match self.entries.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn fresh(&self, url: &str) -> Option<Arc<Vec<ClientKey>>> {
+        let now = std::time::Instant::now();
+        self.lock()
+            .get(url)
+            .filter(|e| e.expires.is_some_and(|at| now < at))
+            .map(|e| Arc::clone(&e.keys))
+    }
+
+    async fn fetch_and_store(
+        &self,
+        url: &str,
+        refetch: bool,
+    ) -> Result<Arc<Vec<ClientKey>>, JwksError> {
+        let fetched = self.fetcher.fetch(url).await?;
+        let keys = Arc::new(fetched.keys);
+        let now = std::time::Instant::now();
+        let mut entries = self.lock();
+        let last_refetch = if refetch {
+            Some(now)
+        } else {
+            entries.get(url).and_then(|e| e.last_refetch)
+        };
+        entries.insert(
+            url.to_owned(),
+            CacheEntry {
+                keys: Arc::clone(&keys),
+                expires: fetched.max_age.map(|age| now + age),
+                last_refetch,
+            },
+        );
+        Ok(keys)
+    }
+
+    /// The key set behind `url`, from cache while it is fresh.
+    pub async fn keys(&self, url: &str) -> Result<Arc<Vec<ClientKey>>, JwksError> {
+        match self.fresh(url) {
+            Some(keys) => Ok(keys),
+            None => self.fetch_and_store(url, false).await,
+        }
+    }
+
+    /// Refetches because a presented `kid` is unknown, unless a refetch for this URL happened
+    /// within the last minute (then `None`: the `kid` stays unknown).
+    pub async fn refetch_for_unknown_kid(
+        &self,
+        url: &str,
+    ) -> Result<Option<Arc<Vec<ClientKey>>>, JwksError> {
+        let now = std::time::Instant::now();
+        let recently = self
+            .lock()
+            .get(url)
+            .and_then(|e| e.last_refetch)
+            .is_some_and(|at| now.duration_since(at) < UNKNOWN_KID_REFETCH_INTERVAL);
+        if recently {
+            return Ok(None);
+        }
+        self.fetch_and_store(url, true).await.map(Some)
+    }
+}
+
 fn classify(e: reqwest::Error) -> JwksError {
     if e.is_timeout() {
         return JwksError::Timeout;

@@ -40,6 +40,8 @@ impl TestCa {
 #[derive(Clone, Debug)]
 pub enum Reply {
     Json(String),
+    /// JSON with this Cache-Control header.
+    JsonCached(String, &'static str),
     /// Wait, then answer.
     Slow(Duration, String),
     /// Stream this many bytes with no Content-Length.
@@ -96,10 +98,11 @@ pub async fn serve(ca: &TestCa, routes: Routes) -> HttpsServer {
                 let reply = routes(&path);
                 let _ = match reply {
                     None => tls.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await,
-                    Some(Reply::Json(body)) => write_json(&mut tls, &body).await,
+                    Some(Reply::Json(body)) => write_json(&mut tls, &body, "max-age=300").await,
+                    Some(Reply::JsonCached(body, cache)) => write_json(&mut tls, &body, cache).await,
                     Some(Reply::Slow(delay, body)) => {
                         tokio::time::sleep(delay).await;
-                        write_json(&mut tls, &body).await
+                        write_json(&mut tls, &body, "max-age=300").await
                     }
                     Some(Reply::Redirect(to)) => {
                         tls.write_all(format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes()).await
@@ -124,11 +127,15 @@ pub async fn serve(ca: &TestCa, routes: Routes) -> HttpsServer {
     HttpsServer { port }
 }
 
-async fn write_json<S: AsyncWriteExt + Unpin>(stream: &mut S, body: &str) -> std::io::Result<()> {
+async fn write_json<S: AsyncWriteExt + Unpin>(
+    stream: &mut S,
+    body: &str,
+    cache_control: &str,
+) -> std::io::Result<()> {
     stream
         .write_all(
             format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: max-age=300\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: {cache_control}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             )
             .as_bytes(),

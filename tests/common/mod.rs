@@ -115,6 +115,34 @@ impl Storage {
         )
     }
 
+    /// Runs a `ward` subcommand with `stdin` piped in: (exit code, stdout, stderr).
+    pub fn ward_stdin(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        use std::io::Write;
+        let mut child = std::process::Command::new(process::WARD)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ward");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("ward output");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Like `ward`, but the command must succeed; returns stdout parsed as JSON.
     pub fn ward_json(&self, args: &[&str], extra_env: &[(&str, &str)]) -> serde_json::Value {
         let (code, stdout, stderr) = self.ward(args, extra_env);
