@@ -394,6 +394,20 @@ async fn require_session(
     }
 }
 
+/// A signed-in person's form post: the active session, provided the CSRF token matches
+/// (otherwise the 403 page, and nothing changes).
+pub(super) async fn signed_in_form(
+    req: &HttpRequest,
+    state: &AppState,
+    csrf_token: &str,
+) -> Result<Result<SessionInfo, HttpResponse>, AppError> {
+    Ok(match require_session(req, state, false).await? {
+        Ok(s) if session_csrf_ok(state, &s, csrf_token) => Ok(s),
+        Ok(_) => Err(forbidden_form()?),
+        Err(response) => Err(response),
+    })
+}
+
 pub async fn totp_get(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -580,14 +594,11 @@ pub async fn password_post(
     state: web::Data<AppState>,
     form: web::Form<PasswordForm>,
 ) -> Result<HttpResponse, AppError> {
-    let session = match require_session(&req, &state, false).await? {
+    let form = form.into_inner();
+    let session = match signed_in_form(&req, &state, &form.csrf).await? {
         Ok(s) => s,
         Err(response) => return Ok(response),
     };
-    let form = form.into_inner();
-    if !session_csrf_ok(&state, &session, &form.csrf) {
-        return forbidden_form();
-    }
     if form.new != form.confirm {
         return account_page(
             &state,
@@ -640,13 +651,10 @@ pub async fn end_session_post(
     state: web::Data<AppState>,
     form: web::Form<EndSessionForm>,
 ) -> Result<HttpResponse, AppError> {
-    let session = match require_session(&req, &state, false).await? {
+    let session = match signed_in_form(&req, &state, &form.csrf).await? {
         Ok(s) => s,
         Err(response) => return Ok(response),
     };
-    if !session_csrf_ok(&state, &session, &form.csrf) {
-        return forbidden_form();
-    }
     let (clock, ctx, current, target) = (
         state.clock.clone(),
         audit_context(&req, &state),
@@ -671,13 +679,10 @@ pub async fn totp_remove_post(
     state: web::Data<AppState>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, AppError> {
-    let session = match require_session(&req, &state, false).await? {
+    let session = match signed_in_form(&req, &state, &form.csrf).await? {
         Ok(s) => s,
         Err(response) => return Ok(response),
     };
-    if !session_csrf_ok(&state, &session, &form.csrf) {
-        return forbidden_form();
-    }
     let (clock, ctx, current) = (
         state.clock.clone(),
         audit_context(&req, &state),

@@ -10,7 +10,7 @@ use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
 use super::cookies;
 use super::csrf::{self, Binding};
-use super::pages::{audit_context, current_session};
+use super::pages::{audit_context, current_session, signed_in_form};
 use crate::app::AppState;
 use crate::authn::login::{FactorOutcome, LoginError, SessionInfo};
 use crate::authn::passkeys;
@@ -310,17 +310,6 @@ pub struct PasskeyForm {
     csrf: String,
 }
 
-async fn form_session(
-    req: &HttpRequest,
-    state: &AppState,
-    csrf_token: &str,
-) -> Result<Option<SessionInfo>, AppError> {
-    Ok(current_session(req, state).await?.filter(|s| {
-        s.stage == Stage::Active
-            && csrf::verify(&state.csrf_key, Binding::Session(&s.id_hash), csrf_token)
-    }))
-}
-
 fn back_to_account() -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header(("location", "/account"))
@@ -333,8 +322,9 @@ pub async fn rename_post(
     form: web::Form<PasskeyForm>,
 ) -> Result<HttpResponse, AppError> {
     let form = form.into_inner();
-    let Some(session) = form_session(&req, &state, &form.csrf).await? else {
-        return Ok(forbidden());
+    let session = match signed_in_form(&req, &state, &form.csrf).await? {
+        Ok(s) => s,
+        Err(response) => return Ok(response),
     };
     state
         .db
@@ -351,8 +341,9 @@ pub async fn remove_post(
     form: web::Form<PasskeyForm>,
 ) -> Result<HttpResponse, AppError> {
     let form = form.into_inner();
-    let Some(session) = form_session(&req, &state, &form.csrf).await? else {
-        return Ok(forbidden());
+    let session = match signed_in_form(&req, &state, &form.csrf).await? {
+        Ok(s) => s,
+        Err(response) => return Ok(response),
     };
     let (clock, ctx) = (state.clock.clone(), audit_context(&req, &state));
     match state
