@@ -18,6 +18,8 @@ pub enum AppError {
     Internal(String),
     #[error("not found")]
     NotFound,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl AppError {
@@ -26,6 +28,7 @@ impl AppError {
             Self::Unavailable(_) => "temporarily_unavailable",
             Self::Internal(_) => "server_error",
             Self::NotFound => "not_found",
+            Self::Forbidden(_) => "access_denied",
         }
     }
 }
@@ -55,6 +58,7 @@ impl ResponseError for AppError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -62,7 +66,7 @@ impl ResponseError for AppError {
         match self {
             Self::Unavailable(detail) => tracing::warn!(%detail, "dependency unavailable"),
             Self::Internal(detail) => tracing::error!(%detail, "internal error"),
-            Self::NotFound => {}
+            Self::NotFound | Self::Forbidden(_) => {}
         }
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CACHE_CONTROL, "no-store"));

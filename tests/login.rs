@@ -28,6 +28,10 @@ on_both_backends!(
     back_off_is_per_client_ip_behind_a_trusted_proxy,
     operators_disable_reset_and_people_end_their_own_sessions,
     people_rename_and_remove_their_passkeys,
+    second_factor_guesses_are_limited_per_account_across_addresses,
+    an_old_enrolment_session_cannot_replace_a_factor_set_up_meanwhile,
+    changing_factors_needs_a_recent_sign_in,
+    guessing_the_current_password_backs_off,
 );
 
 const PASSWORD: &str = "violet tractor sings at dawn";
@@ -850,4 +854,279 @@ async fn people_rename_and_remove_their_passkeys(backend: Backend) {
     assert!(actions(&app, "mfa.removed")
         .iter()
         .any(|d| d["method"] == "webauthn"));
+}
+
+/// POSTs a form as if relayed by a trusted proxy for `ip`.
+async fn post_from(browser: &Browser, path: &str, ip: &str, form: &[(&str, &str)]) -> StatusCode {
+    browser
+        .client
+        .post(format!("{}{path}", browser.base))
+        .header("x-forwarded-for", ip)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn second_factor_guesses_are_limited_per_account_across_addresses(backend: Backend) {
+    let Some((app, clock)) = app_with_clock(
+        backend,
+        &[
+            ("WARD_TRUSTED_PROXIES", "127.0.0.0/8"),
+            ("WARD_LOGIN_LOCKOUT_THRESHOLD", "6"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    add_user(&app, "who", &["physician"]);
+    let owner = Browser::new(&app.base);
+    owner.sign_in("who", PASSWORD).await;
+    let (secret, _) = enrol_totp(&owner, &clock).await;
+    // An attacker with the password guesses codes, each time from a new address.
+    let attacker = Browser::new(&app.base);
+    attacker.sign_in("who", PASSWORD).await;
+    let csrf = attacker.get("/login/mfa").await.csrf();
+    for i in 0..3 {
+        let ip = format!("203.0.113.{}", 10 + i);
+        assert_eq!(
+            post_from(
+                &attacker,
+                "/login/mfa",
+                &ip,
+                &[("code", "000000"), ("csrf", &csrf)]
+            )
+            .await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The account-wide back-off now holds for every address, even with the right code (the
+    // next step's code: the current one was used at enrolment).
+    let right = Totp::new(&secret)
+        .unwrap()
+        .code_at_step(clock.now_secs() / 30 + 1);
+    assert_eq!(
+        post_from(
+            &attacker,
+            "/login/mfa",
+            "198.51.100.77",
+            &[("code", &right), ("csrf", &csrf)]
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(actions(&app, "mfa.failed")
+        .iter()
+        .any(|d| d["reason"] == "throttled"));
+    // Waiting out the back-off, further wrong guesses run into the account lock.
+    for i in 0..3 {
+        clock.advance_secs(100);
+        let ip = format!("203.0.113.{}", 50 + i);
+        post_from(
+            &attacker,
+            "/login/mfa",
+            &ip,
+            &[("code", "000000"), ("csrf", &csrf)],
+        )
+        .await;
+    }
+    assert_eq!(
+        actions(&app, "account.locked").len(),
+        1,
+        "second-factor guesses count toward the lock"
+    );
+    assert_eq!(
+        owner.get("/account").await.status,
+        StatusCode::SEE_OTHER,
+        "a lock ends sessions"
+    );
+}
+
+async fn an_old_enrolment_session_cannot_replace_a_factor_set_up_meanwhile(backend: Backend) {
+    let Some((app, clock)) = app_with_clock(backend, &[]).await else {
+        return;
+    };
+    add_user(&app, "who", &["physician"]);
+    // Someone who knows the initial password signs in first and waits at the enrolment step.
+    let early = Browser::new(&app.base);
+    early.sign_in("who", PASSWORD).await;
+    let early_page = early.get("/account/mfa/totp").await;
+    let early_secret = base32_decode(&value_by_id(&early_page.body, "secret").unwrap());
+    // The real user then enrols.
+    let owner = Browser::new(&app.base);
+    owner.sign_in("who", PASSWORD).await;
+    let owner_page = owner.get("/account/mfa/totp").await;
+    let owner_secret = value_by_id(&owner_page.body, "secret").unwrap();
+    assert_ne!(
+        base32_decode(&owner_secret),
+        early_secret,
+        "each session gets its own pending secret"
+    );
+    let (secret, _) = enrol_totp(&owner, &clock).await;
+    // The early session can no longer set up (and so replace) a factor.
+    clock.advance_secs(30);
+    let code = Totp::new(&early_secret)
+        .unwrap()
+        .code_at_step(clock.now_secs() / 30);
+    let attempt = early
+        .post(
+            "/account/mfa/totp",
+            &[("code", &code), ("csrf", &early_page.csrf())],
+        )
+        .await;
+    assert_ne!(attempt.status, StatusCode::OK);
+    assert!(
+        early.get("/account").await.status == StatusCode::SEE_OTHER,
+        "ended when the owner enrolled"
+    );
+    // The owner's authenticator still works.
+    let later = Browser::new(&app.base);
+    later.sign_in("who", PASSWORD).await;
+    let mfa = later.get("/login/mfa").await;
+    clock.advance_secs(30);
+    let code = Totp::new(&secret)
+        .unwrap()
+        .code_at_step(clock.now_secs() / 30);
+    assert_eq!(
+        later
+            .post("/login/mfa", &[("code", &code), ("csrf", &mfa.csrf())])
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+}
+
+async fn changing_factors_needs_a_recent_sign_in(backend: Backend) {
+    let Some((app, clock)) = app_with_clock(backend, &[]).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let browser = Browser::new(&app.base);
+    browser.sign_in("pat", PASSWORD).await;
+    assert_eq!(
+        browser.get("/account/mfa/totp").await.status,
+        StatusCode::OK,
+        "fresh sign-in"
+    );
+    clock.advance_secs(601);
+    browser.get("/account").await;
+    let stale = browser.get("/account/mfa/totp").await;
+    assert_eq!(stale.status, StatusCode::FORBIDDEN);
+    assert!(stale.body.contains("prompt=login"));
+    let csrf = browser.get("/account").await.csrf();
+    let passkey = browser
+        .client
+        .post(format!("{}/account/passkeys/register/start", app.base))
+        .json(&serde_json::json!({ "csrf": csrf }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(passkey.status(), StatusCode::FORBIDDEN);
+    // Signing in again (the form shows despite the live session) restores it.
+    let again = browser
+        .get("/login?prompt=login&return_to=%2Faccount")
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    let signed = browser
+        .post(
+            "/login",
+            &[
+                ("username", "pat"),
+                ("password", PASSWORD),
+                ("csrf", &again.csrf()),
+                ("return_to", "/account"),
+            ],
+        )
+        .await;
+    assert_eq!(signed.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        browser.get("/account/mfa/totp").await.status,
+        StatusCode::OK
+    );
+    assert!(actions(&app, "session.ended")
+        .iter()
+        .any(|d| d["reason"] == "replaced"));
+}
+
+async fn guessing_the_current_password_backs_off(backend: Backend) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let browser = Browser::new(&app.base);
+    browser.sign_in("pat", PASSWORD).await;
+    let csrf = browser.get("/account").await.csrf();
+    let new = "amber walrus plays the oboe";
+    let mut last = String::new();
+    for guess in [
+        "guess number one!",
+        "guess number two!",
+        "guess number three",
+        "guess number four",
+    ] {
+        last = browser
+            .post(
+                "/account/password",
+                &[
+                    ("current", guess),
+                    ("new", new),
+                    ("confirm", new),
+                    ("csrf", &csrf),
+                ],
+            )
+            .await
+            .body;
+    }
+    assert!(last.contains("Too many attempts"), "{last}");
+    let refused = browser
+        .post(
+            "/account/password",
+            &[
+                ("current", PASSWORD),
+                ("new", new),
+                ("confirm", new),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert!(
+        refused.body.contains("Too many attempts"),
+        "backed off even for the right password"
+    );
+    let row = ward::store::credentials::login_user_by_name(&mut app.conn(), "pat")
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.failed_logins, 3, "counted toward the account lock");
+}
+
+#[tokio::test]
+async fn every_forwarded_for_line_counts_not_only_the_first() {
+    let Some(app) = TestApp::builder(Backend::Sqlite)
+        .env("WARD_TRUSTED_PROXIES", "127.0.0.0/8")
+        .start()
+        .await
+    else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let browser = Browser::new(&app.base);
+    let csrf = browser.get("/login").await.csrf();
+    // The client wrote the first line itself; the trusted proxy added the second.
+    browser
+        .client
+        .post(format!("{}/login", app.base))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-for", "198.51.100.4")
+        .form(&[
+            ("username", "pat"),
+            ("password", "wrong password here"),
+            ("csrf", csrf.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let failed = audit_events::list(&mut app.conn(), Some("login.failed"), 10).unwrap();
+    assert_eq!(failed[0].source_ip.as_deref(), Some("198.51.100.4"));
 }

@@ -45,6 +45,9 @@ pub enum LoginError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Refused(String),
+    /// The action needs a fresh sign-in (adding or replacing a factor).
+    #[error("sign in again to continue")]
+    ReauthenticationRequired,
 }
 
 impl From<Busy> for LoginError {
@@ -416,6 +419,8 @@ pub fn load_session(
 }
 
 /// Replaces a session with a fully signed-in one (new id), recording the second factor.
+/// `None` when the session was ended meanwhile (logout, password reset, MFA reset, or a
+/// concurrent promotion): it must not live on as a new one.
 pub(super) fn promote(
     conn: &mut DbConnection,
     clock: &dyn Clock,
@@ -423,13 +428,16 @@ pub(super) fn promote(
     ctx: &AuditContext,
     current: &SessionInfo,
     method: &str,
-) -> Result<NewSession, StoreError> {
+) -> Result<Option<NewSession>, StoreError> {
     let now = clock.now_secs();
-    creds::end_session(conn, &current.id_hash, now, "rotated")?;
+    if !creds::end_session(conn, &current.id_hash, now, "rotated")? {
+        return Ok(None);
+    }
     let mut amr: Vec<&str> = current.amr.iter().map(String::as_str).collect();
     if !amr.contains(&method) {
         amr.push(method);
     }
+    creds::reset_failed_logins(conn, &current.user_id)?;
     let created = create_session(
         conn,
         SessionStart {
@@ -451,7 +459,7 @@ pub(super) fn promote(
             methods: amr.iter().map(|m| m.to_string()).collect(),
         },
     )?;
-    Ok(created)
+    Ok(Some(created))
 }
 
 /// Outcome of a second-factor attempt.
@@ -462,7 +470,74 @@ pub enum FactorOutcome {
     Refused,
 }
 
-/// Checks a TOTP or recovery code for a session waiting on its second factor.
+/// The two back-off keys for second-factor guesses: per client IP (so one attacker slows only
+/// themselves), and per account from anywhere (so many addresses together still get at most
+/// the account's share of guesses before the hard lock).
+pub(super) fn second_factor_keys(user_id: &str, ip: Option<&str>) -> [String; 2] {
+    [
+        throttle::key(Purpose::SecondFactor, user_id, ip.unwrap_or("")),
+        throttle::key(Purpose::SecondFactor, user_id, "*"),
+    ]
+}
+
+/// Whether any of `keys` is backed off at `now`.
+pub(super) fn backed_off(
+    conn: &mut DbConnection,
+    policy: &LoginPolicy,
+    keys: &[String],
+    now: i64,
+) -> Result<bool, StoreError> {
+    if !policy.throttle_enabled {
+        return Ok(false);
+    }
+    for key in keys {
+        if let Some(t) = creds::throttle(conn, key)? {
+            if policy
+                .throttle
+                .retry_after(t.failures, t.last_failure_at, now)
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Counts a failed second-factor (or re-authentication) guess on every key and on the
+/// account's consecutive-failure counter, locking the account at the threshold.
+pub(super) fn count_factor_failure(
+    conn: &mut DbConnection,
+    clock: &dyn Clock,
+    policy: &LoginPolicy,
+    ctx: &AuditContext,
+    user_id: &str,
+    keys: &[String],
+) -> Result<(), StoreError> {
+    if !policy.throttle_enabled {
+        return Ok(());
+    }
+    let now = clock.now_secs();
+    for key in keys {
+        creds::count_failure(conn, key, now)?;
+    }
+    let failures = creds::count_failed_login(conn, user_id)?;
+    if failures >= policy.lockout_threshold && creds::lock(conn, user_id, now)? {
+        creds::end_sessions_of(conn, user_id, None, now, "account_locked")?;
+        audit::append(
+            conn,
+            clock,
+            ctx,
+            &AuditEvent::AccountLocked {
+                consecutive_failures: failures,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Checks a TOTP or recovery code for a session waiting on its second factor. One
+/// transaction: the code is spent and the session promoted together, or neither.
 pub fn verify_second_factor(
     conn: &mut DbConnection,
     clock: &dyn Clock,
@@ -474,65 +549,38 @@ pub fn verify_second_factor(
 ) -> Result<FactorOutcome, LoginError> {
     let ctx = audit_as(ctx, Some(&current.user_id));
     let now = clock.now_secs();
-    let key = throttle::key(
-        Purpose::SecondFactor,
-        &current.user_id,
-        ctx.source_ip.as_deref().unwrap_or(""),
-    );
-    if policy.throttle_enabled {
-        if let Some(t) = creds::throttle(conn, &key)? {
-            if policy
-                .throttle
-                .retry_after(t.failures, t.last_failure_at, now)
-                .is_some()
-            {
-                write_transaction(conn, |conn| {
-                    audit::append(
-                        conn,
-                        clock,
-                        &ctx,
-                        &AuditEvent::MfaFailed {
-                            reason: LoginFailure::Throttled,
-                        },
-                    )?;
-                    Ok::<_, LoginError>(())
-                })?;
-                return Ok(FactorOutcome::Refused);
-            }
-        }
-    }
-    let accepted: Option<(&str, LoginFailure)> = if recovery::looks_like_recovery_code(code) {
-        let hash = recovery::hash(code);
-        if creds::spend_recovery_code(conn, &current.user_id, &hash, now)? {
-            Some(("recovery_code", LoginFailure::BadCode))
-        } else {
-            None
-        }
-    } else {
-        match check_totp(conn, sealer, &current.user_id, code, now, false)? {
-            TotpCheck::Accepted => Some(("otp", LoginFailure::BadCode)),
-            TotpCheck::Replayed | TotpCheck::Wrong => None,
-        }
-    };
-    write_transaction(conn, |conn| match accepted {
-        Some((method, _)) => {
-            creds::clear_failures(conn, &key)?;
+    let keys = second_factor_keys(&current.user_id, ctx.source_ip.as_deref());
+    write_transaction(conn, |conn| {
+        if backed_off(conn, policy, &keys, now)? {
             audit::append(
                 conn,
                 clock,
                 &ctx,
-                &AuditEvent::MfaUsed {
-                    method: method.to_owned(),
+                &AuditEvent::MfaFailed {
+                    reason: LoginFailure::Throttled,
                 },
             )?;
-            Ok(FactorOutcome::Accepted(promote(
-                conn, clock, policy, &ctx, current, method,
-            )?))
+            return Ok(FactorOutcome::Refused);
         }
-        None => {
-            if policy.throttle_enabled {
-                creds::count_failure(conn, &key, now)?;
+        let method = if recovery::looks_like_recovery_code(code) {
+            let hash = recovery::hash(sealer, &current.user_id, code);
+            creds::spend_recovery_code(conn, &current.user_id, &hash, now)?
+                .then_some("recovery_code")
+        } else {
+            match check_totp(
+                conn,
+                sealer,
+                &current.user_id,
+                code,
+                now,
+                TotpSearch::Confirmed,
+            )? {
+                TotpCheck::Accepted(_) => Some("otp"),
+                TotpCheck::Replayed | TotpCheck::Wrong => None,
             }
+        };
+        let Some(method) = method else {
+            count_factor_failure(conn, clock, policy, &ctx, &current.user_id, &keys)?;
             audit::append(
                 conn,
                 clock,
@@ -541,31 +589,62 @@ pub fn verify_second_factor(
                     reason: LoginFailure::BadCode,
                 },
             )?;
-            Ok(FactorOutcome::Refused)
+            return Ok(FactorOutcome::Refused);
+        };
+        let Some(created) = promote(conn, clock, policy, &ctx, current, method)? else {
+            return Err(LoginError::Refused(
+                "This sign-in has ended. Start again.".into(),
+            ));
+        };
+        for key in &keys {
+            creds::clear_failures(conn, key)?;
         }
+        audit::append(
+            conn,
+            clock,
+            &ctx,
+            &AuditEvent::MfaUsed {
+                method: method.to_owned(),
+            },
+        )?;
+        Ok(FactorOutcome::Accepted(created))
     })
 }
 
 enum TotpCheck {
-    Accepted,
+    /// The code matched; the credential id whose step was claimed.
+    Accepted(String),
     Replayed,
     Wrong,
 }
 
-/// Checks `code` against the user's confirmed TOTP credential (or the pending one when
-/// `enrolling`), claiming its step so it can never be used again.
+/// Which TOTP credentials a code is checked against.
+enum TotpSearch<'a> {
+    Confirmed,
+    /// The enrolment started by this session (id hash).
+    PendingFor(&'a str),
+}
+
+/// Checks `code` against the user's TOTP credentials, claiming its step so it can never be
+/// used again.
 fn check_totp(
     conn: &mut DbConnection,
     sealer: &Sealer,
     user_id: &str,
     code: &str,
     now: i64,
-    enrolling: bool,
+    search: TotpSearch<'_>,
 ) -> Result<TotpCheck, LoginError> {
-    for row in creds::totp_of(conn, user_id)?
+    let candidates = creds::totp_of(conn, user_id)?
         .into_iter()
-        .filter(|t| t.confirmed != enrolling)
-    {
+        .filter(|t| match search {
+            TotpSearch::Confirmed => t.confirmed,
+            TotpSearch::PendingFor(session) => {
+                !t.confirmed && t.pending_session.as_deref() == Some(session)
+            }
+        });
+    let enrolling = matches!(search, TotpSearch::PendingFor(_));
+    for row in candidates {
         let secret = sealer
             .open(totp_aad(&row.id), &row.secret_sealed)
             .ok()
@@ -580,13 +659,32 @@ fn check_totp(
         // apart from a wrong code and a race has exactly one winner.
         if let Some(step) = generator.matching_step(code, now, None) {
             return Ok(if creds::claim_totp_step(conn, &row.id, step, enrolling)? {
-                TotpCheck::Accepted
+                TotpCheck::Accepted(row.id)
             } else {
                 TotpCheck::Replayed
             });
         }
     }
     Ok(TotpCheck::Wrong)
+}
+
+/// How recent the last sign-in must be before adding or replacing a second factor: taking
+/// over an unattended session must not be enough to plant a new authenticator.
+pub const REAUTHENTICATION_WINDOW_SECONDS: i64 = 600;
+
+/// Whether the session proved itself recently enough to change the account's factors: its
+/// second factor (or, without one yet, its password) within the re-authentication window.
+pub fn recently_authenticated(
+    conn: &mut DbConnection,
+    current: &SessionInfo,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let proof = if has_second_factor(conn, &current.user_id)? {
+        current.mfa_at
+    } else {
+        Some(current.authenticated_at)
+    };
+    Ok(proof.is_some_and(|at| now - at <= REAUTHENTICATION_WINDOW_SECONDS))
 }
 
 /// A TOTP enrolment in progress: what the page shows.
@@ -597,19 +695,23 @@ pub struct TotpEnrolment {
     pub qr_svg: String,
 }
 
-/// Starts (or resumes, within ten minutes) a TOTP enrolment: an unconfirmed, sealed secret.
+/// Starts (or resumes, within ten minutes and in the same session) a TOTP enrolment: an
+/// unconfirmed, sealed secret that only this session may confirm.
 pub fn start_totp_enrolment(
     conn: &mut DbConnection,
     clock: &dyn Clock,
     sealer: &Sealer,
     issuer: &str,
-    user_id: &str,
-    username: &str,
+    current: &SessionInfo,
 ) -> Result<TotpEnrolment, LoginError> {
     let now = clock.now_secs();
-    let pending = creds::totp_of(conn, user_id)?
+    let pending = creds::totp_of(conn, &current.user_id)?
         .into_iter()
-        .find(|t| !t.confirmed && now - t.created_at < 600);
+        .find(|t| {
+            !t.confirmed
+                && now - t.created_at < 600
+                && t.pending_session.as_deref() == Some(current.id_hash.as_str())
+        });
     let secret = match pending
         .and_then(|row| sealer.open(totp_aad(&row.id), &row.secret_sealed).ok())
         .and_then(|s| totp::decode_secret(&s))
@@ -622,15 +724,16 @@ pub fn start_totp_enrolment(
                 .seal(totp_aad(&id), totp::encode_secret(&secret).as_bytes())
                 .map_err(|e| LoginError::Store(StoreError::Corrupt(e.to_string())))?;
             write_transaction(conn, |conn| {
-                creds::delete_unconfirmed_totp(conn, user_id)?;
+                creds::delete_unconfirmed_totp(conn, &current.user_id)?;
                 creds::insert_totp(
                     conn,
                     &TotpRow {
                         id,
-                        user_id: user_id.to_owned(),
+                        user_id: current.user_id.clone(),
                         secret_sealed: sealed,
                         confirmed: false,
                         last_step: None,
+                        pending_session: Some(current.id_hash.clone()),
                         created_at: now,
                     },
                 )?;
@@ -639,7 +742,7 @@ pub fn start_totp_enrolment(
             secret
         }
     };
-    let uri = totp::provisioning_uri(issuer, username, &secret);
+    let uri = totp::provisioning_uri(issuer, &current.username, &secret);
     Ok(TotpEnrolment {
         secret_base32: totp::base32(&secret),
         qr_svg: totp::qr_svg(&uri),
@@ -650,14 +753,16 @@ pub fn start_totp_enrolment(
 /// Result of confirming a TOTP enrolment.
 #[derive(Debug)]
 pub struct EnrolmentDone {
-    /// Shown once; only hashes are kept.
+    /// Shown once; only keyed hashes are kept.
     pub recovery_codes: Vec<String>,
     /// A new session when the enrolment completed a sign-in.
     pub session: Option<NewSession>,
 }
 
-/// Confirms the pending TOTP secret with a valid code: it replaces any previous TOTP factor,
-/// and ten fresh recovery codes replace the old ones.
+/// Confirms this session's pending TOTP secret with a valid code. The new credential replaces
+/// any previous TOTP factor, ten fresh recovery codes replace the old ones, and the user's other
+/// sessions end. An enrolment-stage session may only set up the *first* factor: once one
+/// exists, it must sign in with it instead.
 pub fn confirm_totp_enrolment(
     conn: &mut DbConnection,
     clock: &dyn Clock,
@@ -669,11 +774,38 @@ pub fn confirm_totp_enrolment(
 ) -> Result<Option<EnrolmentDone>, LoginError> {
     let ctx = audit_as(ctx, Some(&current.user_id));
     let now = clock.now_secs();
+    let keys = second_factor_keys(&current.user_id, ctx.source_ip.as_deref());
     write_transaction(conn, |conn| {
-        if !matches!(
-            check_totp(conn, sealer, &current.user_id, code, now, true)?,
-            TotpCheck::Accepted
-        ) {
+        if current.stage == Stage::Active && !recently_authenticated(conn, current, now)? {
+            return Err(LoginError::ReauthenticationRequired);
+        }
+        if current.stage == Stage::Enrolment && has_second_factor(conn, &current.user_id)? {
+            return Err(LoginError::Refused(
+                "A second factor was set up for this account meanwhile. Sign in again and use it."
+                    .into(),
+            ));
+        }
+        if backed_off(conn, policy, &keys, now)? {
+            audit::append(
+                conn,
+                clock,
+                &ctx,
+                &AuditEvent::MfaFailed {
+                    reason: LoginFailure::Throttled,
+                },
+            )?;
+            return Ok(None);
+        }
+        let TotpCheck::Accepted(kept) = check_totp(
+            conn,
+            sealer,
+            &current.user_id,
+            code,
+            now,
+            TotpSearch::PendingFor(&current.id_hash),
+        )?
+        else {
+            count_factor_failure(conn, clock, policy, &ctx, &current.user_id, &keys)?;
             audit::append(
                 conn,
                 clock,
@@ -683,22 +815,15 @@ pub fn confirm_totp_enrolment(
                 },
             )?;
             return Ok(None);
-        }
-        // Keep only the credential just confirmed: the one whose step was claimed last.
-        let newest = creds::totp_of(conn, &current.user_id)?
-            .into_iter()
-            .filter(|t| t.confirmed)
-            .max_by_key(|t| (t.last_step, t.created_at));
-        if let Some(newest) = newest {
-            creds::delete_totp_except(conn, &current.user_id, &newest.id)?;
-        }
+        };
+        creds::delete_totp_except(conn, &current.user_id, &kept)?;
         let codes: Vec<String> = (0..recovery::COUNT).map(|_| recovery::generate()).collect();
         let rows: Vec<RecoveryCodeRow> = codes
             .iter()
             .map(|c| RecoveryCodeRow {
                 id: random_token(12),
                 user_id: current.user_id.clone(),
-                code_hash: recovery::hash(c),
+                code_hash: recovery::hash(sealer, &current.user_id, c),
                 used_at: None,
                 created_at: now,
             })
@@ -713,10 +838,20 @@ pub fn confirm_totp_enrolment(
             },
         )?;
         let session = if current.stage == Stage::Enrolment {
-            Some(promote(conn, clock, policy, &ctx, current, "otp")?)
+            let Some(created) = promote(conn, clock, policy, &ctx, current, "otp")? else {
+                return Err(LoginError::Refused(
+                    "This sign-in has ended. Start again.".into(),
+                ));
+            };
+            Some(created)
         } else {
             None
         };
+        let keep = session
+            .as_ref()
+            .map(|s| session_hash(&s.cookie_value))
+            .unwrap_or_else(|| current.id_hash.clone());
+        creds::end_sessions_of(conn, &current.user_id, Some(&keep), now, "factor_changed")?;
         Ok(Some(EnrolmentDone {
             recovery_codes: codes,
             session,
@@ -802,6 +937,30 @@ pub fn end_own_session(
     })
 }
 
+/// Ends a session that a new sign-in in the same browser replaces.
+pub fn end_replaced(
+    conn: &mut DbConnection,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    previous: &SessionInfo,
+) -> Result<(), StoreError> {
+    let ctx = audit_as(ctx, Some(&previous.user_id));
+    write_transaction(conn, |conn| {
+        if creds::end_session(conn, &previous.id_hash, clock.now_secs(), "replaced")? {
+            audit::append(
+                conn,
+                clock,
+                &ctx,
+                &AuditEvent::SessionEnded {
+                    session: previous.public_id.clone(),
+                    reason: "replaced".into(),
+                },
+            )?;
+        }
+        Ok(())
+    })
+}
+
 pub fn logout(
     conn: &mut DbConnection,
     clock: &dyn Clock,
@@ -862,6 +1021,7 @@ pub async fn change_password(
     db: &Db,
     hashing: &PasswordHashing,
     clock: &SharedClock,
+    policy: &LoginPolicy,
     ctx: &AuditContext,
     current: &SessionInfo,
     old: String,
@@ -875,7 +1035,48 @@ pub async fn change_password(
             )
         })
         .await?;
+    // Guessing the current password from a taken-over session backs off and counts toward the
+    // account lock like any other password guess.
+    let ctx_user = audit_as(ctx, Some(&current.user_id));
+    let keys = [throttle::key(
+        Purpose::Password,
+        &current.username,
+        ctx.source_ip.as_deref().unwrap_or(""),
+    )];
+    let (checked_keys, now, policy_copy) = (keys.clone(), clock.now_secs(), *policy);
+    if db
+        .run(move |conn| backed_off(conn, &policy_copy, &checked_keys, now))
+        .await?
+    {
+        return Err(LoginError::Refused(
+            "Too many attempts. Wait a little and try again.".into(),
+        ));
+    }
     if !hashing.verify(stored, old).await?.ok {
+        let (clock_arc, user_id, failed_keys) =
+            (clock.clone(), current.user_id.clone(), keys.clone());
+        db.run(move |conn| {
+            write_transaction(conn, |conn| {
+                count_factor_failure(
+                    conn,
+                    clock_arc.as_ref(),
+                    &policy_copy,
+                    &ctx_user,
+                    &user_id,
+                    &failed_keys,
+                )?;
+                audit::append(
+                    conn,
+                    clock_arc.as_ref(),
+                    &ctx_user,
+                    &AuditEvent::LoginFailed {
+                        reason: LoginFailure::BadPassword,
+                    },
+                )?;
+                Ok::<_, LoginError>(())
+            })
+        })
+        .await?;
         return Err(LoginError::Refused(
             "The current password is not correct.".into(),
         ));

@@ -75,6 +75,8 @@ fn store_challenge<S: serde::Serialize>(
     bound_to: &str,
     state: &S,
 ) -> Result<String, LoginError> {
+    // Expired ceremonies are swept here, so unauthenticated starts cannot pile rows up.
+    rows::delete_expired_challenges(conn, clock.now_secs())?;
     let id = random_token(16);
     let state = serde_json::to_string(state).map_err(|_| corrupt("ceremony state"))?;
     rows::insert_challenge(
@@ -106,6 +108,20 @@ fn take_challenge<S: serde::de::DeserializeOwned>(
     serde_json::from_str(&row.state).map_err(|_| corrupt("ceremony state"))
 }
 
+/// Takes a challenge out in its own committed step: whatever happens next, it cannot be
+/// presented again.
+fn consume_challenge<S: serde::de::DeserializeOwned>(
+    conn: &mut DbConnection,
+    clock: &dyn Clock,
+    id: &str,
+    purpose: &str,
+    bound_to: &str,
+) -> Result<S, LoginError> {
+    write_transaction(conn, |conn| {
+        take_challenge(conn, clock, id, purpose, bound_to)
+    })
+}
+
 fn options_json<T: serde::Serialize>(challenge_id: String, options: &T) -> Value {
     serde_json::json!({ "challenge_id": challenge_id, "options": options })
 }
@@ -117,6 +133,7 @@ pub fn start_registration(
     clock: &dyn Clock,
     session: &SessionInfo,
 ) -> Result<Value, LoginError> {
+    require_recent_authentication(conn, clock, session)?;
     let existing = passkeys_of(conn, &session.user_id)?;
     let exclude = existing
         .iter()
@@ -178,13 +195,17 @@ pub fn finish_registration(
         actor_user: Some(session.user_id.clone()),
         ..ctx.clone()
     };
+    require_recent_authentication(conn, clock, session)?;
+    let state: PasskeyRegistration =
+        consume_challenge(conn, clock, challenge_id, "register", &session.id_hash)?;
+    let passkey = wa
+        .finish_passkey_registration(credential, &state)
+        .map_err(|e| refused(&format!("The passkey could not be registered: {e}")))?;
+    let id = sha256_b64(passkey.cred_id().as_ref());
     write_transaction(conn, |conn| {
-        let state: PasskeyRegistration =
-            take_challenge(conn, clock, challenge_id, "register", &session.id_hash)?;
-        let passkey = wa
-            .finish_passkey_registration(credential, &state)
-            .map_err(|e| refused(&format!("The passkey could not be registered: {e}")))?;
-        let id = sha256_b64(passkey.cred_id().as_ref());
+        if rows::exists(conn, &id)? {
+            return Err(refused("This passkey is already registered."));
+        }
         rows::insert(
             conn,
             &PasskeyRow {
@@ -205,8 +226,29 @@ pub fn finish_registration(
                 method: "webauthn".into(),
             },
         )?;
+        // A new way in: every other session of the user ends.
+        creds::end_sessions_of(
+            conn,
+            &session.user_id,
+            Some(&session.id_hash),
+            clock.now_secs(),
+            "factor_changed",
+        )?;
         Ok(())
     })
+}
+
+/// Adding an authenticator needs a recent sign-in (see `login::recently_authenticated`).
+fn require_recent_authentication(
+    conn: &mut DbConnection,
+    clock: &dyn Clock,
+    session: &SessionInfo,
+) -> Result<(), LoginError> {
+    if login::recently_authenticated(conn, session, clock.now_secs())? {
+        Ok(())
+    } else {
+        Err(LoginError::ReauthenticationRequired)
+    }
 }
 
 /// Starts a passkey check for a session that owes its second factor.
@@ -282,9 +324,21 @@ pub fn finish_second_factor(
         actor_user: Some(session.user_id.clone()),
         ..ctx.clone()
     };
+    let keys = login::second_factor_keys(&session.user_id, ctx.source_ip.as_deref());
+    let state: PasskeyAuthentication =
+        consume_challenge(conn, clock, challenge_id, "second_factor", &session.id_hash)?;
     write_transaction(conn, |conn| {
-        let state: PasskeyAuthentication =
-            take_challenge(conn, clock, challenge_id, "second_factor", &session.id_hash)?;
+        if login::backed_off(conn, policy, &keys, clock.now_secs())? {
+            audit::append(
+                conn,
+                clock,
+                &ctx,
+                &AuditEvent::MfaFailed {
+                    reason: LoginFailure::Throttled,
+                },
+            )?;
+            return Ok(FactorOutcome::Refused);
+        }
         let stored = passkeys_of(conn, &session.user_id)?;
         let ok = settle(
             conn,
@@ -294,6 +348,7 @@ pub fn finish_second_factor(
             wa.finish_passkey_authentication(credential, &state),
         )?;
         if !ok {
+            login::count_factor_failure(conn, clock, policy, &ctx, &session.user_id, &keys)?;
             audit::append(
                 conn,
                 clock,
@@ -304,6 +359,9 @@ pub fn finish_second_factor(
             )?;
             return Ok(FactorOutcome::Refused);
         }
+        let Some(created) = login::promote(conn, clock, policy, &ctx, session, "hwk")? else {
+            return Err(refused("This sign-in has ended. Start again."));
+        };
         audit::append(
             conn,
             clock,
@@ -312,9 +370,7 @@ pub fn finish_second_factor(
                 method: "webauthn".into(),
             },
         )?;
-        Ok(FactorOutcome::Accepted(login::promote(
-            conn, clock, policy, &ctx, session, "hwk",
-        )?))
+        Ok(FactorOutcome::Accepted(created))
     })
 }
 
@@ -346,9 +402,9 @@ pub fn finish_passwordless(
     challenge_id: &str,
     credential: &PublicKeyCredential,
 ) -> Result<Option<NewSession>, LoginError> {
+    let state: DiscoverableAuthentication =
+        consume_challenge(conn, clock, challenge_id, "passwordless", browser)?;
     write_transaction(conn, |conn| {
-        let state: DiscoverableAuthentication =
-            take_challenge(conn, clock, challenge_id, "passwordless", browser)?;
         let handle = wa
             .identify_discoverable_authentication(credential)
             .ok()
@@ -388,7 +444,8 @@ pub fn finish_passwordless(
         let role_names = users::roles_of(conn, &user_id)?;
         let allowed = roles::find_many(conn, &role_names)?
             .iter()
-            .all(|r| r.passwordless);
+            .all(|r| r.passwordless)
+            && !role_names.is_empty();
         let reason = match &user {
             _ if !ok => Some(LoginFailure::BadCode),
             Some(u) if !u.enabled => Some(LoginFailure::Disabled),

@@ -33,8 +33,17 @@ pub enum PasswordPolicyError {
     Guessable(String),
 }
 
+/// Passwords are compared in Unicode NFKC form (NIST SP 800-63B §5.1.1.2), so the same
+/// password typed on different keyboards or systems is the same password.
+pub fn normalize(password: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    password.nfkc().collect()
+}
+
 /// Checks a new password. `context` holds words an attacker would try first (username, name).
 pub fn check_policy(password: &str, context: &[&str]) -> Result<(), PasswordPolicyError> {
+    let password = normalize(password);
+    let password = password.as_str();
     let length = password.chars().count();
     if length < MIN_LENGTH {
         return Err(PasswordPolicyError::TooShort);
@@ -64,7 +73,7 @@ fn argon2() -> Argon2<'static> {
 pub fn hash_blocking(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     argon2()
-        .hash_password(password.as_bytes(), &salt)
+        .hash_password(normalize(password).as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
 }
@@ -85,7 +94,7 @@ fn verify_blocking(stored: &str, password: &str) -> Verified {
         };
     };
     let ok = argon2()
-        .verify_password(password.as_bytes(), &parsed)
+        .verify_password(normalize(password).as_bytes(), &parsed)
         .is_ok();
     let current = Params::try_from(&parsed).ok().is_some_and(|p| {
         p.m_cost() == MEMORY_KIB && p.t_cost() == ITERATIONS && p.p_cost() == LANES
@@ -235,6 +244,13 @@ mod tests {
         );
         assert!(!verify_blocking(&hash, "violet tractor sings at dusk").ok);
         assert!(!verify_blocking("not a hash", "x").ok);
+    }
+
+    #[test]
+    fn passwords_compare_in_nfkc_form() {
+        // "ﬁ" (U+FB01 ligature) and full-width digits normalise to plain "fi" and ASCII digits.
+        let hash = hash_blocking("ﬁne violet tractor ２０２６").unwrap();
+        assert!(verify_blocking(&hash, "fine violet tractor 2026").ok);
     }
 
     #[test]

@@ -32,13 +32,16 @@ fn https(state: &AppState) -> bool {
 
 /// Who is asking, for the audit trail and throttling.
 pub fn audit_context(req: &HttpRequest, state: &AppState) -> AuditContext {
+    // Every X-Forwarded-For line, in order: a proxy may add its own line rather than append.
     let forwarded = req
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
     let ip = client_ip(
         req.peer_addr().map(|a| a.ip()),
-        forwarded,
+        Some(forwarded.as_str()).filter(|f| !f.is_empty()),
         &state.trusted_proxies,
     );
     AuditContext {
@@ -121,6 +124,12 @@ fn login_error(e: LoginError) -> Result<HttpResponse, AppError> {
             &text,
             Some(("/account", "Back to your account")),
         ),
+        LoginError::ReauthenticationRequired => message(
+            StatusCode::FORBIDDEN,
+            "Sign in again",
+            "For your security, changing how you sign in needs a recent sign-in. Sign in again, then come back.",
+            Some(("/login?prompt=login&return_to=%2Faccount", "Sign in again")),
+        ),
     }
 }
 
@@ -178,6 +187,8 @@ fn next_step(stage: Stage, return_to: &str) -> String {
 #[derive(Debug, Deserialize)]
 pub struct ReturnTo {
     return_to: Option<String>,
+    /// `login`: show the sign-in form even to a signed-in session (re-authentication).
+    prompt: Option<String>,
 }
 
 pub async fn login_get(
@@ -186,8 +197,10 @@ pub async fn login_get(
     query: web::Query<ReturnTo>,
 ) -> Result<HttpResponse, AppError> {
     let return_to = safe_return_to(query.return_to.as_deref());
-    if let Some(session) = current_session(&req, &state).await? {
-        return Ok(redirect(&next_step(session.stage, &return_to)));
+    if query.prompt.as_deref() != Some("login") {
+        if let Some(session) = current_session(&req, &state).await? {
+            return Ok(redirect(&next_step(session.stage, &return_to)));
+        }
     }
     let https = https(&state);
     let browser = cookies::read(&req, cookies::BROWSER, https)
@@ -242,6 +255,17 @@ pub async fn login_post(
     .await;
     match outcome {
         Ok(Some(created)) => {
+            // Signing in over an existing session replaces it.
+            if let Some(previous) = current_session(&req, &state).await? {
+                let (clock, ctx) = (state.clock.clone(), audit_context(&req, &state));
+                state
+                    .db
+                    .run(move |conn| {
+                        login::end_replaced(conn, clock.as_ref(), &ctx, &previous)
+                            .map_err(AppError::from)
+                    })
+                    .await?;
+            }
             let mut response = redirect(&next_step(created.stage, &return_to));
             set_session(&mut response, &state, &created)?;
             Ok(response)
@@ -418,6 +442,18 @@ pub async fn totp_get(
         Err(response) => return Ok(response),
     };
     let return_to = safe_return_to(query.return_to.as_deref());
+    if session.stage == Stage::Active {
+        let (current, now) = (session.clone(), state.clock.now_secs());
+        let recent = state
+            .db
+            .run(move |conn| {
+                login::recently_authenticated(conn, &current, now).map_err(AppError::from)
+            })
+            .await?;
+        if !recent {
+            return login_error(LoginError::ReauthenticationRequired);
+        }
+    }
     enrol_page(&state, session, return_to, None, StatusCode::OK).await
 }
 
@@ -429,11 +465,11 @@ async fn enrol_page(
     status: StatusCode,
 ) -> Result<HttpResponse, AppError> {
     let (clock, sealer) = (state.clock.clone(), state.sealer.clone());
-    let (user_id, username) = (session.user_id.clone(), session.username.clone());
+    let current = session.clone();
     let enrolment = state
         .db
         .run(move |conn| {
-            login::start_totp_enrolment(conn, clock.as_ref(), &sealer, PRODUCT, &user_id, &username)
+            login::start_totp_enrolment(conn, clock.as_ref(), &sealer, PRODUCT, &current)
         })
         .await;
     let enrolment = match enrolment {
@@ -614,6 +650,7 @@ pub async fn password_post(
         &state.db,
         &state.hashing,
         &state.clock,
+        &state.login,
         &ctx,
         &session,
         form.current,
@@ -746,6 +783,7 @@ impl From<LoginError> for AppError {
             LoginError::Store(s) => s.into(),
             LoginError::Busy => AppError::Unavailable("password hashing busy".into()),
             LoginError::Refused(t) => AppError::Internal(t),
+            LoginError::ReauthenticationRequired => AppError::Forbidden("sign in again".into()),
         }
     }
 }

@@ -38,6 +38,11 @@ fn outcome(result: Result<HttpResponse, LoginError>) -> Result<HttpResponse, App
             "busy",
         )),
         Err(LoginError::Store(e)) => Err(e.into()),
+        Err(LoginError::ReauthenticationRequired) => Ok(json_error(
+            StatusCode::FORBIDDEN,
+            "login_required",
+            "For your security, adding a passkey needs a recent sign-in. Sign out, sign in again, then add it.",
+        )),
     }
 }
 

@@ -140,6 +140,7 @@ pub struct TotpRow {
     pub secret_sealed: String,
     pub confirmed: bool,
     pub last_step: Option<i64>,
+    pub pending_session: Option<String>,
     pub created_at: i64,
 }
 

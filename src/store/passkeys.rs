@@ -122,3 +122,18 @@ pub fn take_challenge(
     let deleted = diesel::delete(webauthn_challenges::table.find(id)).execute(conn)?;
     Ok((deleted == 1).then_some(row))
 }
+
+pub fn exists(conn: &mut DbConnection, id: &str) -> Result<bool, StoreError> {
+    Ok(webauthn_credentials::table
+        .find(id)
+        .count()
+        .get_result::<i64>(conn)?
+        > 0)
+}
+
+pub fn delete_expired_challenges(conn: &mut DbConnection, now: i64) -> Result<usize, StoreError> {
+    Ok(
+        diesel::delete(webauthn_challenges::table.filter(webauthn_challenges::expires_at.le(now)))
+            .execute(conn)?,
+    )
+}

@@ -113,6 +113,7 @@ diesel::table! {
         secret_sealed -> Text,
         confirmed -> Bool,
         last_step -> Nullable<BigInt>,
+        pending_session -> Nullable<Text>,
         created_at -> BigInt,
     }
 }

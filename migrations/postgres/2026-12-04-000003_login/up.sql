@@ -13,6 +13,8 @@ CREATE TABLE totp_credentials (
     secret_sealed TEXT NOT NULL,
     confirmed BOOLEAN NOT NULL,
     last_step BIGINT,
+    -- While unconfirmed: the session (id hash) that started the enrolment; only it may finish.
+    pending_session TEXT,
     created_at BIGINT NOT NULL
 );
 CREATE INDEX totp_credentials_user ON totp_credentials (user_id);
