@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod housekeeping;
 pub mod http;
 pub mod keys;
 pub mod oauth;

@@ -58,7 +58,8 @@ pub fn start_on(
             .map_err(|e| StartError::Server(format!("cannot listen on {listen}: {e}")))?,
     };
     let addrs = http.addrs();
-    spawn_key_refresh(state);
+    spawn_key_refresh(state.clone());
+    spawn_housekeeping(state);
     Ok(RunningServer {
         server: http.run(),
         addrs,
@@ -79,6 +80,42 @@ fn spawn_key_refresh(state: AppState) {
             let result = state.db.run(move |conn| keys.reload(conn, now)).await;
             if let Err(e) = result {
                 tracing::warn!(error = %e, "signing key reload failed; keeping the keys already loaded");
+            }
+        }
+    });
+}
+
+/// Deletes expired rows in bounded batches every minute, off the request path. Each tick stops
+/// after a few batches so a large backlog is worked off gradually instead of in one long burst.
+fn spawn_housekeeping(state: AppState) {
+    const BATCH: i64 = 500;
+    const MAX_BATCHES_PER_TICK: usize = 10;
+    actix_web::rt::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(60));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let max_backoff =
+                i64::try_from(state.settings.login.max_backoff_seconds).unwrap_or(900);
+            for _ in 0..MAX_BATCHES_PER_TICK {
+                let now = state.clock.now_secs();
+                let result = state
+                    .db
+                    .run(move |conn| crate::housekeeping::sweep(conn, now, BATCH, max_backoff))
+                    .await;
+                match result {
+                    Ok(swept) if swept.total() > 0 => {
+                        tracing::debug!(?swept, "housekeeping removed expired rows");
+                        if !swept.any_full(BATCH) {
+                            break;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "housekeeping failed; will retry");
+                        break;
+                    }
+                }
             }
         }
     });

@@ -5,6 +5,7 @@ mod common;
 
 mod chromium;
 
+mod housekeeping;
 mod keys;
 mod login;
 mod ops;

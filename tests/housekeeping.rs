@@ -1,0 +1,142 @@
+//! Housekeeping deletes only what has expired, in bounded batches, and never audit events.
+
+use diesel::prelude::*;
+use ward::audit::AuditContext;
+use ward::authz::users::{self, NewUser};
+use ward::store::credentials::{self, SessionRow, TotpRow};
+use ward::store::passkeys::{self, ChallengeRow};
+use ward::store::schema::{
+    audit_events, auth_throttle, sessions, totp_credentials, webauthn_challenges,
+};
+
+use crate::common::{Backend, TestApp};
+use crate::on_both_backends;
+
+on_both_backends!(housekeeping_purges_expired_rows_in_bounded_batches);
+
+const NOW: i64 = 2_000_000_000;
+
+async fn housekeeping_purges_expired_rows_in_bounded_batches(backend: Backend) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    let mut conn = app.conn();
+    let user = users::create(
+        &mut conn,
+        app.state.clock.as_ref(),
+        &AuditContext::cli(),
+        NewUser {
+            username: "pat".into(),
+            roles: vec!["patient".into()],
+            ..NewUser::default()
+        },
+    )
+    .unwrap();
+    let session = |id: &str, expires_at: i64, ended_at: Option<i64>| SessionRow {
+        id_hash: id.into(),
+        public_id: format!("p-{id}"),
+        user_id: user.id.clone(),
+        stage: "active".into(),
+        amr: "[]".into(),
+        created_at: 0,
+        last_seen_at: 0,
+        expires_at,
+        authenticated_at: 0,
+        mfa_at: None,
+        source_ip: None,
+        user_agent: None,
+        ended_at,
+        end_reason: None,
+    };
+    let old = NOW - 30 * 86_400;
+    for row in [
+        session("old-ended", NOW + 10, Some(old)),
+        session("old-expired", old, None),
+        session("old-both", old, Some(old)),
+        session("live", NOW + 3600, None),
+        session("recently-ended", NOW + 10, Some(NOW - 60)),
+    ] {
+        credentials::insert_session(&mut conn, &row).unwrap();
+    }
+    for (key, at) in [("stale-1", old), ("stale-2", old), ("fresh", NOW - 10)] {
+        credentials::count_failure(&mut conn, key, at).unwrap();
+    }
+    for (id, expires_at) in [("gone", NOW - 1), ("pending", NOW + 100)] {
+        passkeys::insert_challenge(
+            &mut conn,
+            &ChallengeRow {
+                id: id.into(),
+                purpose: "register".into(),
+                user_id: None,
+                bound_to: "x".into(),
+                state: "{}".into(),
+                expires_at,
+            },
+        )
+        .unwrap();
+    }
+    for (id, created_at, confirmed) in [
+        ("abandoned", old, false),
+        ("in-progress", NOW - 60, false),
+        ("confirmed-long-ago", old, true),
+    ] {
+        credentials::insert_totp(
+            &mut conn,
+            &TotpRow {
+                id: id.into(),
+                user_id: user.id.clone(),
+                secret_sealed: "v1.x.y".into(),
+                confirmed,
+                last_step: None,
+                pending_session: None,
+                created_at,
+            },
+        )
+        .unwrap();
+    }
+    let audit_before: i64 = audit_events::table.count().get_result(&mut *conn).unwrap();
+
+    // A batch of one deletes at most one row of each kind.
+    let first = ward::housekeeping::sweep(&mut conn, NOW, 1, 900).unwrap();
+    assert_eq!(
+        (
+            first.sessions,
+            first.throttle,
+            first.challenges,
+            first.pending_totp
+        ),
+        (1, 1, 1, 1)
+    );
+    assert!(first.any_full(1));
+    let mut passes = 1;
+    while ward::housekeeping::sweep(&mut conn, NOW, 1, 900)
+        .unwrap()
+        .total()
+        > 0
+    {
+        passes += 1;
+        assert!(passes < 10);
+    }
+
+    let left_sessions: Vec<String> = sessions::table
+        .select(sessions::id_hash)
+        .order(sessions::id_hash)
+        .load(&mut *conn)
+        .unwrap();
+    assert_eq!(left_sessions, ["live", "recently-ended"]);
+    let left_keys: i64 = auth_throttle::table.count().get_result(&mut *conn).unwrap();
+    assert_eq!(left_keys, 1);
+    let left_challenges: Vec<String> = webauthn_challenges::table
+        .select(webauthn_challenges::id)
+        .load(&mut *conn)
+        .unwrap();
+    assert_eq!(left_challenges, ["pending"]);
+    let mut left_totp: Vec<String> = totp_credentials::table
+        .select(totp_credentials::id)
+        .load(&mut *conn)
+        .unwrap();
+    left_totp.sort();
+    assert_eq!(left_totp, ["confirmed-long-ago", "in-progress"]);
+    let audit_after: i64 = audit_events::table.count().get_result(&mut *conn).unwrap();
+    assert_eq!(audit_before, audit_after, "audit events are never purged");
+}
