@@ -115,7 +115,10 @@ pub fn matches(registered: &str, presented: &str, native: bool) -> bool {
     let (Ok(reg), Ok(pres)) = (Url::parse(registered), Url::parse(presented)) else {
         return false;
     };
-    reg.scheme() == "http"
+    // Both sides must be in the URL parser's normalised form: the parser forgives leading
+    // control characters, odd case and the like, and the exception must not (found by fuzzing).
+    reg.as_str() == registered
+        && reg.scheme() == "http"
         && pres.scheme() == "http"
         && is_loopback_ip_literal(&reg)
         && reg.host() == pres.host()
@@ -229,5 +232,12 @@ mod tests {
             true
         ));
         assert!(matches("http://[::1]/cb", "http://[::1]:9000/cb", true));
+        // Regression (fuzzing): a registered value the parser would "clean up" gets no exception.
+        assert!(!matches(
+            "\u{1}\u{0}\u{3}http://127.0.0.1/callback",
+            "http://127.0.0.1:51004/callback",
+            true
+        ));
+        assert!(!matches("HTTP://127.0.0.1/callback", "http://127.0.0.1:51004/callback", true));
     }
 }

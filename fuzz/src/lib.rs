@@ -1,0 +1,4 @@
+//! Ward's pure protocol parsers, compiled from the server's own source files (no copies).
+
+pub mod oauth;
+pub mod smart;

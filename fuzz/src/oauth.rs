@@ -1,0 +1,2 @@
+#[path = "../../src/oauth/redirect_uri.rs"]
+pub mod redirect_uri;

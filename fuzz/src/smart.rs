@@ -1,0 +1,4 @@
+#[path = "../../src/smart/policy.rs"]
+pub mod policy;
+#[path = "../../src/smart/scopes.rs"]
+pub mod scopes;
