@@ -1130,3 +1130,62 @@ async fn every_forwarded_for_line_counts_not_only_the_first() {
     let failed = audit_events::list(&mut app.conn(), Some("login.failed"), 10).unwrap();
     assert_eq!(failed[0].source_ip.as_deref(), Some("198.51.100.4"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_is_bounded_and_other_endpoints_keep_answering() {
+    let Some(app) = TestApp::builder(Backend::Sqlite)
+        .env("WARD_LOGIN_HASH_QUEUE_LIMIT", "16")
+        .env("WARD_DANGER_DISABLE_LOGIN_THROTTLE", "true")
+        .start()
+        .await
+    else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let browser = Arc::new(Browser::new(&app.base));
+    let csrf = browser.get("/login").await.csrf();
+    let flood: Vec<_> = (0..300)
+        .map(|i| {
+            let (browser, csrf) = (browser.clone(), csrf.clone());
+            tokio::spawn(async move {
+                let user = format!("user{i}");
+                let page = browser
+                    .post(
+                        "/login",
+                        &[
+                            ("username", user.as_str()),
+                            ("password", "wrong password here"),
+                            ("csrf", &csrf),
+                        ],
+                    )
+                    .await;
+                page.status
+            })
+        })
+        .collect();
+    // While the flood runs, liveness, keys and readiness still answer.
+    for path in ["/healthz", "/jwks", "/readyz"] {
+        let answered =
+            tokio::time::timeout(std::time::Duration::from_secs(10), app.get(path)).await;
+        assert!(
+            answered.is_ok_and(|r| r.status() == StatusCode::OK),
+            "{path} stalled during the flood"
+        );
+    }
+    let mut busy = 0;
+    for task in flood {
+        let status = task.await.unwrap();
+        assert!(
+            status == StatusCode::UNAUTHORIZED || status == StatusCode::SERVICE_UNAVAILABLE,
+            "{status}"
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            busy += 1;
+        }
+    }
+    assert!(
+        busy > 0,
+        "excess logins get a quick 503 instead of queueing without bound"
+    );
+    assert!(busy < 300, "some logins were served");
+}

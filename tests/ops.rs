@@ -110,6 +110,20 @@ async fn unknown_routes_are_a_json_404_not_a_500() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
+    // A browser gets a page instead.
+    let page = app
+        .client
+        .get(app.url("/nope"))
+        .header("accept", "text/html,*/*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.text().await.unwrap().contains("Not found"));
 }
 
 #[tokio::test]
@@ -149,9 +163,44 @@ async fn readyz_fails_while_postgres_is_unreachable_and_recovers() {
     assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
     let pg = app.storage.pg.as_ref().expect("postgres storage");
 
+    let browser = crate::common::browser::Browser::new(&app.base);
+    let csrf = browser.get("/login").await.csrf();
+
     pg.cut_connections();
     let down = app.get("/readyz").await;
     assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Pages answer a 503 page (not a 500, not JSON) while the database is away.
+    let page = app
+        .client
+        .get(app.url("/account"))
+        .header("accept", "text/html")
+        .header("cookie", "ward_session=some-session")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(page.headers().get("retry-after").is_some());
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("Temporarily unavailable"));
+    let login = browser
+        .post(
+            "/login",
+            &[
+                ("username", "pat"),
+                ("password", "violet tractor sings at dawn"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(
+        login.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        login.body
+    );
     // Liveness does not depend on the database.
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
     assert_eq!(app.get("/jwks").await.status(), StatusCode::OK);

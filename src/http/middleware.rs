@@ -52,7 +52,7 @@ pub async fn observe(
             .map_into_left_body()
     };
 
-    let mut response = response;
+    let mut response = as_page_for_browsers(response);
     let https = state
         .as_ref()
         .is_some_and(|s| s.settings.served_over_https());
@@ -83,6 +83,60 @@ pub async fn observe(
         )
     });
     Ok(response)
+}
+
+/// A browser asking for a page gets an error *page* (the same status, and `Retry-After` kept),
+/// not the JSON body API clients get: one place for every handler's errors.
+fn as_page_for_browsers<B: MessageBody + 'static>(
+    response: ServiceResponse<EitherBody<B>>,
+) -> ServiceResponse<EitherBody<B>> {
+    let status = response.status();
+    let wants_html = response
+        .request()
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !wants_html
+        || !is_json
+        || !(status.is_server_error() || status == actix_web::http::StatusCode::NOT_FOUND)
+    {
+        return response;
+    }
+    let (title, text) = match status.as_u16() {
+        404 => ("Not found", "There is no page at this address."),
+        503 => (
+            "Temporarily unavailable",
+            "Ward cannot reach its database right now. Please try again in a moment.",
+        ),
+        _ => (
+            "Something went wrong",
+            "Ward could not complete this request. The problem has been logged; please try again.",
+        ),
+    };
+    let page = super::views::MessageView {
+        title: title.into(),
+        message: text.into(),
+        link: None,
+        link_text: String::new(),
+    };
+    let Ok(body) = askama::Template::render(&page) else {
+        return response;
+    };
+    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+    let (request, _) = response.into_parts();
+    let mut html = HttpResponse::build(status);
+    html.insert_header((header::CACHE_CONTROL, "no-store"))
+        .content_type("text/html; charset=utf-8");
+    if let Some(value) = retry_after {
+        html.insert_header((header::RETRY_AFTER, value));
+    }
+    ServiceResponse::new(request, html.body(body)).map_into_right_body()
 }
 
 fn declared_length(req: &ServiceRequest) -> Option<usize> {

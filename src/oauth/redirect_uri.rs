@@ -238,6 +238,10 @@ mod tests {
             "http://127.0.0.1:51004/callback",
             true
         ));
-        assert!(!matches("HTTP://127.0.0.1/callback", "http://127.0.0.1:51004/callback", true));
+        assert!(!matches(
+            "HTTP://127.0.0.1/callback",
+            "http://127.0.0.1:51004/callback",
+            true
+        ));
     }
 }
