@@ -937,46 +937,25 @@ pub fn end_own_session(
     })
 }
 
-/// Ends a session that a new sign-in in the same browser replaces.
-pub fn end_replaced(
+/// Ends a session for `reason` (`logout`, or `replaced` when a new sign-in in the same browser
+/// takes its place), recording it once.
+pub fn end(
     conn: &mut DbConnection,
     clock: &dyn Clock,
     ctx: &AuditContext,
-    previous: &SessionInfo,
+    session: &SessionInfo,
+    reason: &str,
 ) -> Result<(), StoreError> {
-    let ctx = audit_as(ctx, Some(&previous.user_id));
+    let ctx = audit_as(ctx, Some(&session.user_id));
     write_transaction(conn, |conn| {
-        if creds::end_session(conn, &previous.id_hash, clock.now_secs(), "replaced")? {
+        if creds::end_session(conn, &session.id_hash, clock.now_secs(), reason)? {
             audit::append(
                 conn,
                 clock,
                 &ctx,
                 &AuditEvent::SessionEnded {
-                    session: previous.public_id.clone(),
-                    reason: "replaced".into(),
-                },
-            )?;
-        }
-        Ok(())
-    })
-}
-
-pub fn logout(
-    conn: &mut DbConnection,
-    clock: &dyn Clock,
-    ctx: &AuditContext,
-    current: &SessionInfo,
-) -> Result<(), StoreError> {
-    let ctx = audit_as(ctx, Some(&current.user_id));
-    write_transaction(conn, |conn| {
-        if creds::end_session(conn, &current.id_hash, clock.now_secs(), "logout")? {
-            audit::append(
-                conn,
-                clock,
-                &ctx,
-                &AuditEvent::SessionEnded {
-                    session: current.public_id.clone(),
-                    reason: "logout".into(),
+                    session: session.public_id.clone(),
+                    reason: reason.to_owned(),
                 },
             )?;
         }

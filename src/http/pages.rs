@@ -261,7 +261,7 @@ pub async fn login_post(
                 state
                     .db
                     .run(move |conn| {
-                        login::end_replaced(conn, clock.as_ref(), &ctx, &previous)
+                        login::end(conn, clock.as_ref(), &ctx, &previous, "replaced")
                             .map_err(AppError::from)
                     })
                     .await?;
@@ -752,7 +752,7 @@ pub async fn logout_post(
         state
             .db
             .run(move |conn| {
-                login::logout(conn, clock.as_ref(), &ctx, &session).map_err(AppError::from)
+                login::end(conn, clock.as_ref(), &ctx, &session, "logout").map_err(AppError::from)
             })
             .await?;
     }
