@@ -6,7 +6,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
-use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
+use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential, Webauthn};
+
+use crate::clock::Clock;
+use crate::store::DbConnection;
 
 use super::cookies;
 use super::csrf::{self, Binding};
@@ -44,6 +47,23 @@ fn outcome(result: Result<HttpResponse, LoginError>) -> Result<HttpResponse, App
             "For your security, adding a passkey needs a recent sign-in. Sign out, sign in again, then add it.",
         )),
     }
+}
+
+/// Runs a ceremony's start step and answers its options as JSON.
+async fn ceremony_options<F>(state: &AppState, work: F) -> Result<HttpResponse, AppError>
+where
+    F: FnOnce(&mut DbConnection, &Webauthn, &dyn Clock) -> Result<serde_json::Value, LoginError>
+        + Send
+        + 'static,
+{
+    let (wa, clock) = (state.webauthn.clone(), state.clock.clone());
+    outcome(
+        state
+            .db
+            .run(move |conn| work(conn, &wa, clock.as_ref()))
+            .await
+            .map(|options| HttpResponse::Ok().json(options)),
+    )
 }
 
 fn forbidden() -> HttpResponse {
@@ -118,14 +138,10 @@ pub async fn register_start(
         Ok(s) => s,
         Err(r) => return Ok(r),
     };
-    let (wa, clock) = (state.webauthn.clone(), state.clock.clone());
-    outcome(
-        state
-            .db
-            .run(move |conn| passkeys::start_registration(conn, &wa, clock.as_ref(), &session))
-            .await
-            .map(|options| HttpResponse::Ok().json(options)),
-    )
+    ceremony_options(&state, move |conn, wa, clock| {
+        passkeys::start_registration(conn, wa, clock, &session)
+    })
+    .await
 }
 
 pub async fn register_finish(
@@ -172,14 +188,10 @@ pub async fn second_factor_start(
         Ok(s) => s,
         Err(r) => return Ok(r),
     };
-    let (wa, clock) = (state.webauthn.clone(), state.clock.clone());
-    outcome(
-        state
-            .db
-            .run(move |conn| passkeys::start_second_factor(conn, &wa, clock.as_ref(), &session))
-            .await
-            .map(|options| HttpResponse::Ok().json(options)),
-    )
+    ceremony_options(&state, move |conn, wa, clock| {
+        passkeys::start_second_factor(conn, wa, clock, &session)
+    })
+    .await
 }
 
 pub async fn second_factor_finish(
@@ -253,14 +265,10 @@ pub async fn passwordless_start(
     let Some(browser) = browser_binding(&req, &state, &body.csrf) else {
         return Ok(forbidden());
     };
-    let (wa, clock) = (state.webauthn.clone(), state.clock.clone());
-    outcome(
-        state
-            .db
-            .run(move |conn| passkeys::start_passwordless(conn, &wa, clock.as_ref(), &browser))
-            .await
-            .map(|options| HttpResponse::Ok().json(options)),
-    )
+    ceremony_options(&state, move |conn, wa, clock| {
+        passkeys::start_passwordless(conn, wa, clock, &browser)
+    })
+    .await
 }
 
 pub async fn passwordless_finish(
