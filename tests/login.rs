@@ -1189,3 +1189,90 @@ async fn a_login_flood_is_bounded_and_other_endpoints_keep_answering() {
     );
     assert!(busy < 300, "some logins were served");
 }
+
+#[tokio::test]
+async fn rejects_hostile_bodies_with_4xx_and_writes_nothing() {
+    let Some(app) = TestApp::start(Backend::Sqlite).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"]);
+    let browser = Browser::new(&app.base);
+    browser.get("/login").await;
+    let before = audit_events::list(&mut app.conn(), None, 10_000)
+        .unwrap()
+        .len();
+    let bodies: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "/login",
+            "application/x-www-form-urlencoded",
+            b"username=%ff%fe&password=%00&csrf=%".to_vec(),
+        ),
+        (
+            "/login",
+            "application/json",
+            br#"{"username":"pat"}"#.to_vec(),
+        ),
+        (
+            "/login",
+            "application/x-www-form-urlencoded",
+            vec![0xff, 0xfe, b'=', 0x80],
+        ),
+        (
+            "/login",
+            "application/x-www-form-urlencoded",
+            format!("username={}&password=x&csrf=y", "a".repeat(60_000)).into_bytes(),
+        ),
+        (
+            "/login/mfa",
+            "application/x-www-form-urlencoded",
+            b"code=\x00\x01&csrf=".to_vec(),
+        ),
+        ("/account/password", "text/plain", b"current=x".to_vec()),
+        (
+            "/logout",
+            "application/x-www-form-urlencoded",
+            b"csrf[]=1&csrf[]=2".to_vec(),
+        ),
+        (
+            "/account/passkeys/register/start",
+            "application/json",
+            b"{not json".to_vec(),
+        ),
+        (
+            "/login/passkey/finish",
+            "application/json",
+            br#"{"csrf":"x","challenge_id":"y","credential":{"id":1}}"#.to_vec(),
+        ),
+        ("/login/passkey/start", "text/html", b"<html>".to_vec()),
+    ];
+    for (path, content_type, body) in bodies {
+        let response = browser
+            .client
+            .post(format!("{}{path}", app.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert!(
+            status.is_client_error() || status == StatusCode::SEE_OTHER,
+            "{path} ({content_type}): {status}"
+        );
+    }
+    assert!(
+        browser.session_cookie().is_none(),
+        "no session from hostile input"
+    );
+    // Only refusals were recorded: no user, session, credential or key changed.
+    let after = audit_events::list(&mut app.conn(), None, 10_000).unwrap();
+    assert!(
+        after[before..].iter().all(|e| e.outcome == "failure"),
+        "{:?}",
+        &after[before..]
+    );
+    let row = ward::store::credentials::login_user_by_name(&mut app.conn(), "pat")
+        .unwrap()
+        .unwrap();
+    assert!(row.locked_at.is_none());
+}
