@@ -33,16 +33,33 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     /// The WebAuthn relying party (id: the public URL's host).
     pub webauthn: Arc<webauthn_rs::prelude::Webauthn>,
+    /// The issuer URL (no trailing slash), as in tokens and discovery.
+    pub issuer: Arc<str>,
+    /// The FHIR base URLs accepted as a token audience, exactly as configured.
+    pub fhir_bases: Arc<Vec<String>>,
+    /// Origins that may frame the launch pages.
+    pub ehr_origins: Arc<Vec<String>>,
+    /// Client key sets fetched from JWKS URLs, cached per Cache-Control.
+    pub client_keys: Arc<crate::clients::jwks::JwksCache>,
+}
+
+impl AppState {
+    /// An absolute URL of one of Ward's own endpoints.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
 }
 
 /// Registers every route with its state and body limits. Middleware is added by the server.
 pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let limit = state.settings.server.max_body_bytes;
+        let bases = state.fhir_bases.as_ref().clone();
         cfg.app_data(web::Data::new(state))
             .app_data(web::PayloadConfig::new(limit))
             .app_data(web::FormConfig::default().limit(limit))
             .app_data(web::JsonConfig::default().limit(limit));
+        http::fhir_base_routes(cfg, &bases);
         http::routes(cfg);
     }
 }

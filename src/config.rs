@@ -76,6 +76,7 @@ pub struct ServerSettings {
     pub public_url: Option<String>,
     pub behind_tls_proxy: bool,
     pub trusted_proxies: Vec<String>,
+    pub ehr_origins: Vec<String>,
     pub cluster: bool,
     pub max_body_bytes: usize,
     pub workers: usize,
@@ -193,6 +194,7 @@ impl Default for ServerSettings {
             public_url: None,
             behind_tls_proxy: false,
             trusted_proxies: Vec::new(),
+            ehr_origins: Vec::new(),
             cluster: false,
             max_body_bytes: 64 * 1024,
             workers: 0,
@@ -267,6 +269,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc { section: "server", key: "public_url", env: "WARD_PUBLIC_URL", flag: Some("--public-url"), kind: Kind::Text, default: "http://localhost:PORT", doc: "The issuer URL clients and browsers use. Its host is the WebAuthn relying-party id, so use a name, not an IP address." },
     SettingDoc { section: "server", key: "behind_tls_proxy", env: "WARD_BEHIND_TLS_PROXY", flag: Some("--behind-tls-proxy"), kind: Kind::Bool, default: "false", doc: "Declare that a TLS-terminating proxy is in front, allowing plain HTTP on a non-loopback address." },
     SettingDoc { section: "server", key: "trusted_proxies", env: "WARD_TRUSTED_PROXIES", flag: Some("--trusted-proxy"), kind: Kind::List, default: "(none)", doc: "CIDRs of proxies whose X-Forwarded-For is believed when finding a client's IP." },
+    SettingDoc { section: "server", key: "ehr_origins", env: "WARD_EHR_ORIGINS", flag: Some("--ehr-origin"), kind: Kind::List, default: "(none)", doc: "Origins (`https://ehr.example`) allowed to frame the launch pages (sign-in, patient picker, consent) for apps launched inside an EHR; every other page may not be framed." },
     SettingDoc { section: "server", key: "cluster", env: "WARD_CLUSTER", flag: Some("--cluster"), kind: Kind::Bool, default: "false", doc: "Several nodes share the database. Requires PostgreSQL." },
     SettingDoc { section: "server", key: "max_body_bytes", env: "WARD_MAX_BODY_BYTES", flag: None, kind: Kind::Integer, default: "65536", doc: "Largest request body accepted; larger requests get 413." },
     SettingDoc { section: "server", key: "workers", env: "WARD_WORKERS", flag: Some("--workers"), kind: Kind::Integer, default: "0 (one per core)", doc: "HTTP worker threads." },
@@ -405,6 +408,7 @@ impl Settings {
         }
         self.trusted_proxies()?;
         self.fhir_bases()?;
+        self.ehr_origins()?;
         if !(1024..=16 * 1024 * 1024).contains(&self.server.max_body_bytes) {
             return Err(ConfigError::new(
                 setting_name("server", "max_body_bytes"),
@@ -568,6 +572,28 @@ impl Settings {
                             format!("`{raw}` is not an IP address or CIDR such as 10.0.0.0/8"),
                         )
                     })
+            })
+            .collect()
+    }
+
+    /// EHR origins that may frame the launch pages, each `scheme://host[:port]` exactly.
+    pub fn ehr_origins(&self) -> Result<Vec<String>, ConfigError> {
+        self.server
+            .ehr_origins
+            .iter()
+            .map(|raw| {
+                let problem =
+                    |p: String| ConfigError::new(setting_name("server", "ehr_origins"), p);
+                let url =
+                    Url::parse(raw).map_err(|e| problem(format!("`{raw}` is not a URL: {e}")))?;
+                let origin = url.origin().ascii_serialization();
+                if !matches!(url.scheme(), "https" | "http") || origin != raw.trim_end_matches('/')
+                {
+                    return Err(problem(format!(
+                        "`{raw}` must be an origin such as https://ehr.example (no path)"
+                    )));
+                }
+                Ok(origin)
             })
             .collect()
     }
@@ -942,8 +968,10 @@ mod tests {
                         .replace('-', "_")
                         .to_uppercase()
                 );
-                // --trusted-proxy is repeatable; its env name is the plural list.
-                if flag != "--trusted-proxy" {
+                // A repeatable flag may name its env list in the plural (--trusted-proxy).
+                let plural = s.kind == Kind::List && format!("{derived}S") == s.env
+                    || flag == "--trusted-proxy";
+                if !plural {
                     assert_eq!(derived, s.env);
                 }
             }

@@ -19,6 +19,7 @@ pub mod housekeeping;
 pub mod http;
 pub mod keys;
 pub mod oauth;
+pub mod patients;
 pub mod server;
 pub mod smart;
 pub mod startup;

@@ -240,6 +240,11 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
     let trusted_proxies = settings.trusted_proxies()?;
     let webauthn = crate::authn::passkeys::relying_party(&settings.public_url()?)
         .map_err(StartError::Server)?;
+    let settings_issuer = settings.issuer()?;
+    settings.fhir_bases()?;
+    let fhir_bases = settings.fhir.base.clone();
+    let client_key_fetcher = jwks_fetcher(&settings)?;
+    let ehr_origins = settings.ehr_origins()?;
     Ok(Prepared {
         state: AppState {
             db,
@@ -254,6 +259,10 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
             csrf_key: Arc::new(master.derive("ward/csrf/v1")),
             trusted_proxies: Arc::new(trusted_proxies),
             webauthn: Arc::new(webauthn),
+            issuer: Arc::from(settings_issuer.as_str()),
+            fhir_bases: Arc::new(fhir_bases),
+            ehr_origins: Arc::new(ehr_origins),
+            client_keys: Arc::new(crate::clients::jwks::JwksCache::new(client_key_fetcher)),
         },
         master_key_source,
         created_keys,

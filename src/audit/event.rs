@@ -142,6 +142,69 @@ pub enum AuditEvent {
     /// A WebAuthn signature counter did not increase: the authenticator may have been cloned.
     #[serde(rename = "webauthn.counter_regression")]
     WebauthnCounterRegression {},
+    /// A client failed to authenticate at a protocol endpoint.
+    #[serde(rename = "client.authentication_failed")]
+    ClientAuthenticationFailed {
+        client_id: Option<String>,
+        endpoint: String,
+        reason: String,
+    },
+    /// An EHR created a launch context for an app.
+    #[serde(rename = "launch.created")]
+    LaunchCreated {
+        client_id: String,
+        for_user: Option<String>,
+        patient: Option<String>,
+    },
+    /// A person approved an app's access (on the consent page or by remembered consent).
+    #[serde(rename = "authorization.granted")]
+    AuthorizationGranted {
+        client_id: String,
+        scope: String,
+        patient: Option<String>,
+        remembered: bool,
+    },
+    /// An authorization request ended without a grant (denied, or refused by a rule).
+    #[serde(rename = "authorization.refused")]
+    AuthorizationRefused {
+        client_id: String,
+        error: String,
+        reason: String,
+    },
+    /// Tokens were issued (`grant`: authorization_code, refresh_token, client_credentials).
+    #[serde(rename = "token.issued")]
+    TokenIssued {
+        client_id: String,
+        grant: String,
+        family: String,
+        scope: String,
+        patient: Option<String>,
+    },
+    /// A token request was refused.
+    #[serde(rename = "token.refused")]
+    TokenRefused {
+        client_id: Option<String>,
+        grant: String,
+        error: String,
+        reason: String,
+    },
+    /// A used code or rotated refresh token was presented again: the family is revoked.
+    #[serde(rename = "token.reuse_detected")]
+    TokenReuseDetected {
+        client_id: String,
+        family: String,
+        kind: String,
+    },
+    /// A token family was revoked (by its user, an admin, the client, or a session ending).
+    #[serde(rename = "token.revoked")]
+    TokenRevoked {
+        client_id: String,
+        family: String,
+        reason: String,
+    },
+    /// Patients were loaded into the directory behind the patient picker.
+    #[serde(rename = "patient.imported")]
+    PatientsImported { created: u64, updated: u64 },
 }
 
 /// Why a sign-in step failed (audit detail only).
@@ -189,6 +252,15 @@ impl AuditEvent {
         "session.ended",
         "password.changed",
         "webauthn.counter_regression",
+        "client.authentication_failed",
+        "launch.created",
+        "authorization.granted",
+        "authorization.refused",
+        "token.issued",
+        "token.refused",
+        "token.reuse_detected",
+        "token.revoked",
+        "patient.imported",
     ];
 
     pub fn action(&self) -> &'static str {
@@ -219,6 +291,15 @@ impl AuditEvent {
             Self::SessionEnded { .. } => "session.ended",
             Self::PasswordChanged { .. } => "password.changed",
             Self::WebauthnCounterRegression { .. } => "webauthn.counter_regression",
+            Self::ClientAuthenticationFailed { .. } => "client.authentication_failed",
+            Self::LaunchCreated { .. } => "launch.created",
+            Self::AuthorizationGranted { .. } => "authorization.granted",
+            Self::AuthorizationRefused { .. } => "authorization.refused",
+            Self::TokenIssued { .. } => "token.issued",
+            Self::TokenRefused { .. } => "token.refused",
+            Self::TokenReuseDetected { .. } => "token.reuse_detected",
+            Self::TokenRevoked { .. } => "token.revoked",
+            Self::PatientsImported { .. } => "patient.imported",
         }
     }
 
@@ -226,7 +307,11 @@ impl AuditEvent {
         match self {
             Self::LoginFailed { .. }
             | Self::MfaFailed { .. }
-            | Self::WebauthnCounterRegression { .. } => Outcome::Failure,
+            | Self::WebauthnCounterRegression { .. }
+            | Self::ClientAuthenticationFailed { .. }
+            | Self::AuthorizationRefused { .. }
+            | Self::TokenRefused { .. }
+            | Self::TokenReuseDetected { .. } => Outcome::Failure,
             _ => Outcome::Success,
         }
     }
@@ -243,7 +328,8 @@ impl AuditEvent {
             } => Severity::High,
             Self::AccountLocked { .. }
             | Self::MfaReset { .. }
-            | Self::WebauthnCounterRegression { .. } => Severity::High,
+            | Self::WebauthnCounterRegression { .. }
+            | Self::TokenReuseDetected { .. } => Severity::High,
             Self::LoginSucceeded { .. } | Self::MfaUsed { .. } | Self::SessionEnded { .. } => {
                 Severity::Info
             }
@@ -253,7 +339,12 @@ impl AuditEvent {
 
     /// The patient a disclosure concerns, for the accounting of disclosures.
     pub fn target_patient(&self) -> Option<&str> {
-        None
+        match self {
+            Self::LaunchCreated { patient, .. }
+            | Self::AuthorizationGranted { patient, .. }
+            | Self::TokenIssued { patient, .. } => patient.as_deref(),
+            _ => None,
+        }
     }
 }
 
@@ -359,6 +450,54 @@ mod tests {
                 by_operator: false,
             },
             AuditEvent::WebauthnCounterRegression {},
+            AuditEvent::ClientAuthenticationFailed {
+                client_id: None,
+                endpoint: "token".into(),
+                reason: "r".into(),
+            },
+            AuditEvent::LaunchCreated {
+                client_id: "c".into(),
+                for_user: None,
+                patient: None,
+            },
+            AuditEvent::AuthorizationGranted {
+                client_id: "c".into(),
+                scope: "openid".into(),
+                patient: None,
+                remembered: false,
+            },
+            AuditEvent::AuthorizationRefused {
+                client_id: "c".into(),
+                error: "access_denied".into(),
+                reason: "r".into(),
+            },
+            AuditEvent::TokenIssued {
+                client_id: "c".into(),
+                grant: "authorization_code".into(),
+                family: "f".into(),
+                scope: "openid".into(),
+                patient: None,
+            },
+            AuditEvent::TokenRefused {
+                client_id: None,
+                grant: "authorization_code".into(),
+                error: "invalid_grant".into(),
+                reason: "r".into(),
+            },
+            AuditEvent::TokenReuseDetected {
+                client_id: "c".into(),
+                family: "f".into(),
+                kind: "refresh_token".into(),
+            },
+            AuditEvent::TokenRevoked {
+                client_id: "c".into(),
+                family: "f".into(),
+                reason: "r".into(),
+            },
+            AuditEvent::PatientsImported {
+                created: 1,
+                updated: 0,
+            },
         ];
         assert_eq!(samples.len(), AuditEvent::ACTIONS.len());
         for (event, name) in samples.iter().zip(AuditEvent::ACTIONS) {

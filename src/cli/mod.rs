@@ -77,6 +77,9 @@ struct ServeArgs {
     /// Several nodes share the (PostgreSQL) database. Env: WARD_CLUSTER.
     #[arg(long)]
     cluster: bool,
+    /// EHR origin allowed to frame the launch pages (repeatable). Env: WARD_EHR_ORIGINS.
+    #[arg(long, value_name = "ORIGIN")]
+    ehr_origin: Vec<String>,
     /// Trusted proxy CIDR (repeatable). Env: WARD_TRUSTED_PROXIES.
     #[arg(long, value_name = "CIDR")]
     trusted_proxy: Vec<String>,
@@ -128,6 +131,11 @@ impl ServeArgs {
             flags.push(("WARD_BEHIND_TLS_PROXY", "true".into()));
         }
         flags.extend(self.fhir_base.iter().map(|v| ("WARD_FHIR_BASE", v.clone())));
+        flags.extend(
+            self.ehr_origin
+                .iter()
+                .map(|v| ("WARD_EHR_ORIGINS", v.clone())),
+        );
         flags.extend(
             self.trusted_proxy
                 .iter()

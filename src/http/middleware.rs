@@ -53,6 +53,27 @@ pub async fn observe(
     };
 
     let mut response = as_page_for_browsers(response);
+    let path = response.request().path().to_owned();
+    let launch_page = ["/login", "/authorize", "/logout/oidc"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+    if launch_page
+        && !response
+            .headers()
+            .contains_key(header::CONTENT_SECURITY_POLICY)
+    {
+        let origins = state
+            .as_ref()
+            .map(|s| s.ehr_origins.as_slice())
+            .unwrap_or(&[]);
+        if let Ok(csp) =
+            HeaderValue::from_str(&launch_page_csp(origins, path.starts_with("/authorize")))
+        {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_SECURITY_POLICY, csp);
+        }
+    }
     let https = state
         .as_ref()
         .is_some_and(|s| s.settings.served_over_https());
@@ -146,6 +167,27 @@ fn declared_length(req: &ServiceRequest) -> Option<usize> {
         .and_then(|v| v.trim().parse::<usize>().ok())
 }
 
+pub const DEFAULT_CSP: &str = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
+
+/// The CSP of a launch page: framable by the configured EHR origins only (`'none'` when there
+/// are none), and `img_src` extended for pages that show an app's logo.
+pub fn launch_page_csp(ehr_origins: &[String], img_https: bool) -> String {
+    let ancestors = if ehr_origins.is_empty() {
+        "'none'".to_owned()
+    } else {
+        ehr_origins.join(" ")
+    };
+    let img = if img_https {
+        "; img-src 'self' https:"
+    } else {
+        ""
+    };
+    // form-action must allow the redirect back to the app after a form post.
+    format!(
+        "default-src 'self'{img}; frame-ancestors {ancestors}; base-uri 'none'; object-src 'none'"
+    )
+}
+
 /// Headers every response carries. Pages that EHRs may frame relax `frame-ancestors` on their
 /// own response; everything else may not be framed at all.
 pub fn add_security_headers(headers: &mut header::HeaderMap, https: bool) {
@@ -154,14 +196,13 @@ pub fn add_security_headers(headers: &mut header::HeaderMap, https: bool) {
             headers.insert(name, HeaderValue::from_static(value));
         }
     };
-    set(
-        headers,
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
-    );
+    // A handler that sets its own CSP (a launch page EHRs may frame) also decides framing.
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        set(headers, header::CONTENT_SECURITY_POLICY, DEFAULT_CSP);
+        set(headers, header::X_FRAME_OPTIONS, "DENY");
+    }
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(headers, header::REFERRER_POLICY, "no-referrer");
-    set(headers, header::X_FRAME_OPTIONS, "DENY");
     set(
         headers,
         HeaderName::from_static("cross-origin-opener-policy"),

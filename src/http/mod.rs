@@ -6,12 +6,30 @@ pub mod cookies;
 pub mod csrf;
 pub mod metrics;
 pub mod middleware;
+mod oauth;
 mod ops;
 pub mod pages;
 mod passkey_pages;
 pub mod views;
 
 use actix_web::web;
+
+/// SMART discovery under each configured FHIR base path (`{fhir_base}/.well-known/
+/// smart-configuration`), for FHIR servers that forward that path to Ward (DESIGN.md §10).
+pub fn fhir_base_routes(cfg: &mut web::ServiceConfig, fhir_bases: &[String]) {
+    for base in fhir_bases {
+        let Ok(url) = url::Url::parse(base) else {
+            continue;
+        };
+        let path = url.path().trim_end_matches('/');
+        if !path.is_empty() {
+            cfg.route(
+                &format!("{path}/.well-known/smart-configuration"),
+                web::get().to(oauth::smart_configuration),
+            );
+        }
+    }
+}
 
 /// All of Ward's URLs, in one place.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -70,5 +88,41 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(passkey_pages::passwordless_finish),
         )
         .route("/static/webauthn.js", web::get().to(pages::script_get))
+        .route(
+            "/.well-known/smart-configuration",
+            web::get().to(oauth::smart_configuration),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            web::get().to(oauth::openid_configuration),
+        )
+        .route(
+            "/static/smart-style.json",
+            web::get().to(oauth::smart_style),
+        )
+        .route("/authorize", web::get().to(oauth::authorize))
+        .route("/authorize", web::post().to(oauth::authorize))
+        .route("/authorize/continue", web::get().to(oauth::continue_get))
+        .route("/authorize/patients", web::get().to(oauth::patients_get))
+        .route("/authorize/patients", web::post().to(oauth::patients_post))
+        .route("/authorize/consent", web::post().to(oauth::consent_post))
+        .route("/token", web::post().to(oauth::token))
+        .route(
+            "/token",
+            web::method(actix_web::http::Method::OPTIONS).to(oauth::preflight),
+        )
+        .route("/launch", web::post().to(oauth::launch))
+        .route("/userinfo", web::get().to(oauth::userinfo))
+        .route("/userinfo", web::post().to(oauth::userinfo))
+        .route(
+            "/userinfo",
+            web::method(actix_web::http::Method::OPTIONS).to(oauth::preflight),
+        )
+        .route("/logout/oidc", web::get().to(oauth::end_session))
+        .route("/logout/oidc", web::post().to(oauth::end_session))
+        .route(
+            "/logout/confirm",
+            web::post().to(oauth::end_session_confirm),
+        )
         .default_service(web::to(ops::not_found));
 }

@@ -26,7 +26,7 @@ use crate::error::AppError;
 
 const PRODUCT: &str = "Ward";
 
-fn https(state: &AppState) -> bool {
+pub(crate) fn https(state: &AppState) -> bool {
     state.settings.served_over_https()
 }
 
@@ -58,7 +58,7 @@ pub fn audit_context(req: &HttpRequest, state: &AppState) -> AuditContext {
     }
 }
 
-fn render(status: StatusCode, page: &impl Template) -> Result<HttpResponse, AppError> {
+pub(crate) fn render(status: StatusCode, page: &impl Template) -> Result<HttpResponse, AppError> {
     let body = page
         .render()
         .map_err(|e| AppError::Internal(format!("template: {e}")))?;
@@ -68,14 +68,14 @@ fn render(status: StatusCode, page: &impl Template) -> Result<HttpResponse, AppE
         .body(body))
 }
 
-fn redirect(to: &str) -> HttpResponse {
+pub(crate) fn redirect(to: &str) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, to.to_owned()))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .finish()
 }
 
-fn message(
+pub(crate) fn message(
     status: StatusCode,
     title: &str,
     text: &str,
@@ -148,11 +148,11 @@ pub async fn current_session(
         .await?)
 }
 
-fn session_csrf(state: &AppState, session: &SessionInfo) -> String {
+pub(crate) fn session_csrf(state: &AppState, session: &SessionInfo) -> String {
     csrf::token(&state.csrf_key, Binding::Session(&session.id_hash))
 }
 
-fn session_csrf_ok(state: &AppState, session: &SessionInfo, presented: &str) -> bool {
+pub(crate) fn session_csrf_ok(state: &AppState, session: &SessionInfo, presented: &str) -> bool {
     csrf::verify(
         &state.csrf_key,
         Binding::Session(&session.id_hash),

@@ -76,3 +76,35 @@ pub struct MessageView {
     pub link: Option<String>,
     pub link_text: String,
 }
+
+#[derive(Template)]
+#[template(path = "consent.html")]
+pub struct ConsentView {
+    pub csrf: String,
+    pub request: String,
+    pub app_name: String,
+    pub logo_uri: Option<String>,
+    pub user_name: String,
+    pub patient: Option<crate::patients::PatientSummary>,
+    pub summary: crate::smart::consent::ConsentSummary,
+}
+
+#[derive(Template)]
+#[template(path = "patient_picker.html")]
+pub struct PatientPickerView {
+    pub csrf: String,
+    pub request: String,
+    pub app_name: String,
+    pub query: String,
+    pub searched: bool,
+    pub results: Vec<crate::patients::PatientSummary>,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "logout_confirm.html")]
+pub struct LogoutConfirmView {
+    pub csrf: String,
+    pub redirect: String,
+    pub app_name: Option<String>,
+}

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use josekit::jwk::Jwk;
-use josekit::jws::{JwsSigner, ES256, RS256};
+use josekit::jws::{JwsSigner, JwsVerifier, ES256, RS256};
 use serde_json::json;
 
 use super::{private_aad, schedule, KeyAlg, KeyError, KeyMeta, KeyState, KeyTiming};
@@ -35,6 +35,7 @@ struct LoadedKey {
     alg: KeyAlg,
     public: serde_json::Value,
     signer: Arc<dyn JwsSigner>,
+    verifier: Arc<dyn JwsVerifier>,
 }
 
 #[derive(Debug)]
@@ -121,11 +122,17 @@ impl KeyRing {
         };
         let public: serde_json::Value = serde_json::from_str(&row.public_jwk)
             .map_err(|e| KeyError::Crypto(format!("public JWK of {}: {e}", row.kid)))?;
+        let public_jwk = Jwk::from_bytes(row.public_jwk.as_bytes())?;
+        let verifier: Arc<dyn JwsVerifier> = match alg {
+            KeyAlg::Es256 => Arc::new(ES256.verifier_from_jwk(&public_jwk)?),
+            KeyAlg::Rs256 => Arc::new(RS256.verifier_from_jwk(&public_jwk)?),
+        };
         Ok(LoadedKey {
             meta: KeyMeta::from(row),
             alg,
             public,
             signer,
+            verifier,
         })
     }
 
@@ -165,6 +172,16 @@ impl KeyRing {
                 inner: Arc::clone(&k.signer),
             })
             .ok_or(KeyError::NoActiveKey(alg.as_str()))
+    }
+
+    /// The verifier of one of Ward's own keys (any state: a token outlives its key's
+    /// activity), for tokens Ward issued and now reads back.
+    pub fn verifier(&self, kid: &str) -> Option<(KeyAlg, Arc<dyn JwsVerifier>)> {
+        self.snapshot()
+            .keys
+            .iter()
+            .find(|k| k.meta.kid == kid)
+            .map(|k| (k.alg, Arc::clone(&k.verifier)))
     }
 
     pub fn jwks(&self) -> Arc<JwksDocument> {

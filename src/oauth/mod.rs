@@ -1,4 +1,12 @@
 //! OAuth 2.0 protocol rules. The endpoints themselves arrive with the SMART App Launch issue;
 //! what lives here now are the pure rules the client registry already needs.
 
+pub mod assertion;
+pub mod authorize;
+pub mod authorize_request;
+pub mod client_auth;
+pub mod error;
+pub mod pkce;
 pub mod redirect_uri;
+pub mod token;
+pub mod tokens;

@@ -737,6 +737,11 @@ impl ScopeSet {
         self.scopes.iter().any(|member| member.same_meaning(scope))
     }
 
+    /// Whether an identity or context scope (`openid`, `launch/patient`, …) is present.
+    pub fn has(&self, identity: IdentityScope) -> bool {
+        self.contains(&Scope::Identity(identity))
+    }
+
     pub fn len(&self) -> usize {
         self.scopes.len()
     }

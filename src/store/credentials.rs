@@ -425,3 +425,14 @@ pub fn clear_failures(conn: &mut DbConnection, key_hash: &str) -> Result<(), Sto
     diesel::delete(auth_throttle::table.find(key_hash)).execute(conn)?;
     Ok(())
 }
+
+pub fn find_session_by_public_id(
+    conn: &mut DbConnection,
+    public_id: &str,
+) -> Result<Option<SessionRow>, StoreError> {
+    Ok(sessions::table
+        .filter(sessions::public_id.eq(public_id))
+        .select(SessionRow::as_select())
+        .first(conn)
+        .optional()?)
+}

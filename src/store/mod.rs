@@ -9,8 +9,10 @@
 pub mod audit_events;
 pub mod clients;
 pub mod credentials;
+pub mod grants;
 pub mod migrate;
 pub mod passkeys;
+pub mod patients;
 pub mod roles;
 pub mod schema;
 pub mod signing_keys;

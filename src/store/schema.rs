@@ -178,7 +178,125 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    patients (id) {
+        id -> Text,
+        family -> Text,
+        given -> Text,
+        birth_date -> Nullable<Text>,
+        gender -> Nullable<Text>,
+        identifiers -> Text,
+        search_name -> Text,
+        search_identifiers -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    launch_contexts (id_hash) {
+        id_hash -> Text,
+        client_id -> Text,
+        created_by -> Text,
+        user_id -> Nullable<Text>,
+        context -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    auth_requests (id_hash) {
+        id_hash -> Text,
+        client_id -> Text,
+        request -> Text,
+        offered -> Text,
+        patient -> Nullable<Text>,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        completed_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    token_families (id) {
+        id -> Text,
+        client_id -> Text,
+        user_id -> Nullable<Text>,
+        session_id -> Nullable<Text>,
+        grant_kind -> Text,
+        scope -> Text,
+        aud -> Text,
+        context -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+        revoked_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    authorization_codes (code_hash) {
+        code_hash -> Text,
+        client_id -> Text,
+        user_id -> Text,
+        redirect_uri -> Text,
+        code_challenge -> Text,
+        grant_details -> Text,
+        family_id -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        redeemed_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    refresh_tokens (token_hash) {
+        token_hash -> Text,
+        family_id -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    access_tokens (jti) {
+        jti -> Text,
+        family_id -> Text,
+        client_id -> Text,
+        user_id -> Nullable<Text>,
+        scope -> Text,
+        aud -> Text,
+        issued_at -> BigInt,
+        expires_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    consents (user_id, client_id) {
+        user_id -> Text,
+        client_id -> Text,
+        scope -> Text,
+        aud -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    assertion_jtis (client_id, jti) {
+        client_id -> Text,
+        jti -> Text,
+        expires_at -> BigInt,
+    }
+}
+
 diesel::joinable!(client_secrets -> clients (client_id));
+diesel::joinable!(refresh_tokens -> token_families (family_id));
+diesel::joinable!(access_tokens -> token_families (family_id));
 diesel::joinable!(totp_credentials -> users (user_id));
 diesel::joinable!(recovery_codes -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
@@ -199,4 +317,13 @@ diesel::allow_tables_to_appear_in_same_query!(
     auth_throttle,
     webauthn_credentials,
     webauthn_challenges,
+    patients,
+    launch_contexts,
+    auth_requests,
+    token_families,
+    authorization_codes,
+    refresh_tokens,
+    access_tokens,
+    consents,
+    assertion_jtis,
 );

@@ -1,0 +1,9 @@
+DROP TABLE assertion_jtis;
+DROP TABLE consents;
+DROP TABLE access_tokens;
+DROP TABLE refresh_tokens;
+DROP TABLE authorization_codes;
+DROP TABLE token_families;
+DROP TABLE auth_requests;
+DROP TABLE launch_contexts;
+DROP TABLE patients;

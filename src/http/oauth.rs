@@ -1,0 +1,1068 @@
+//! The SMART App Launch endpoints: `/authorize` (GET and POST) and the pages a pending request
+//! walks through (sign-in, patient picker, consent), `/token`, `/launch`, `/userinfo`, the
+//! OpenID Connect end-session endpoint and the discovery documents.
+//!
+//! Thin: parse, call `oauth::*`, map the result. Protocol errors are RFC 6749 JSON on the
+//! token-style endpoints and redirects (or pages, when redirecting is unsafe) on `/authorize`.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::pages::{
+    audit_context, current_session, message, redirect, render, session_csrf, session_csrf_ok,
+};
+use super::views::{ConsentView, LogoutConfirmView, PatientPickerView};
+use crate::app::AppState;
+use crate::audit::AuditEvent;
+use crate::authn::login::{self, SessionInfo};
+use crate::authn::session::Stage;
+use crate::error::AppError;
+use crate::oauth::authorize::{self, ApproveInput, Pending, Step, Subject};
+use crate::oauth::authorize_request::{error_redirect, Rejection};
+use crate::oauth::client_auth::{self, Presented};
+use crate::oauth::error::{OAuthError, Params};
+use crate::oauth::token::{self, Issuer};
+use crate::oauth::tokens;
+use crate::patients;
+use crate::smart::consent::{self, Choices};
+use crate::smart::discovery;
+use crate::smart::launch::{self as launch_rules, LaunchContext};
+use crate::smart::scopes::{IdentityScope, ScopeSet};
+use crate::store::{grants, write_transaction, StoreError};
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+fn is_form(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(FORM))
+}
+
+fn json_response(body: &Value) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"))
+        .json(body)
+}
+
+// ---------------------------------------------------------------- discovery
+
+fn discovery_response(body: Value) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .content_type("application/json")
+        .body(body.to_string())
+}
+
+pub async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
+    discovery_response(discovery::smart_configuration(&state.issuer))
+}
+
+pub async fn openid_configuration(state: web::Data<AppState>) -> HttpResponse {
+    discovery_response(discovery::openid_configuration(&state.issuer))
+}
+
+/// `static/smart-style.json`: the styling hints for `smart_style_url` (SMART context-style).
+pub async fn smart_style() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
+        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
+        .content_type("application/json")
+        .body(include_str!("../../static/smart-style.json"))
+}
+
+/// CORS preflight for the endpoints browser apps call: any origin may ask; the answer to the
+/// real request decides whether that origin may read it.
+pub async fn preflight(req: HttpRequest) -> HttpResponse {
+    let mut response = HttpResponse::NoContent();
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        response
+            .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()))
+            .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"))
+            .insert_header((
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Authorization, Content-Type",
+            ))
+            .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
+            .insert_header((header::VARY, "Origin"));
+    }
+    response.finish()
+}
+
+// ---------------------------------------------------------------- authorize
+
+fn bad_request_page(text: &str) -> Result<HttpResponse, AppError> {
+    message(
+        StatusCode::BAD_REQUEST,
+        "This sign-in request cannot continue",
+        text,
+        None,
+    )
+}
+
+fn expired_request() -> Result<HttpResponse, AppError> {
+    bad_request_page(
+        "This request has expired or was already completed. Go back to the app and start again.",
+    )
+}
+
+/// `GET /authorize` (query) and `POST /authorize` (form body).
+pub async fn authorize(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let raw: &[u8] = if req.method() == actix_web::http::Method::POST {
+        if !is_form(&req) {
+            return bad_request_page("The authorization request must be form-encoded.");
+        }
+        &body
+    } else {
+        req.query_string().as_bytes()
+    };
+    let params = match Params::parse(raw) {
+        Ok(p) => p,
+        Err(e) => return bad_request_page(&format!("The request is malformed: {}", e.description)),
+    };
+    let (clock, ctx, bases) = (
+        state.clock.clone(),
+        audit_context(&req, &state),
+        state.fhir_bases.clone(),
+    );
+    let outcome = state
+        .db
+        .run(move |conn| authorize::begin(conn, clock.as_ref(), &ctx, &params, &bases))
+        .await?;
+    match outcome {
+        Ok(handle) => Ok(redirect(&continue_url(&handle))),
+        Err(Rejection::Page(text)) => bad_request_page(&text),
+        Err(Rejection::Redirect {
+            redirect_uri,
+            error,
+            state: st,
+        }) => Ok(redirect(&error_redirect(
+            &redirect_uri,
+            &error,
+            st.as_deref(),
+            &state.issuer,
+        ))),
+    }
+}
+
+fn encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+fn continue_url(handle: &str) -> String {
+    format!("/authorize/continue?request={}", encode(handle))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RequestQuery {
+    request: String,
+    q: Option<String>,
+}
+
+/// Everything a page of a pending request needs.
+struct Flow {
+    pending: Pending,
+    session: Option<SessionInfo>,
+    subject: Option<Subject>,
+    remembered: Option<String>,
+}
+
+async fn load_flow(
+    req: &HttpRequest,
+    state: &AppState,
+    handle: &str,
+) -> Result<Option<Flow>, AppError> {
+    let session = current_session(req, state).await?;
+    let (handle, now) = (handle.to_owned(), state.clock.now_secs());
+    let user = session.as_ref().map(|s| s.user_id.clone());
+    let loaded = state
+        .db
+        .run(move |conn| {
+            let Some(pending) = authorize::load(conn, &handle, now)? else {
+                return Ok::<_, StoreError>(None);
+            };
+            let subject = match &user {
+                Some(u) => authorize::subject(conn, u)?,
+                None => None,
+            };
+            let remembered = match &user {
+                Some(u) => grants::find_consent(conn, u, &pending.client.client_id)?
+                    .filter(|c| c.aud == pending.request.aud)
+                    .map(|c| c.scope),
+                None => None,
+            };
+            Ok(Some((pending, subject, remembered)))
+        })
+        .await?;
+    Ok(loaded.map(|(pending, subject, remembered)| Flow {
+        pending,
+        session,
+        subject,
+        remembered,
+    }))
+}
+
+fn step_of(flow: &Flow, now: i64) -> Step {
+    authorize::next_step(
+        &flow.pending,
+        flow.session.as_ref(),
+        flow.subject.as_ref(),
+        flow.remembered.as_deref(),
+        now,
+    )
+}
+
+/// `GET /authorize/continue`: sends the browser wherever the request must go next.
+pub async fn continue_get(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<RequestQuery>,
+) -> Result<HttpResponse, AppError> {
+    let Some(flow) = load_flow(&req, &state, &query.request).await? else {
+        return expired_request();
+    };
+    let handle = query.request.clone();
+    match step_of(&flow, state.clock.now_secs()) {
+        Step::SignIn { again } => {
+            let back = encode(&continue_url(&handle));
+            let prompt = if again { "&prompt=login" } else { "" };
+            Ok(redirect(&format!("/login?return_to={back}{prompt}")))
+        }
+        Step::Fail(error) => refuse(&req, &state, flow.pending, error).await,
+        Step::PickPatient => Ok(redirect(&format!(
+            "/authorize/patients?request={}",
+            encode(&handle)
+        ))),
+        Step::Consent { candidate, patient } => {
+            consent_page(&state, &flow, &handle, &candidate, patient).await
+        }
+        Step::Approve { candidate, patient } => {
+            approve(&req, &state, &flow, candidate, patient, false, true).await
+        }
+    }
+}
+
+async fn refuse(
+    req: &HttpRequest,
+    state: &AppState,
+    pending: Pending,
+    error: OAuthError,
+) -> Result<HttpResponse, AppError> {
+    let (clock, ctx, issuer) = (
+        state.clock.clone(),
+        audit_context(req, state),
+        state.issuer.clone(),
+    );
+    let to = state
+        .db
+        .run(move |conn| authorize::refuse(conn, clock.as_ref(), &ctx, &pending, &error, &issuer))
+        .await?;
+    Ok(redirect(&to))
+}
+
+async fn approve(
+    req: &HttpRequest,
+    state: &AppState,
+    flow: &Flow,
+    granted: ScopeSet,
+    patient: Option<String>,
+    remember: bool,
+    remembered_before: bool,
+) -> Result<HttpResponse, AppError> {
+    let (Some(session), Some(subject)) = (flow.session.clone(), flow.subject.clone()) else {
+        return expired_request();
+    };
+    let (clock, mut ctx, issuer) = (
+        state.clock.clone(),
+        audit_context(req, state),
+        state.issuer.clone(),
+    );
+    ctx.actor_user = Some(session.user_id.clone());
+    ctx.actor_client = Some(flow.pending.client.client_id.clone());
+    let pending = flow.pending.clone();
+    let approval = state
+        .db
+        .run(move |conn| {
+            authorize::approve(
+                conn,
+                clock.as_ref(),
+                &ctx,
+                ApproveInput {
+                    pending: &pending,
+                    session: &session,
+                    subject: &subject,
+                    granted,
+                    patient,
+                    remember,
+                    remembered_before,
+                    issuer: &issuer,
+                },
+            )
+        })
+        .await?;
+    match approval {
+        Some(a) => Ok(redirect(&a.redirect)),
+        None => expired_request(),
+    }
+}
+
+async fn consent_page(
+    state: &AppState,
+    flow: &Flow,
+    handle: &str,
+    candidate: &ScopeSet,
+    patient: Option<String>,
+) -> Result<HttpResponse, AppError> {
+    let (Some(session), Some(subject)) = (&flow.session, &flow.subject) else {
+        return expired_request();
+    };
+    let patient = match patient {
+        Some(id) => {
+            let lookup = id.clone();
+            let found = state
+                .db
+                .run(move |conn| patients::get(conn, &lookup))
+                .await?;
+            Some(found.unwrap_or(patients::PatientSummary {
+                name: format!("Patient {id}"),
+                id,
+                birth_date: None,
+                gender: None,
+                identifiers: Vec::new(),
+            }))
+        }
+        None => None,
+    };
+    let settings = &flow.pending.client.settings;
+    render(
+        StatusCode::OK,
+        &ConsentView {
+            csrf: session_csrf(state, session),
+            request: handle.to_owned(),
+            app_name: settings.name.clone(),
+            logo_uri: settings.logo_uri.clone(),
+            user_name: subject.display_name.clone(),
+            patient,
+            summary: consent::summarize(candidate),
+        },
+    )
+}
+
+/// `POST /authorize/consent`: approve (with the person's choices) or deny.
+pub async fn consent_post(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    if !is_form(&req) {
+        return bad_request_page("The consent form must be form-encoded.");
+    }
+    let Ok(form) = ConsentForm::parse(&body) else {
+        return bad_request_page("The consent form is malformed.");
+    };
+    let Some(flow) = load_flow(&req, &state, &form.request).await? else {
+        return expired_request();
+    };
+    let csrf_ok = flow
+        .session
+        .as_ref()
+        .is_some_and(|s| session_csrf_ok(&state, s, &form.csrf));
+    if !csrf_ok {
+        return message(
+            StatusCode::FORBIDDEN,
+            "This form has expired",
+            "For your security the form could not be accepted. Go back to the app and start again.",
+            None,
+        );
+    }
+    let (candidate, patient) = match step_of(&flow, state.clock.now_secs()) {
+        Step::Consent { candidate, patient } | Step::Approve { candidate, patient } => {
+            (candidate, patient)
+        }
+        _ => return Ok(redirect(&continue_url(&form.request))),
+    };
+    match form.decision.as_str() {
+        "deny" => {
+            refuse(
+                &req,
+                &state,
+                flow.pending,
+                OAuthError::access_denied("the user denied the request"),
+            )
+            .await
+        }
+        "approve" => {
+            let summary = consent::summarize(&candidate);
+            let deselected = summary
+                .groups
+                .iter()
+                .map(|g| g.resource_type.clone())
+                .filter(|t| !form.include.contains(t))
+                .collect();
+            let choices = Choices {
+                deselected,
+                categories: form.categories.clone(),
+            };
+            let granted = match consent::apply(&candidate, &choices) {
+                Ok(g) => g,
+                Err(e) => return bad_request_page(&e.to_string()),
+            };
+            approve(&req, &state, &flow, granted, patient, form.remember, false).await
+        }
+        _ => bad_request_page("Choose Allow or Deny."),
+    }
+}
+
+/// The consent form: repeated `include` and `category.<Type>` fields, so parsed by hand.
+#[derive(Debug, Default)]
+struct ConsentForm {
+    csrf: String,
+    request: String,
+    decision: String,
+    include: Vec<String>,
+    categories: BTreeMap<String, Vec<String>>,
+    remember: bool,
+}
+
+impl ConsentForm {
+    fn parse(body: &[u8]) -> Result<Self, ()> {
+        std::str::from_utf8(body).map_err(|_| ())?;
+        let mut form = ConsentForm::default();
+        let mut count = 0;
+        for (k, v) in url::form_urlencoded::parse(body) {
+            count += 1;
+            if count > 500 || v.len() > 512 {
+                return Err(());
+            }
+            match k.as_ref() {
+                "csrf" => form.csrf = v.into_owned(),
+                "request" => form.request = v.into_owned(),
+                "decision" => form.decision = v.into_owned(),
+                "remember" => form.remember = v == "yes",
+                "include" => form.include.push(v.into_owned()),
+                other => match other.strip_prefix("category.") {
+                    Some(resource) => form
+                        .categories
+                        .entry(resource.to_owned())
+                        .or_default()
+                        .push(v.into_owned()),
+                    None => return Err(()),
+                },
+            }
+        }
+        if form.request.is_empty() || form.csrf.is_empty() {
+            return Err(());
+        }
+        Ok(form)
+    }
+}
+
+/// `GET /authorize/patients`: the patient picker (search, then choose).
+pub async fn patients_get(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<RequestQuery>,
+) -> Result<HttpResponse, AppError> {
+    let Some(flow) = load_flow(&req, &state, &query.request).await? else {
+        return expired_request();
+    };
+    if step_of(&flow, state.clock.now_secs()) != Step::PickPatient {
+        return Ok(redirect(&continue_url(&query.request)));
+    }
+    let Some(session) = flow.session.clone() else {
+        return Ok(redirect(&continue_url(&query.request)));
+    };
+    let text = query.q.clone().unwrap_or_default();
+    let searched = !text.trim().is_empty();
+    let (results, error) = if searched {
+        let (pending, q) = (flow.pending.clone(), text.clone());
+        let results = state
+            .db
+            .run(move |conn| {
+                let found = patients::search(conn, &q, authorize::PICKER_LIMIT)?;
+                let ids: Vec<String> = found.iter().map(|p| p.id.clone()).collect();
+                authorize::offer(conn, &pending, &ids)?;
+                Ok::<_, StoreError>(found)
+            })
+            .await?;
+        let error = patients::fhir::parse_query(&text).is_none().then(|| {
+            "Type at least two letters of a name, a birth date as YYYY-MM-DD, or an identifier."
+                .to_owned()
+        });
+        (results, error)
+    } else {
+        (Vec::new(), None)
+    };
+    render(
+        StatusCode::OK,
+        &PatientPickerView {
+            csrf: session_csrf(&state, &session),
+            request: query.request.clone(),
+            app_name: flow.pending.client.settings.name.clone(),
+            query: text,
+            searched,
+            results,
+            error,
+        },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PatientChoice {
+    csrf: String,
+    request: String,
+    patient: String,
+}
+
+/// `POST /authorize/patients`: choose one of the offered patients.
+pub async fn patients_post(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<PatientChoice>,
+) -> Result<HttpResponse, AppError> {
+    let Some(flow) = load_flow(&req, &state, &form.request).await? else {
+        return expired_request();
+    };
+    let csrf_ok = flow
+        .session
+        .as_ref()
+        .is_some_and(|s| session_csrf_ok(&state, s, &form.csrf));
+    if !csrf_ok {
+        return message(
+            StatusCode::FORBIDDEN,
+            "This form has expired",
+            "For your security the form could not be accepted. Go back to the app and start again.",
+            None,
+        );
+    }
+    if step_of(&flow, state.clock.now_secs()) != Step::PickPatient {
+        return Ok(redirect(&continue_url(&form.request)));
+    }
+    let (pending, id) = (flow.pending.clone(), form.patient.clone());
+    let chosen = state
+        .db
+        .run(move |conn| authorize::choose_patient(conn, &pending, &id))
+        .await?;
+    if !chosen {
+        return bad_request_page(
+            "That patient was not offered. Search again and choose from the list.",
+        );
+    }
+    Ok(redirect(&continue_url(&form.request)))
+}
+
+// ---------------------------------------------------------------- token
+
+fn authorization_header(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The CORS header for the authenticated client: only origins of its redirect URIs.
+fn allow_origin(req: &HttpRequest, client: Option<&crate::clients::Client>) -> Option<HeaderValue> {
+    let origin = req.headers().get(header::ORIGIN)?.to_str().ok()?;
+    let client = client?;
+    let allowed =
+        client.settings.redirect_uris.iter().any(|uri| {
+            url::Url::parse(uri).is_ok_and(|u| u.origin().ascii_serialization() == origin)
+        });
+    allowed
+        .then(|| HeaderValue::from_str(origin).ok())
+        .flatten()
+}
+
+fn with_cors(mut response: HttpResponse, origin: Option<HeaderValue>) -> HttpResponse {
+    if let Some(origin) = origin {
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// `POST /token`.
+pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    let ctx = audit_context(&req, &state);
+    let mut client_for_cors = None;
+    let result = token_inner(&req, &state, &body, &ctx, &mut client_for_cors).await;
+    let origin = allow_origin(&req, client_for_cors.as_ref());
+    match result {
+        Ok(body) => with_cors(json_response(&body), origin),
+        Err((error, grant)) => {
+            if error.code != "temporarily_unavailable" && error.code != "server_error" {
+                let (clock, mut ctx, e) = (state.clock.clone(), ctx, error.clone());
+                ctx.actor_client = client_for_cors.as_ref().map(|c| c.client_id.clone());
+                let client_id = ctx.actor_client.clone();
+                let _ = state
+                    .db
+                    .run(move |conn| {
+                        write_transaction(conn, |conn| {
+                            crate::audit::append(
+                                conn,
+                                clock.as_ref(),
+                                &ctx,
+                                &AuditEvent::TokenRefused {
+                                    client_id,
+                                    grant,
+                                    error: e.code.to_owned(),
+                                    reason: e.description.clone(),
+                                },
+                            )
+                        })
+                    })
+                    .await
+                    .map_err(
+                        |e: StoreError| tracing::warn!(error = %e, "token refusal not audited"),
+                    );
+            }
+            with_cors(error.response(), origin)
+        }
+    }
+}
+
+async fn token_inner(
+    req: &HttpRequest,
+    state: &AppState,
+    body: &[u8],
+    ctx: &crate::audit::AuditContext,
+    client_out: &mut Option<crate::clients::Client>,
+) -> Result<Value, (OAuthError, String)> {
+    let unknown = |e: OAuthError| (e, "unknown".to_owned());
+    if !is_form(req) {
+        return Err(unknown(OAuthError::invalid_request(
+            "the token request must be application/x-www-form-urlencoded",
+        )));
+    }
+    let params = Params::parse(body).map_err(unknown)?;
+    let grant = params.require("grant_type").map_err(unknown)?.to_owned();
+    let grant_label = crate::oauth::error::truncate(&grant, 40);
+    let fail = |e: OAuthError| (e, grant_label.clone());
+    if !matches!(grant.as_str(), "authorization_code" | "refresh_token") {
+        return Err(fail(OAuthError::unsupported_grant_type(
+            "supported grant types: authorization_code, refresh_token",
+        )));
+    }
+    let presented = client_auth::presented(authorization_header(req), &params).map_err(&fail)?;
+    let audiences = vec![state.url("/token"), state.issuer.to_string()];
+    let client = client_auth::authenticate(state, ctx, presented, "token", &audiences)
+        .await
+        .map_err(&fail)?;
+    *client_out = Some(client.clone());
+    let (keys, clock, issuer, policy, mut ctx) = (
+        state.keys.clone(),
+        state.clock.clone(),
+        state.issuer.clone(),
+        state.login,
+        ctx.clone(),
+    );
+    ctx.actor_client = Some(client.client_id.clone());
+    state
+        .db
+        .run(move |conn| {
+            let iss = Issuer {
+                issuer: &issuer,
+                keys: &keys,
+                clock: clock.as_ref(),
+                session_timeouts: policy.timeouts,
+            };
+            match grant.as_str() {
+                "authorization_code" => {
+                    token::authorization_code(conn, &iss, &ctx, &client, &params)
+                }
+                _ => token::refresh_token(conn, &iss, &ctx, &client, &params),
+            }
+        })
+        .await
+        .map_err(fail)
+}
+
+// ---------------------------------------------------------------- launch
+
+/// `POST /launch`: an EHR client creates a launch context for an app; answers the opaque,
+/// single-use `launch` value.
+pub async fn launch(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    match launch_inner(&req, &state, &body).await {
+        Ok(v) => json_response(&v),
+        Err(e) => e.response(),
+    }
+}
+
+async fn launch_inner(
+    req: &HttpRequest,
+    state: &AppState,
+    body: &[u8],
+) -> Result<Value, OAuthError> {
+    if !is_form(req) {
+        return Err(OAuthError::invalid_request(
+            "the launch request must be application/x-www-form-urlencoded",
+        ));
+    }
+    let params = Params::parse(body)?;
+    let ctx = audit_context(req, state);
+    let presented = client_auth::presented(authorization_header(req), &params)?;
+    if matches!(presented, Presented::None { .. }) {
+        return Err(OAuthError::invalid_client("the EHR must authenticate"));
+    }
+    let audiences = vec![state.url("/launch"), state.issuer.to_string()];
+    let ehr = client_auth::authenticate(state, &ctx, presented, "launch", &audiences).await?;
+    if !ehr.settings.ehr_launcher {
+        return Err(OAuthError::unauthorized_client(
+            "this client may not create EHR launches",
+        ));
+    }
+    let target = params.require("target_client_id")?.to_owned();
+    let need_banner = match params.get("need_patient_banner") {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => {
+            return Err(OAuthError::invalid_request(
+                "need_patient_banner must be true or false",
+            ))
+        }
+    };
+    let fhir_context = match params.get("fhirContext") {
+        None => None,
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Array(items)) => Some(items),
+            _ => {
+                return Err(OAuthError::invalid_request(
+                    "fhirContext must be a JSON array",
+                ))
+            }
+        },
+    };
+    let context = LaunchContext {
+        patient: params.get("patient").map(str::to_owned),
+        encounter: params.get("encounter").map(str::to_owned),
+        fhir_context,
+        intent: params.get("intent").map(str::to_owned),
+        need_patient_banner: need_banner,
+        smart_style_url: params.get("smart_style_url").map(str::to_owned),
+        tenant: params.get("tenant").map(str::to_owned),
+    };
+    launch_rules::validate(&context).map_err(OAuthError::invalid_request)?;
+    let username = params.get("user").map(str::to_owned);
+    let value = crate::crypto::random_token(32);
+    let (clock, mut ctx, hash, ehr_id) = (
+        state.clock.clone(),
+        ctx,
+        crate::crypto::sha256_b64(value.as_bytes()),
+        ehr.client_id.clone(),
+    );
+    ctx.actor_client = Some(ehr_id.clone());
+    state
+        .db
+        .run(move |conn| {
+            let app = match crate::clients::get(conn, &target) {
+                Ok(c) if c.enabled => c,
+                Ok(_) | Err(crate::clients::RegistryError::NotFound(_)) => {
+                    return Err(OAuthError::invalid_request(
+                        "target_client_id is not an enabled app",
+                    ))
+                }
+                Err(crate::clients::RegistryError::Store(e)) => return Err(e.into()),
+                Err(other) => return Err(StoreError::Corrupt(other.to_string()).into()),
+            };
+            if !app
+                .settings
+                .launch_modes
+                .contains(&crate::clients::LaunchMode::Ehr)
+            {
+                return Err(OAuthError::invalid_request(
+                    "the target app is not registered for EHR launch",
+                ));
+            }
+            let user_id = match &username {
+                Some(name) => {
+                    let normalized = crate::authz::users::normalize_username(name)
+                        .map_err(|_| OAuthError::invalid_request("user is not a valid username"))?;
+                    match crate::store::credentials::login_user_by_name(conn, &normalized)? {
+                        Some(u) => Some(u.id),
+                        None => {
+                            return Err(OAuthError::invalid_request("user is not known to Ward"))
+                        }
+                    }
+                }
+                None => None,
+            };
+            let now = clock.now_secs();
+            let context_json =
+                serde_json::to_string(&context).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            write_transaction(conn, |conn| {
+                grants::insert_launch(
+                    conn,
+                    &grants::LaunchRow {
+                        id_hash: hash.clone(),
+                        client_id: app.client_id.clone(),
+                        created_by: ehr_id.clone(),
+                        user_id: user_id.clone(),
+                        context: context_json.clone(),
+                        created_at: now,
+                        expires_at: now + authorize::LAUNCH_TTL,
+                        used_at: None,
+                    },
+                )?;
+                crate::audit::append(
+                    conn,
+                    clock.as_ref(),
+                    &ctx,
+                    &AuditEvent::LaunchCreated {
+                        client_id: app.client_id.clone(),
+                        for_user: user_id.clone(),
+                        patient: context.patient.clone(),
+                    },
+                )
+            })?;
+            Ok(json!({ "launch": value, "expires_in": authorize::LAUNCH_TTL }))
+        })
+        .await
+}
+
+// ---------------------------------------------------------------- userinfo
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = authorization_header(req)?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// `GET|POST /userinfo` (OpenID Connect Core §5.3) with a bearer access token issued with
+/// `openid`.
+pub async fn userinfo(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut response = match userinfo_inner(&req, &state).await {
+        Ok(v) => json_response(&v),
+        Err(e) => e.response(),
+    };
+    if let Some(origin) = origin {
+        // Bearer-token endpoint: no cookies involved, any origin may read its own answer.
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+async fn userinfo_inner(req: &HttpRequest, state: &AppState) -> Result<Value, OAuthError> {
+    let Some(token) = bearer(req) else {
+        return Err(OAuthError::invalid_token(
+            "a bearer access token is required",
+        ));
+    };
+    let now = state.clock.now_secs();
+    let claims = tokens::read_access(&state.keys, token, &state.issuer, now)
+        .map_err(|_| OAuthError::invalid_token("the access token is not valid"))?;
+    let scopes = ScopeSet::parse(&claims.scope).0;
+    if !scopes.has(IdentityScope::OpenId) {
+        return Err(OAuthError::insufficient_scope(
+            "the token was not issued with openid",
+        ));
+    }
+    let jti = claims.jti.clone();
+    let user = state
+        .db
+        .run(move |conn| {
+            let Some((row, family)) = grants::find_access_token(conn, &jti)? else {
+                return Ok::<_, StoreError>(None);
+            };
+            if row.revoked_at.is_some() || family.revoked_at.is_some() {
+                return Ok(None);
+            }
+            match &row.user_id {
+                Some(id) => crate::store::credentials::login_user_by_id(conn, id),
+                None => Ok(None),
+            }
+        })
+        .await?;
+    let Some(user) = user.filter(|u| u.enabled) else {
+        return Err(OAuthError::invalid_token("the access token is not valid"));
+    };
+    let mut body = json!({ "sub": user.id });
+    if scopes.has(IdentityScope::FhirUser) {
+        if let Some(f) = &user.fhir_user {
+            body["fhirUser"] = json!(f);
+        }
+    }
+    if scopes.has(IdentityScope::Profile) {
+        body["name"] = json!(user.display_name);
+        body["preferred_username"] = json!(user.username);
+    }
+    Ok(body)
+}
+
+// ---------------------------------------------------------------- end session
+
+/// `GET|POST /logout/oidc` (OpenID Connect RP-Initiated Logout 1.0). With a valid
+/// `id_token_hint` for the signed-in user the session ends at once; without one, the person
+/// confirms. `post_logout_redirect_uri` must be one of the client's registered redirect URIs.
+pub async fn end_session(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let raw: &[u8] = if req.method() == actix_web::http::Method::POST {
+        &body
+    } else {
+        req.query_string().as_bytes()
+    };
+    let Ok(params) = Params::parse(raw) else {
+        return bad_request_page("The sign-out request is malformed.");
+    };
+    let hint = params
+        .get("id_token_hint")
+        .and_then(|t| tokens::read_id_hint(&state.keys, t, &state.issuer));
+    let client_id = params
+        .get("client_id")
+        .map(str::to_owned)
+        .or_else(|| hint.as_ref().map(|h| h.aud.clone()));
+    if let (Some(h), Some(c)) = (&hint, params.get("client_id")) {
+        if h.aud != c {
+            return bad_request_page("client_id does not match the id_token_hint.");
+        }
+    }
+    let client = match &client_id {
+        Some(id) => {
+            let id = id.clone();
+            state
+                .db
+                .run(move |conn| match crate::clients::get(conn, &id) {
+                    Ok(c) => Ok(Some(c)),
+                    Err(crate::clients::RegistryError::Store(e)) => Err(AppError::from(e)),
+                    Err(_) => Ok(None),
+                })
+                .await?
+        }
+        None => None,
+    };
+    let target = match params.get("post_logout_redirect_uri") {
+        None => "/login".to_owned(),
+        Some(uri) => {
+            let registered = client
+                .as_ref()
+                .is_some_and(|c| c.settings.redirect_uris.iter().any(|r| r == uri));
+            if !registered {
+                return bad_request_page(
+                    "post_logout_redirect_uri is not registered for this application.",
+                );
+            }
+            match params.get("state") {
+                Some(s) => crate::oauth::authorize_request::redirect_with(uri, &[("state", s)]),
+                None => uri.to_owned(),
+            }
+        }
+    };
+    let session = current_session(&req, &state).await?;
+    let Some(session) = session else {
+        return Ok(redirect(&target));
+    };
+    let hinted_user = hint.as_ref().is_some_and(|h| h.sub == session.user_id);
+    if hinted_user {
+        return end_and_redirect(&req, &state, session, &target).await;
+    }
+    render(
+        StatusCode::OK,
+        &LogoutConfirmView {
+            csrf: session_csrf(&state, &session),
+            redirect: target,
+            app_name: client.map(|c| c.settings.name),
+        },
+    )
+}
+
+async fn end_and_redirect(
+    req: &HttpRequest,
+    state: &AppState,
+    session: SessionInfo,
+    target: &str,
+) -> Result<HttpResponse, AppError> {
+    let (clock, ctx) = (state.clock.clone(), audit_context(req, state));
+    state
+        .db
+        .run(move |conn| login::end(conn, clock.as_ref(), &ctx, &session, "logout"))
+        .await?;
+    let mut response = redirect(target);
+    response
+        .add_cookie(&super::cookies::removal(
+            super::cookies::SESSION,
+            super::pages::https(state),
+        ))
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogoutConfirm {
+    csrf: String,
+    redirect: String,
+}
+
+/// `POST /logout/confirm`: the confirmation of an end-session request without a hint.
+pub async fn end_session_confirm(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<LogoutConfirm>,
+) -> Result<HttpResponse, AppError> {
+    let Some(session) = current_session(&req, &state).await? else {
+        return Ok(redirect("/login"));
+    };
+    if !session_csrf_ok(&state, &session, &form.csrf) || session.stage != Stage::Active {
+        return message(
+            StatusCode::FORBIDDEN,
+            "This form has expired",
+            "For your security the form could not be accepted.",
+            None,
+        );
+    }
+    // The target was checked when the page was shown; check again, it came back from the form.
+    let target = form.redirect.clone();
+    let safe = target == "/login" || registered_somewhere(&state, &target).await?;
+    if !safe {
+        return bad_request_page("The sign-out destination is not registered.");
+    }
+    end_and_redirect(&req, &state, session, &target).await
+}
+
+async fn registered_somewhere(state: &AppState, target: &str) -> Result<bool, AppError> {
+    let base = target
+        .split_once("?state=")
+        .map_or(target, |(b, _)| b)
+        .to_owned();
+    let clients = state
+        .db
+        .run(move |conn| {
+            crate::clients::list(conn, None).map_err(|e| match e {
+                crate::clients::RegistryError::Store(s) => AppError::from(s),
+                other => AppError::Internal(other.to_string()),
+            })
+        })
+        .await?;
+    Ok(clients
+        .iter()
+        .any(|c| c.enabled && c.settings.redirect_uris.contains(&base)))
+}

@@ -1,0 +1,599 @@
+//! The authorization endpoint's service (SMART App Launch 2.2 §"Obtain authorization code"):
+//! a validated request is stored server-side (so it survives sign-in, MFA and consent, on any
+//! node), then walks through [`next_step`] until it is approved or refused.
+//!
+//! The request handle in the browser's URL is a 256-bit random; only its SHA-256 is stored.
+//! A request completes once: approving or denying it is a compare-and-set.
+
+use serde::{Deserialize, Serialize};
+
+use super::authorize_request::{self, AuthorizeRequest, Rejection};
+use super::error::{OAuthError, Params};
+use crate::audit::{self, AuditContext, AuditEvent};
+use crate::authn::login::SessionInfo;
+use crate::authn::session::Stage;
+use crate::authz::grant::grantable;
+use crate::authz::roles::Role;
+use crate::clients::{self, Client, GrantType};
+use crate::clock::Clock;
+use crate::crypto::{random_token, sha256_b64};
+use crate::smart::launch::LaunchContext;
+use crate::smart::scopes::{IdentityScope, ScopeSet};
+use crate::store::grants::{self, AuthRequestRow, CodeRow, ConsentRow, FamilyRow};
+use crate::store::{credentials, roles, users, write_transaction, DbConnection, StoreError};
+
+/// How long a person has to sign in, pick a patient and consent.
+pub const REQUEST_TTL: i64 = 600;
+/// Authorization codes live one minute (RFC 9700 §2.1.1 recommends short lifetimes).
+pub const CODE_TTL: i64 = 60;
+/// How long an EHR's launch value stays usable.
+pub const LAUNCH_TTL: i64 = 300;
+/// The picker offers at most this many patients per search.
+pub const PICKER_LIMIT: i64 = 20;
+/// At most this many distinct patients may be offered to one request.
+pub const MAX_OFFERED: usize = 200;
+
+/// A launch context resolved at /authorize, with the user it was created for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedLaunch {
+    pub user_id: Option<String>,
+    pub context: LaunchContext,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredRequest {
+    request: AuthorizeRequest,
+    launch: Option<ResolvedLaunch>,
+}
+
+/// A pending authorization request.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id_hash: String,
+    pub request: AuthorizeRequest,
+    pub launch: Option<ResolvedLaunch>,
+    pub client: Client,
+    pub offered: Vec<String>,
+    pub patient: Option<String>,
+    pub created_at: i64,
+}
+
+/// The person behind a session, with what their roles allow.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub user_id: String,
+    pub username: String,
+    pub display_name: String,
+    pub fhir_user: Option<String>,
+    pub ceilings: Vec<ScopeSet>,
+}
+
+impl Subject {
+    /// The patient a patient user is (their `fhirUser` is `Patient/<id>`).
+    pub fn own_patient(&self) -> Option<&str> {
+        self.fhir_user
+            .as_deref()
+            .and_then(|f| f.rsplit_once("Patient/").map(|(_, id)| id))
+            .filter(|id| crate::smart::launch::valid_fhir_id(id))
+    }
+}
+
+pub fn request_hash(handle: &str) -> String {
+    sha256_b64(handle.as_bytes())
+}
+
+/// Validates and stores a request; returns the handle for the browser's next URL.
+pub fn begin(
+    conn: &mut DbConnection,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    params: &Params,
+    fhir_bases: &[String],
+) -> Result<Result<String, Rejection>, StoreError> {
+    let client = match params.get("client_id") {
+        Some(id) => match clients::get(conn, id) {
+            Ok(c) => Some(c),
+            Err(clients::RegistryError::Store(e)) => return Err(e),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let request = match authorize_request::validate(params, client.as_ref(), fhir_bases) {
+        Ok(r) => r,
+        Err(rejection) => {
+            if let (Some(client), Rejection::Redirect { error, .. }) = (&client, &rejection) {
+                refuse_audit(conn, clock, ctx, &client.client_id, error)?;
+            }
+            return Ok(Err(rejection));
+        }
+    };
+    let now = clock.now_secs();
+    let handle = random_token(32);
+    let stored = write_transaction(conn, |conn| {
+        let launch = match &request.launch {
+            Some(value) => {
+                match grants::take_launch(
+                    conn,
+                    &sha256_b64(value.as_bytes()),
+                    &request.client_id,
+                    now,
+                )? {
+                    Some(row) => Some(ResolvedLaunch {
+                        user_id: row.user_id,
+                        context: serde_json::from_str(&row.context)
+                            .map_err(|e| StoreError::Corrupt(format!("launch context: {e}")))?,
+                    }),
+                    None => return Ok(None),
+                }
+            }
+            None => None,
+        };
+        let body = serde_json::to_string(&StoredRequest {
+            request: request.clone(),
+            launch,
+        })
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        grants::insert_auth_request(
+            conn,
+            &AuthRequestRow {
+                id_hash: request_hash(&handle),
+                client_id: request.client_id.clone(),
+                request: body,
+                offered: "[]".into(),
+                patient: None,
+                created_at: now,
+                expires_at: now + REQUEST_TTL,
+                completed_at: None,
+            },
+        )?;
+        Ok::<_, StoreError>(Some(()))
+    })?;
+    if stored.is_none() {
+        let error = OAuthError::invalid_request(
+            "launch is unknown, expired, already used or meant for another app",
+        );
+        refuse_audit(conn, clock, ctx, &request.client_id, &error)?;
+        return Ok(Err(Rejection::Redirect {
+            redirect_uri: request.redirect_uri.clone(),
+            error,
+            state: request.state.clone(),
+        }));
+    }
+    Ok(Ok(handle))
+}
+
+fn refuse_audit(
+    conn: &mut DbConnection,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    client_id: &str,
+    error: &OAuthError,
+) -> Result<(), StoreError> {
+    write_transaction(conn, |conn| {
+        audit::append(
+            conn,
+            clock,
+            ctx,
+            &AuditEvent::AuthorizationRefused {
+                client_id: client_id.to_owned(),
+                error: error.code.to_owned(),
+                reason: error.description.clone(),
+            },
+        )
+    })
+}
+
+/// The pending request behind a handle, unless unknown, expired or already completed.
+pub fn load(
+    conn: &mut DbConnection,
+    handle: &str,
+    now: i64,
+) -> Result<Option<Pending>, StoreError> {
+    let Some(row) = grants::find_auth_request(conn, &request_hash(handle))? else {
+        return Ok(None);
+    };
+    if row.completed_at.is_some() || row.expires_at <= now {
+        return Ok(None);
+    }
+    let stored: StoredRequest = serde_json::from_str(&row.request)
+        .map_err(|e| StoreError::Corrupt(format!("auth request: {e}")))?;
+    let client = match clients::get(conn, &row.client_id) {
+        Ok(c) if c.enabled => c,
+        Ok(_) | Err(clients::RegistryError::NotFound(_)) => return Ok(None),
+        Err(clients::RegistryError::Store(e)) => return Err(e),
+        Err(other) => return Err(StoreError::Corrupt(other.to_string())),
+    };
+    Ok(Some(Pending {
+        id_hash: row.id_hash,
+        request: stored.request,
+        launch: stored.launch,
+        client,
+        offered: serde_json::from_str(&row.offered).unwrap_or_default(),
+        patient: row.patient,
+        created_at: row.created_at,
+    }))
+}
+
+/// The signed-in person with the scope ceilings of their roles.
+pub fn subject(conn: &mut DbConnection, user_id: &str) -> Result<Option<Subject>, StoreError> {
+    let Some(user) = credentials::login_user_by_id(conn, user_id)? else {
+        return Ok(None);
+    };
+    if !user.enabled {
+        return Ok(None);
+    }
+    let role_names = users::roles_of(conn, user_id)?;
+    let ceilings = roles::find_many(conn, &role_names)?
+        .into_iter()
+        .map(|r| Role::from(r).ceiling())
+        .collect();
+    Ok(Some(Subject {
+        user_id: user.id,
+        username: user.username,
+        display_name: user.display_name,
+        fhir_user: user.fhir_user,
+        ceilings,
+    }))
+}
+
+/// What happens next for a pending request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Send the browser to sign in (`again`: even though a session exists).
+    SignIn {
+        again: bool,
+    },
+    /// End the request with this error at the client.
+    Fail(OAuthError),
+    PickPatient,
+    /// Show the consent page for these candidate scopes.
+    Consent {
+        candidate: ScopeSet,
+        patient: Option<String>,
+    },
+    /// Consent was remembered and covers everything: approve without a page.
+    Approve {
+        candidate: ScopeSet,
+        patient: Option<String>,
+    },
+}
+
+/// The scopes this person may grant this app for this request (DESIGN.md §6), before consent.
+pub fn candidate(pending: &Pending, subject: &Subject) -> ScopeSet {
+    let mut granted = grantable(
+        &subject.ceilings,
+        &pending.client.settings,
+        &pending.request.scope,
+    )
+    .granted;
+    // Refresh tokens only for clients registered for the refresh_token grant.
+    if !pending
+        .client
+        .settings
+        .grant_types
+        .contains(&GrantType::RefreshToken)
+    {
+        granted = granted
+            .iter()
+            .filter(|s| {
+                !matches!(
+                    s,
+                    crate::smart::scopes::Scope::Identity(
+                        IdentityScope::OfflineAccess | IdentityScope::OnlineAccess
+                    )
+                )
+            })
+            .cloned()
+            .collect();
+    }
+    granted
+}
+
+/// The patient in context: the EHR's, or the patient user's own record, or the one picked.
+pub fn patient_in_context(pending: &Pending, subject: &Subject) -> Option<String> {
+    if let Some(p) = pending
+        .launch
+        .as_ref()
+        .and_then(|l| l.context.patient.clone())
+    {
+        return Some(p);
+    }
+    if let Some(own) = subject.own_patient() {
+        return Some(own.to_owned());
+    }
+    pending.patient.clone()
+}
+
+/// The next step (pure): OIDC `prompt` and `max_age`, the launch's user binding, the patient
+/// picker, then consent (remembered or on the page).
+pub fn next_step(
+    pending: &Pending,
+    session: Option<&SessionInfo>,
+    subject: Option<&Subject>,
+    remembered: Option<&str>,
+    now: i64,
+) -> Step {
+    let request = &pending.request;
+    let signed_in = match (session, subject) {
+        (Some(s), Some(subject)) if s.stage == Stage::Active && s.user_id == subject.user_id => {
+            Some((s, subject))
+        }
+        _ => None,
+    };
+    let fresh_enough = |s: &SessionInfo| {
+        (!request.prompt.login || s.authenticated_at >= pending.created_at)
+            && request
+                .max_age
+                .is_none_or(|max| now - s.authenticated_at <= max)
+    };
+    let (session, subject) = match signed_in {
+        Some((s, subject)) if fresh_enough(s) => (s, subject),
+        other => {
+            if request.prompt.none {
+                return Step::Fail(OAuthError::login_required("the user must sign in"));
+            }
+            return Step::SignIn {
+                again: other.is_some() || session.is_some(),
+            };
+        }
+    };
+    if let Some(bound) = pending.launch.as_ref().and_then(|l| l.user_id.as_deref()) {
+        if bound != session.user_id {
+            return Step::Fail(OAuthError::access_denied(
+                "this launch was created for a different user",
+            ));
+        }
+    }
+    let candidate = candidate(pending, subject);
+    if candidate.resource_scopes().next().is_none()
+        && !candidate.iter().any(|s| {
+            matches!(
+                s,
+                crate::smart::scopes::Scope::Identity(
+                    IdentityScope::OpenId | IdentityScope::FhirUser
+                )
+            )
+        })
+    {
+        return Step::Fail(OAuthError::invalid_scope(
+            "none of the requested scopes may be granted to this user and app",
+        ));
+    }
+    let patient = patient_in_context(pending, subject);
+    // A patient-context request without a patient from the EHR or the user's own record goes
+    // through the picker (also in an EHR launch whose context has no patient).
+    if candidate.has(IdentityScope::LaunchPatient) && patient.is_none() {
+        if request.prompt.none {
+            return Step::Fail(OAuthError::interaction_required(
+                "a patient must be selected",
+            ));
+        }
+        return Step::PickPatient;
+    }
+    let covered = remembered.is_some_and(|scope| {
+        let remembered = ScopeSet::parse(scope).0;
+        remembered.covers_all(&candidate) && candidate.identity_scopes().all(|i| remembered.has(i))
+    });
+    if covered && !request.prompt.consent {
+        return Step::Approve { candidate, patient };
+    }
+    if request.prompt.none {
+        return Step::Fail(OAuthError::consent_required(
+            "the user must approve this app",
+        ));
+    }
+    Step::Consent { candidate, patient }
+}
+
+/// What an approval produced: the code to send to the client.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub redirect: String,
+}
+
+/// What a code carries into the token endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeGrant {
+    pub scope: String,
+    pub aud: String,
+    pub nonce: Option<String>,
+    pub context: LaunchContext,
+    pub fhir_user: Option<String>,
+    pub auth_time: i64,
+    pub amr: Vec<String>,
+    pub name: String,
+    pub username: String,
+}
+
+pub struct ApproveInput<'a> {
+    pub pending: &'a Pending,
+    pub session: &'a SessionInfo,
+    pub subject: &'a Subject,
+    pub granted: ScopeSet,
+    pub patient: Option<String>,
+    pub remember: bool,
+    pub remembered_before: bool,
+    pub issuer: &'a str,
+}
+
+/// Approves: completes the request (once), creates the token family and the code, remembers
+/// consent if asked, audits; returns the redirect with `code`, `state` and `iss`.
+pub fn approve(
+    conn: &mut DbConnection,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    input: ApproveInput<'_>,
+) -> Result<Option<Approval>, StoreError> {
+    let now = clock.now_secs();
+    let pending = input.pending;
+    let settings = &pending.client.settings;
+    let granted = input.granted;
+    let mut context = pending
+        .launch
+        .as_ref()
+        .map(|l| l.context.clone())
+        .unwrap_or_default();
+    if context.patient.is_none() {
+        context.patient = input.patient.clone();
+        if context.patient.is_some() {
+            // Standalone launch: no EHR around the app to show who the patient is.
+            context.need_patient_banner = Some(true);
+        }
+    }
+    let context = context.limited_to(&granted);
+    let online =
+        granted.has(IdentityScope::OnlineAccess) && !granted.has(IdentityScope::OfflineAccess);
+    let refreshable =
+        granted.has(IdentityScope::OnlineAccess) || granted.has(IdentityScope::OfflineAccess);
+    let family_expires = if refreshable {
+        now + settings.refresh_token_absolute_lifetime
+    } else {
+        now + CODE_TTL + settings.access_token_lifetime
+    };
+    let code = random_token(32);
+    let family_id = uuid::Uuid::new_v4().to_string();
+    let grant = CodeGrant {
+        scope: granted.to_string(),
+        aud: pending.request.aud.clone(),
+        nonce: pending.request.nonce.clone(),
+        context: context.clone(),
+        fhir_user: input.subject.fhir_user.clone(),
+        auth_time: input.session.authenticated_at,
+        amr: input.session.amr.clone(),
+        name: input.subject.display_name.clone(),
+        username: input.subject.username.clone(),
+    };
+    let grant_json =
+        serde_json::to_string(&grant).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let context_json =
+        serde_json::to_string(&context).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let done = write_transaction(conn, |conn| {
+        if !grants::complete_auth_request(conn, &pending.id_hash, now)? {
+            return Ok::<_, StoreError>(false);
+        }
+        grants::insert_family(
+            conn,
+            &FamilyRow {
+                id: family_id.clone(),
+                client_id: pending.client.client_id.clone(),
+                user_id: Some(input.subject.user_id.clone()),
+                session_id: online.then(|| input.session.public_id.clone()),
+                grant_kind: "authorization_code".into(),
+                scope: granted.to_string(),
+                aud: pending.request.aud.clone(),
+                context: context_json.clone(),
+                created_at: now,
+                expires_at: family_expires,
+                revoked_at: None,
+                revoked_reason: None,
+            },
+        )?;
+        grants::insert_code(
+            conn,
+            &CodeRow {
+                code_hash: sha256_b64(code.as_bytes()),
+                client_id: pending.client.client_id.clone(),
+                user_id: input.subject.user_id.clone(),
+                redirect_uri: pending.request.redirect_uri.clone(),
+                code_challenge: pending.request.code_challenge.clone(),
+                grant_details: grant_json.clone(),
+                family_id: family_id.clone(),
+                created_at: now,
+                expires_at: now + CODE_TTL,
+                redeemed_at: None,
+            },
+        )?;
+        if input.remember {
+            grants::remember_consent(
+                conn,
+                &ConsentRow {
+                    user_id: input.subject.user_id.clone(),
+                    client_id: pending.client.client_id.clone(),
+                    scope: granted.to_string(),
+                    aud: pending.request.aud.clone(),
+                    created_at: now,
+                    updated_at: now,
+                },
+            )?;
+        }
+        audit::append(
+            conn,
+            clock,
+            ctx,
+            &AuditEvent::AuthorizationGranted {
+                client_id: pending.client.client_id.clone(),
+                scope: granted.to_string(),
+                patient: context.patient.clone(),
+                remembered: input.remembered_before,
+            },
+        )?;
+        Ok(true)
+    })?;
+    if !done {
+        return Ok(None);
+    }
+    let mut pairs = vec![("code", code.as_str())];
+    if let Some(state) = &pending.request.state {
+        pairs.push(("state", state));
+    }
+    pairs.push(("iss", input.issuer));
+    Ok(Some(Approval {
+        redirect: authorize_request::redirect_with(&pending.request.redirect_uri, &pairs),
+    }))
+}
+
+/// Ends a pending request with an error at the client (denied, or refused by a rule).
+pub fn refuse(
+    conn: &mut DbConnection,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    pending: &Pending,
+    error: &OAuthError,
+    issuer: &str,
+) -> Result<String, StoreError> {
+    let now = clock.now_secs();
+    write_transaction(conn, |conn| {
+        grants::complete_auth_request(conn, &pending.id_hash, now)?;
+        audit::append(
+            conn,
+            clock,
+            ctx,
+            &AuditEvent::AuthorizationRefused {
+                client_id: pending.client.client_id.clone(),
+                error: error.code.to_owned(),
+                reason: error.description.clone(),
+            },
+        )
+    })?;
+    Ok(authorize_request::error_redirect(
+        &pending.request.redirect_uri,
+        error,
+        pending.request.state.as_deref(),
+        issuer,
+    ))
+}
+
+/// Records patients the picker showed, so only those can be chosen.
+pub fn offer(conn: &mut DbConnection, pending: &Pending, ids: &[String]) -> Result<(), StoreError> {
+    let mut offered = pending.offered.clone();
+    for id in ids {
+        if !offered.contains(id) && offered.len() < MAX_OFFERED {
+            offered.push(id.clone());
+        }
+    }
+    let json = serde_json::to_string(&offered).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    grants::set_offered(conn, &pending.id_hash, &json)
+}
+
+/// Chooses a patient; false when the id was not offered to this request.
+pub fn choose_patient(
+    conn: &mut DbConnection,
+    pending: &Pending,
+    id: &str,
+) -> Result<bool, StoreError> {
+    if !pending.offered.iter().any(|o| o == id) {
+        return Ok(false);
+    }
+    grants::set_patient(conn, &pending.id_hash, id)?;
+    Ok(true)
+}

@@ -1,0 +1,344 @@
+//! Client authentication, one implementation for every endpoint that authenticates clients
+//! (token, launch, and later introspection and revocation): RFC 6749 §2.3 (`none` for public
+//! clients, `client_secret_basic`, `client_secret_post`) and RFC 7523 `private_key_jwt` per SMART
+//! client-confidential-asymmetric.
+//!
+//! Rules: a request uses exactly one method; the method must be the one the client registered;
+//! every failure is `invalid_client` (401) with a short reason, and is audited. A replayed
+//! assertion `jti` is refused; the jti is recorded in its own committed step, so it stays
+//! consumed even when the request fails later (DESIGN.md §4).
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use super::assertion::{self, Expectations, CLIENT_ASSERTION_TYPE};
+use super::error::{OAuthError, Params};
+use crate::app::AppState;
+use crate::audit::{self, AuditContext, AuditEvent};
+use crate::clients::jwks::{self, ClientKey};
+use crate::clients::{self, AuthMethod, Client};
+use crate::store::{grants, write_transaction, StoreError};
+
+/// How the request tried to authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented {
+    /// A public client naming itself.
+    None {
+        client_id: String,
+    },
+    SecretBasic {
+        client_id: String,
+        secret: String,
+    },
+    SecretPost {
+        client_id: String,
+        secret: String,
+    },
+    Assertion {
+        client_id: Option<String>,
+        assertion: String,
+    },
+}
+
+impl Presented {
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Self::None { client_id }
+            | Self::SecretBasic { client_id, .. }
+            | Self::SecretPost { client_id, .. } => Some(client_id),
+            Self::Assertion { client_id, .. } => client_id.as_deref(),
+        }
+    }
+
+    fn method(&self) -> AuthMethod {
+        match self {
+            Self::None { .. } => AuthMethod::None,
+            Self::SecretBasic { .. } => AuthMethod::ClientSecretBasic,
+            Self::SecretPost { .. } => AuthMethod::ClientSecretPost,
+            Self::Assertion { .. } => AuthMethod::PrivateKeyJwt,
+        }
+    }
+}
+
+/// Reads the credentials from the `Authorization` header and the form. Using two methods at
+/// once is refused (RFC 6749 §2.3).
+pub fn presented(authorization: Option<&str>, params: &Params) -> Result<Presented, OAuthError> {
+    let basic = authorization.map(parse_basic).transpose()?;
+    let form_secret = params.get("client_secret");
+    let assertion = params.get("client_assertion");
+    let form_id = params.get("client_id").map(str::to_owned);
+    let methods = [basic.is_some(), form_secret.is_some(), assertion.is_some()]
+        .iter()
+        .filter(|m| **m)
+        .count();
+    if methods > 1 {
+        return Err(OAuthError::invalid_request(
+            "use exactly one client authentication method",
+        ));
+    }
+    if let Some((client_id, secret)) = basic {
+        if form_id.as_ref().is_some_and(|f| *f != client_id) {
+            return Err(OAuthError::invalid_request(
+                "client_id differs from the authenticated client",
+            ));
+        }
+        return Ok(Presented::SecretBasic { client_id, secret });
+    }
+    if let Some(secret) = form_secret {
+        let client_id =
+            form_id.ok_or_else(|| OAuthError::invalid_request("client_secret needs client_id"))?;
+        return Ok(Presented::SecretPost {
+            client_id,
+            secret: secret.to_owned(),
+        });
+    }
+    if let Some(assertion) = assertion {
+        if params.get("client_assertion_type") != Some(CLIENT_ASSERTION_TYPE) {
+            return Err(OAuthError::invalid_request(format!(
+                "client_assertion_type must be {CLIENT_ASSERTION_TYPE}"
+            )));
+        }
+        return Ok(Presented::Assertion {
+            client_id: form_id,
+            assertion: assertion.to_owned(),
+        });
+    }
+    match form_id {
+        Some(client_id) => Ok(Presented::None { client_id }),
+        None => Err(OAuthError::invalid_client(
+            "client authentication is required",
+        )),
+    }
+}
+
+/// RFC 6749 §2.3.1: `Basic base64(urlencode(id) ":" urlencode(secret))`.
+fn parse_basic(header: &str) -> Result<(String, String), OAuthError> {
+    let bad = || OAuthError::invalid_client("malformed Basic credentials");
+    let (scheme, value) = header.split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(bad());
+    }
+    let decoded = STANDARD.decode(value.trim()).map_err(|_| bad())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = text.split_once(':').ok_or_else(bad)?;
+    let unescape = |s: &str| -> Result<String, OAuthError> {
+        let spaced = s.replace('+', " ");
+        let bytes: Vec<u8> = url::form_urlencoded::parse(format!("x={spaced}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned().into_bytes())
+            .unwrap_or_default();
+        String::from_utf8(bytes).map_err(|_| bad())
+    };
+    let (id, secret) = (unescape(id)?, unescape(secret)?);
+    if id.is_empty() || secret.is_empty() {
+        return Err(bad());
+    }
+    Ok((id, secret))
+}
+
+/// Authenticates the client; `endpoint` names the endpoint for the audit trail and
+/// `audiences` are the assertion `aud` values accepted there.
+pub async fn authenticate(
+    state: &AppState,
+    ctx: &AuditContext,
+    presented: Presented,
+    endpoint: &str,
+    audiences: &[String],
+) -> Result<Client, OAuthError> {
+    let claimed = presented
+        .client_id()
+        .map(str::to_owned)
+        .or_else(|| match &presented {
+            Presented::Assertion { assertion, .. } => assertion::peek_issuer(assertion),
+            _ => None,
+        });
+    match check(state, &presented, claimed.as_deref(), audiences).await {
+        Ok(client) => Ok(client),
+        Err(Failure::Refused(reason)) => {
+            let (state2, ctx2, endpoint2) = (state.clone(), ctx.clone(), endpoint.to_owned());
+            let claimed2 = claimed.clone();
+            let why = reason.clone();
+            state
+                .db
+                .run(move |conn| {
+                    write_transaction(conn, |conn| {
+                        audit::append(
+                            conn,
+                            state2.clock.as_ref(),
+                            &ctx2,
+                            &AuditEvent::ClientAuthenticationFailed {
+                                client_id: claimed2.map(|c| super::error::truncate(&c, 64)),
+                                endpoint: endpoint2,
+                                reason: why,
+                            },
+                        )
+                    })
+                })
+                .await?;
+            Err(OAuthError::invalid_client(reason))
+        }
+        Err(Failure::Store(e)) => Err(e.into()),
+    }
+}
+
+enum Failure {
+    Refused(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+async fn check(
+    state: &AppState,
+    presented: &Presented,
+    claimed: Option<&str>,
+    audiences: &[String],
+) -> Result<Client, Failure> {
+    let refuse = |r: &str| Failure::Refused(r.to_owned());
+    let Some(client_id) = claimed.map(str::to_owned) else {
+        return Err(refuse("the client is not identified"));
+    };
+    let lookup = client_id.clone();
+    let client = state
+        .db
+        .run(move |conn| match clients::get(conn, &lookup) {
+            Ok(c) => Ok(Some(c)),
+            Err(clients::RegistryError::NotFound(_)) => Ok(None),
+            Err(clients::RegistryError::Store(e)) => Err(e),
+            Err(other) => Err(StoreError::Corrupt(other.to_string())),
+        })
+        .await?;
+    let Some(client) = client.filter(|c| c.enabled) else {
+        return Err(refuse("unknown or disabled client"));
+    };
+    if presented.method() != client.settings.auth_method {
+        return Err(Failure::Refused(format!(
+            "this client must authenticate with {}",
+            client.settings.auth_method.as_str()
+        )));
+    }
+    match presented {
+        Presented::None { .. } => Ok(client),
+        Presented::SecretBasic { secret, .. } | Presented::SecretPost { secret, .. } => {
+            let (id, secret, now) = (client_id.clone(), secret.clone(), state.clock.now_secs());
+            let ok = state
+                .db
+                .run(move |conn| clients::verify_secret(conn, &id, &secret, now))
+                .await?;
+            if ok {
+                Ok(client)
+            } else {
+                Err(refuse("client secret is wrong or expired"))
+            }
+        }
+        Presented::Assertion { assertion, .. } => {
+            verify_assertion(state, &client, assertion, audiences).await?;
+            Ok(client)
+        }
+    }
+}
+
+async fn verify_assertion(
+    state: &AppState,
+    client: &Client,
+    jwt: &str,
+    audiences: &[String],
+) -> Result<(), Failure> {
+    let refuse = |e: assertion::AssertionError| Failure::Refused(e.to_string());
+    let header = assertion::peek_header(jwt).map_err(refuse)?;
+    let now = state.clock.now_secs();
+    let expect = Expectations {
+        client_id: &client.client_id,
+        audiences,
+        registered_jku: client.settings.jwks_uri.as_deref(),
+        now,
+    };
+    let keys = client_keys(state, client).await?;
+    let verified = match assertion::verify(jwt, &header, &keys, &expect) {
+        Err(e) if e.is_unknown_kid() => match &client.settings.jwks_uri {
+            Some(url) => match state.client_keys.refetch_for_unknown_kid(url).await {
+                Ok(Some(fresh)) => assertion::verify(jwt, &header, &fresh, &expect),
+                Ok(None) => Err(e),
+                Err(fetch) => return Err(Failure::Refused(fetch.to_string())),
+            },
+            None => Err(e),
+        },
+        other => other,
+    }
+    .map_err(refuse)?;
+    let (id, jti) = (client.client_id.clone(), verified.jti.clone());
+    let fresh = state
+        .db
+        .run(move |conn| grants::record_assertion_jti(conn, &id, &jti, verified.exp))
+        .await?;
+    if !fresh {
+        return Err(Failure::Refused(
+            "this client assertion (jti) was already used".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn client_keys(state: &AppState, client: &Client) -> Result<Vec<ClientKey>, Failure> {
+    if let Some(doc) = &client.settings.jwks {
+        return jwks::validate(doc).map_err(|e| Failure::Refused(e.to_string()));
+    }
+    match &client.settings.jwks_uri {
+        Some(url) => state
+            .client_keys
+            .keys(url)
+            .await
+            .map(|keys| keys.as_ref().clone())
+            .map_err(|e| Failure::Refused(e.to_string())),
+        None => Err(Failure::Refused("the client has no registered keys".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(text: &str) -> Params {
+        Params::parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn one_method_per_request() {
+        let basic = format!("Basic {}", STANDARD.encode("app:s%3Acret"));
+        assert_eq!(
+            presented(Some(&basic), &params("grant_type=x")).unwrap(),
+            Presented::SecretBasic {
+                client_id: "app".into(),
+                secret: "s:cret".into()
+            }
+        );
+        assert!(presented(Some(&basic), &params("client_secret=x&client_id=app")).is_err());
+        assert!(presented(Some(&basic), &params("client_id=other")).is_err());
+        assert_eq!(
+            presented(None, &params("client_id=app")).unwrap(),
+            Presented::None {
+                client_id: "app".into()
+            }
+        );
+        assert_eq!(
+            presented(None, &params("client_assertion=x.y.z"))
+                .unwrap_err()
+                .code,
+            "invalid_request"
+        );
+        assert_eq!(
+            presented(None, &params("grant_type=x")).unwrap_err().code,
+            "invalid_client"
+        );
+        for bad in ["Bearer abc", "Basic !!!", "Basic YWJj"] {
+            assert_eq!(
+                presented(Some(bad), &params("")).unwrap_err().code,
+                "invalid_client"
+            );
+        }
+    }
+}

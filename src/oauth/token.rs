@@ -1,0 +1,449 @@
+//! The token endpoint's grants (RFC 6749 §4.1.3 and §6, RFC 7636, SMART App Launch 2.2).
+//!
+//! - `authorization_code`: single use through a compare-and-set; a second redemption (also a
+//!   concurrent one) revokes the whole family issued from that code; bound to the client, the
+//!   redirect URI and the PKCE verifier; one minute to live.
+//! - `refresh_token`: opaque and stored hashed; rotated on every use; presenting a rotated one
+//!   revokes its family. The revocation and its audit event are committed on their own, before
+//!   the request is answered with an error (DESIGN.md §4). `online_access` families end with
+//!   the Ward session they were granted in, and a refresh counts as activity for that session.
+
+use serde_json::{json, Map, Value};
+
+use super::authorize::CodeGrant;
+use super::error::{OAuthError, Params};
+use super::pkce;
+use super::tokens::{self, AccessClaims, IdClaims};
+use crate::audit::{self, AuditContext, AuditEvent};
+use crate::authn::session::{self, Liveness, Timeouts};
+use crate::clients::{Client, GrantType};
+use crate::clock::Clock;
+use crate::crypto::{random_token, sha256_b64};
+use crate::keys::{KeyAlg, KeyRing};
+use crate::smart::launch::LaunchContext;
+use crate::smart::scopes::{IdentityScope, ScopeSet};
+use crate::store::grants::{self, AccessTokenRow, FamilyRow, RefreshRow};
+use crate::store::{credentials, write_transaction, DbConnection, StoreError};
+
+/// What the grants need besides the database.
+pub struct Issuer<'a> {
+    pub issuer: &'a str,
+    pub keys: &'a KeyRing,
+    pub clock: &'a dyn Clock,
+    pub session_timeouts: Timeouts,
+}
+
+/// A refused grant: the error for the client, and whether a security side effect (family
+/// revocation) must still be committed.
+enum Refusal {
+    Error(OAuthError),
+    Reuse { family: String, kind: &'static str },
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Self::Error(e.into())
+    }
+}
+
+impl From<OAuthError> for Refusal {
+    fn from(e: OAuthError) -> Self {
+        Self::Error(e)
+    }
+}
+
+fn required<'p>(params: &'p Params, name: &str) -> Result<&'p str, OAuthError> {
+    params.require(name)
+}
+
+/// `grant_type=authorization_code`.
+pub fn authorization_code(
+    conn: &mut DbConnection,
+    iss: &Issuer<'_>,
+    ctx: &AuditContext,
+    client: &Client,
+    params: &Params,
+) -> Result<Value, OAuthError> {
+    allowed(client, GrantType::AuthorizationCode)?;
+    let code = required(params, "code")?;
+    let redirect_uri = required(params, "redirect_uri")?;
+    let verifier = params
+        .get("code_verifier")
+        .ok_or_else(|| OAuthError::invalid_request("code_verifier is required (PKCE)"))?;
+    let now = iss.clock.now_secs();
+    let code_hash = sha256_b64(code.as_bytes());
+    let Some(row) = grants::find_code(conn, &code_hash)? else {
+        return Err(OAuthError::invalid_grant("unknown authorization code"));
+    };
+    if row.client_id != client.client_id {
+        return Err(OAuthError::invalid_grant(
+            "the code was issued to another client",
+        ));
+    }
+    let outcome = if row.redeemed_at.is_some() {
+        Err(Refusal::Reuse {
+            family: row.family_id.clone(),
+            kind: "authorization_code",
+        })
+    } else if row.expires_at <= now {
+        Err(OAuthError::invalid_grant("the authorization code has expired").into())
+    } else if row.redirect_uri != redirect_uri {
+        Err(OAuthError::invalid_grant("redirect_uri differs from the authorization request").into())
+    } else if !pkce::verify(verifier, &row.code_challenge) {
+        Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge").into())
+    } else {
+        redeem(conn, iss, ctx, client, &row, now)
+    };
+    settle(conn, iss, ctx, client, outcome)
+}
+
+fn redeem(
+    conn: &mut DbConnection,
+    iss: &Issuer<'_>,
+    ctx: &AuditContext,
+    client: &Client,
+    row: &grants::CodeRow,
+    now: i64,
+) -> Result<Value, Refusal> {
+    let grant: CodeGrant = serde_json::from_str(&row.grant_details)
+        .map_err(|e| OAuthError::from(StoreError::Corrupt(format!("code grant: {e}"))))?;
+    let result = write_transaction(conn, |conn| {
+        if !grants::redeem_code(conn, &row.code_hash, now)? {
+            return Ok::<_, OAuthError>(Err(Refusal::Reuse {
+                family: row.family_id.clone(),
+                kind: "authorization_code",
+            }));
+        }
+        let family = live_family(conn, &row.family_id, now)?;
+        if !user_active(conn, &row.user_id)? {
+            return Ok(Err(OAuthError::invalid_grant(
+                "the user can no longer sign in",
+            )
+            .into()));
+        }
+        let scopes = ScopeSet::parse(&grant.scope).0;
+        let response = issue(conn, iss, client, &family, &scopes, Some(&grant), now)?;
+        audit::append(
+            conn,
+            iss.clock,
+            ctx,
+            &AuditEvent::TokenIssued {
+                client_id: client.client_id.clone(),
+                grant: "authorization_code".into(),
+                family: family.id.clone(),
+                scope: grant.scope.clone(),
+                patient: grant.context.patient.clone(),
+            },
+        )?;
+        Ok(Ok(response))
+    });
+    match result {
+        Ok(inner) => inner,
+        Err(e) => Err(Refusal::Error(e)),
+    }
+}
+
+/// `grant_type=refresh_token`.
+pub fn refresh_token(
+    conn: &mut DbConnection,
+    iss: &Issuer<'_>,
+    ctx: &AuditContext,
+    client: &Client,
+    params: &Params,
+) -> Result<Value, OAuthError> {
+    allowed(client, GrantType::RefreshToken)?;
+    let presented = required(params, "refresh_token")?;
+    let now = iss.clock.now_secs();
+    let hash = sha256_b64(presented.as_bytes());
+    let Some(row) = grants::find_refresh(conn, &hash)? else {
+        return Err(OAuthError::invalid_grant("unknown refresh token"));
+    };
+    let Some(family) = grants::find_family(conn, &row.family_id)? else {
+        return Err(OAuthError::invalid_grant("unknown refresh token"));
+    };
+    if family.client_id != client.client_id {
+        return Err(OAuthError::invalid_grant(
+            "the refresh token was issued to another client",
+        ));
+    }
+    let outcome = if row.used_at.is_some() {
+        Err(Refusal::Reuse {
+            family: family.id.clone(),
+            kind: "refresh_token",
+        })
+    } else {
+        rotate(conn, iss, ctx, client, &row, &family, params, now)
+    };
+    settle(conn, iss, ctx, client, outcome)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rotate(
+    conn: &mut DbConnection,
+    iss: &Issuer<'_>,
+    ctx: &AuditContext,
+    client: &Client,
+    row: &RefreshRow,
+    family: &FamilyRow,
+    params: &Params,
+    now: i64,
+) -> Result<Value, Refusal> {
+    if family.revoked_at.is_some() {
+        return Err(OAuthError::invalid_grant("the refresh token was revoked").into());
+    }
+    if row.expires_at <= now || family.expires_at <= now {
+        return Err(OAuthError::invalid_grant("the refresh token has expired").into());
+    }
+    let family_scopes = ScopeSet::parse(&family.scope).0;
+    let scopes = match params.get("scope") {
+        None => family_scopes.clone(),
+        Some(text) => {
+            let asked = ScopeSet::parse_strict(text)
+                .map_err(|_| OAuthError::invalid_scope("scope is malformed"))?;
+            let narrower = family_scopes.covers_all(&asked)
+                && asked.identity_scopes().all(|i| family_scopes.has(i));
+            if !narrower {
+                return Err(OAuthError::invalid_scope(
+                    "a refresh may only narrow the granted scopes",
+                )
+                .into());
+            }
+            asked
+        }
+    };
+    if let Some(user_id) = &family.user_id {
+        if !user_active(conn, user_id)? {
+            return Err(OAuthError::invalid_grant("the user can no longer sign in").into());
+        }
+    }
+    if let Some(session_id) = &family.session_id {
+        if !session_alive(conn, session_id, now, iss.session_timeouts)? {
+            return Err(
+                OAuthError::invalid_grant("online access ended with the user's session").into(),
+            );
+        }
+    }
+    let result = write_transaction(conn, |conn| {
+        if !grants::use_refresh(conn, &row.token_hash, now)? {
+            return Ok::<_, OAuthError>(Err(Refusal::Reuse {
+                family: family.id.clone(),
+                kind: "refresh_token",
+            }));
+        }
+        if let Some(session_id) = &family.session_id {
+            if let Some(s) = credentials::find_session_by_public_id(conn, session_id)? {
+                if now - s.last_seen_at >= 60 {
+                    credentials::touch_session(conn, &s.id_hash, now)?;
+                }
+            }
+        }
+        let response = issue(conn, iss, client, family, &scopes, None, now)?;
+        audit::append(
+            conn,
+            iss.clock,
+            ctx,
+            &AuditEvent::TokenIssued {
+                client_id: client.client_id.clone(),
+                grant: "refresh_token".into(),
+                family: family.id.clone(),
+                scope: scopes.to_string(),
+                patient: context_of(family).patient,
+            },
+        )?;
+        Ok(Ok(response))
+    });
+    match result {
+        Ok(inner) => inner,
+        Err(e) => Err(Refusal::Error(e)),
+    }
+}
+
+/// Commits the side effects of a refusal (family revocation on reuse, audit) in their own
+/// transaction and turns the outcome into the answer.
+fn settle(
+    conn: &mut DbConnection,
+    iss: &Issuer<'_>,
+    ctx: &AuditContext,
+    client: &Client,
+    outcome: Result<Value, Refusal>,
+) -> Result<Value, OAuthError> {
+    match outcome {
+        Ok(v) => Ok(v),
+        Err(Refusal::Error(e)) => Err(e),
+        Err(Refusal::Reuse { family, kind }) => {
+            let now = iss.clock.now_secs();
+            write_transaction(conn, |conn| {
+                grants::revoke_family(conn, &family, &format!("{kind}_reuse"), now)?;
+                audit::append(
+                    conn,
+                    iss.clock,
+                    ctx,
+                    &AuditEvent::TokenReuseDetected {
+                        client_id: client.client_id.clone(),
+                        family: family.clone(),
+                        kind: kind.into(),
+                    },
+                )
+            })?;
+            Err(OAuthError::invalid_grant(match kind {
+                "authorization_code" => {
+                    "the authorization code was already used; every token issued from it is revoked"
+                }
+                _ => "the refresh token was already used; every token of this grant is revoked",
+            }))
+        }
+    }
+}
+
+fn allowed(client: &Client, grant: GrantType) -> Result<(), OAuthError> {
+    if client.settings.grant_types.contains(&grant) {
+        Ok(())
+    } else {
+        Err(OAuthError::unauthorized_client(format!(
+            "this client is not registered for {}",
+            grant.as_str()
+        )))
+    }
+}
+
+fn live_family(conn: &mut DbConnection, id: &str, now: i64) -> Result<FamilyRow, OAuthError> {
+    match grants::find_family(conn, id)? {
+        Some(f) if f.revoked_at.is_none() && f.expires_at > now => Ok(f),
+        _ => Err(OAuthError::invalid_grant("the grant was revoked")),
+    }
+}
+
+fn user_active(conn: &mut DbConnection, user_id: &str) -> Result<bool, StoreError> {
+    Ok(credentials::login_user_by_id(conn, user_id)?
+        .is_some_and(|u| u.enabled && u.locked_at.is_none()))
+}
+
+fn session_alive(
+    conn: &mut DbConnection,
+    public_id: &str,
+    now: i64,
+    t: Timeouts,
+) -> Result<bool, StoreError> {
+    Ok(
+        match credentials::find_session_by_public_id(conn, public_id)? {
+            Some(s) => {
+                session::liveness(s.ended_at.is_some(), s.last_seen_at, s.expires_at, now, t)
+                    == Liveness::Live
+            }
+            None => false,
+        },
+    )
+}
+
+fn context_of(family: &FamilyRow) -> LaunchContext {
+    serde_json::from_str(&family.context).unwrap_or_default()
+}
+
+/// Mints and records the tokens of one response: an access token always, a refresh token when
+/// the family is refreshable, an ID token on code redemption when `openid` was granted.
+fn issue(
+    conn: &mut DbConnection,
+    iss: &Issuer<'_>,
+    client: &Client,
+    family: &FamilyRow,
+    scopes: &ScopeSet,
+    code: Option<&CodeGrant>,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    let settings = &client.settings;
+    let context = context_of(family);
+    let lifetime = settings
+        .access_token_lifetime
+        .min(family.expires_at - now)
+        .max(1);
+    let fhir_user = code
+        .and_then(|c| c.fhir_user.clone())
+        .or_else(|| fhir_user_of(conn, family).ok().flatten())
+        .filter(|_| scopes.has(IdentityScope::FhirUser));
+    let jti = uuid::Uuid::new_v4().to_string();
+    let subject = family
+        .user_id
+        .clone()
+        .unwrap_or_else(|| client.client_id.clone());
+    let claims = AccessClaims {
+        iss: iss.issuer.to_owned(),
+        sub: subject.clone(),
+        aud: family.aud.clone(),
+        client_id: client.client_id.clone(),
+        scope: scopes.to_string(),
+        jti: jti.clone(),
+        iat: now,
+        exp: now + lifetime,
+        patient: context.patient.clone(),
+        encounter: context.encounter.clone(),
+        fhir_user: fhir_user.clone(),
+    };
+    let signer = iss.keys.signer(KeyAlg::Es256, now)?;
+    let access_token = tokens::mint_access(&signer, &claims)?;
+    grants::insert_access_token(
+        conn,
+        &AccessTokenRow {
+            jti,
+            family_id: family.id.clone(),
+            client_id: client.client_id.clone(),
+            user_id: family.user_id.clone(),
+            scope: scopes.to_string(),
+            aud: family.aud.clone(),
+            issued_at: now,
+            expires_at: now + lifetime,
+            revoked_at: None,
+        },
+    )?;
+    let mut body = Map::new();
+    body.insert("access_token".into(), json!(access_token));
+    body.insert("token_type".into(), json!("Bearer"));
+    body.insert("expires_in".into(), json!(lifetime));
+    body.insert("scope".into(), json!(scopes.to_string()));
+    let family_scopes = ScopeSet::parse(&family.scope).0;
+    let refreshable = family_scopes.has(IdentityScope::OfflineAccess)
+        || family_scopes.has(IdentityScope::OnlineAccess);
+    if refreshable && settings.grant_types.contains(&GrantType::RefreshToken) {
+        let refresh = random_token(32);
+        grants::insert_refresh(
+            conn,
+            &RefreshRow {
+                token_hash: sha256_b64(refresh.as_bytes()),
+                family_id: family.id.clone(),
+                created_at: now,
+                expires_at: (now + settings.refresh_token_idle_lifetime).min(family.expires_at),
+                used_at: None,
+            },
+        )?;
+        body.insert("refresh_token".into(), json!(refresh));
+    }
+    if let Some(code) = code.filter(|_| scopes.has(IdentityScope::OpenId)) {
+        let profile = scopes.has(IdentityScope::Profile);
+        let id = IdClaims {
+            iss: iss.issuer.to_owned(),
+            sub: subject,
+            aud: client.client_id.clone(),
+            azp: client.client_id.clone(),
+            iat: now,
+            exp: now + tokens::ID_TOKEN_LIFETIME.min(lifetime).max(60),
+            auth_time: code.auth_time,
+            nonce: code.nonce.clone(),
+            amr: code.amr.clone(),
+            fhir_user,
+            name: profile.then(|| code.name.clone()),
+            preferred_username: profile.then(|| code.username.clone()),
+        };
+        let signer = iss.keys.signer(KeyAlg::Rs256, now)?;
+        body.insert("id_token".into(), json!(tokens::mint_id(&signer, &id)?));
+    }
+    for (k, v) in context.members() {
+        body.insert(k, v);
+    }
+    Ok(Value::Object(body))
+}
+
+fn fhir_user_of(conn: &mut DbConnection, family: &FamilyRow) -> Result<Option<String>, StoreError> {
+    match &family.user_id {
+        Some(id) => Ok(credentials::login_user_by_id(conn, id)?.and_then(|u| u.fhir_user)),
+        None => Ok(None),
+    }
+}

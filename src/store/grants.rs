@@ -1,0 +1,383 @@
+//! Rows behind the SMART App Launch: pending authorization requests, EHR launch contexts,
+//! authorization codes, token families with their refresh and access tokens, remembered
+//! consents and the client-assertion replay cache.
+//!
+//! Every "use once" step (a launch, a code, a refresh token, an assertion jti) is one
+//! conditional UPDATE or a primary-key INSERT whose outcome says whether this request won, so
+//! it can never be taken twice, also when requests race on several nodes.
+
+use diesel::prelude::*;
+
+use super::schema::{
+    access_tokens, assertion_jtis, auth_requests, authorization_codes, consents, launch_contexts,
+    refresh_tokens, token_families,
+};
+use super::{DbConnection, StoreError};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = auth_requests)]
+pub struct AuthRequestRow {
+    pub id_hash: String,
+    pub client_id: String,
+    pub request: String,
+    pub offered: String,
+    pub patient: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub completed_at: Option<i64>,
+}
+
+pub fn insert_auth_request(
+    conn: &mut DbConnection,
+    row: &AuthRequestRow,
+) -> Result<(), StoreError> {
+    diesel::insert_into(auth_requests::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn find_auth_request(
+    conn: &mut DbConnection,
+    id_hash: &str,
+) -> Result<Option<AuthRequestRow>, StoreError> {
+    Ok(auth_requests::table
+        .find(id_hash)
+        .select(AuthRequestRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn set_offered(
+    conn: &mut DbConnection,
+    id_hash: &str,
+    offered: &str,
+) -> Result<(), StoreError> {
+    diesel::update(auth_requests::table.find(id_hash))
+        .set(auth_requests::offered.eq(offered))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn set_patient(
+    conn: &mut DbConnection,
+    id_hash: &str,
+    patient: &str,
+) -> Result<(), StoreError> {
+    diesel::update(auth_requests::table.find(id_hash))
+        .set(auth_requests::patient.eq(Some(patient)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Marks a pending request finished (approved or denied); false when it already was.
+pub fn complete_auth_request(
+    conn: &mut DbConnection,
+    id_hash: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        auth_requests::table
+            .find(id_hash)
+            .filter(auth_requests::completed_at.is_null()),
+    )
+    .set(auth_requests::completed_at.eq(Some(now)))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = launch_contexts)]
+pub struct LaunchRow {
+    pub id_hash: String,
+    pub client_id: String,
+    pub created_by: String,
+    pub user_id: Option<String>,
+    pub context: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+pub fn insert_launch(conn: &mut DbConnection, row: &LaunchRow) -> Result<(), StoreError> {
+    diesel::insert_into(launch_contexts::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Takes a launch for `client_id` if it is unused and unexpired; `None` otherwise.
+pub fn take_launch(
+    conn: &mut DbConnection,
+    id_hash: &str,
+    client_id: &str,
+    now: i64,
+) -> Result<Option<LaunchRow>, StoreError> {
+    let n = diesel::update(
+        launch_contexts::table
+            .find(id_hash)
+            .filter(launch_contexts::client_id.eq(client_id))
+            .filter(launch_contexts::used_at.is_null())
+            .filter(launch_contexts::expires_at.gt(now)),
+    )
+    .set(launch_contexts::used_at.eq(Some(now)))
+    .execute(conn)?;
+    if n != 1 {
+        return Ok(None);
+    }
+    Ok(launch_contexts::table
+        .find(id_hash)
+        .select(LaunchRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = token_families)]
+pub struct FamilyRow {
+    pub id: String,
+    pub client_id: String,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub grant_kind: String,
+    pub scope: String,
+    pub aud: String,
+    pub context: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_reason: Option<String>,
+}
+
+pub fn insert_family(conn: &mut DbConnection, row: &FamilyRow) -> Result<(), StoreError> {
+    diesel::insert_into(token_families::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn find_family(conn: &mut DbConnection, id: &str) -> Result<Option<FamilyRow>, StoreError> {
+    Ok(token_families::table
+        .find(id)
+        .select(FamilyRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Revokes a family (and so every token in it); false when it already was revoked.
+pub fn revoke_family(
+    conn: &mut DbConnection,
+    id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        token_families::table
+            .find(id)
+            .filter(token_families::revoked_at.is_null()),
+    )
+    .set((
+        token_families::revoked_at.eq(Some(now)),
+        token_families::revoked_reason.eq(Some(reason)),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = authorization_codes)]
+pub struct CodeRow {
+    pub code_hash: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub grant_details: String,
+    pub family_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub redeemed_at: Option<i64>,
+}
+
+pub fn insert_code(conn: &mut DbConnection, row: &CodeRow) -> Result<(), StoreError> {
+    diesel::insert_into(authorization_codes::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn find_code(conn: &mut DbConnection, code_hash: &str) -> Result<Option<CodeRow>, StoreError> {
+    Ok(authorization_codes::table
+        .find(code_hash)
+        .select(CodeRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The compare-and-set that makes a code single-use: true for exactly one caller.
+pub fn redeem_code(conn: &mut DbConnection, code_hash: &str, now: i64) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        authorization_codes::table
+            .find(code_hash)
+            .filter(authorization_codes::redeemed_at.is_null()),
+    )
+    .set(authorization_codes::redeemed_at.eq(Some(now)))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = refresh_tokens)]
+pub struct RefreshRow {
+    pub token_hash: String,
+    pub family_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+pub fn insert_refresh(conn: &mut DbConnection, row: &RefreshRow) -> Result<(), StoreError> {
+    diesel::insert_into(refresh_tokens::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn find_refresh(
+    conn: &mut DbConnection,
+    token_hash: &str,
+) -> Result<Option<RefreshRow>, StoreError> {
+    Ok(refresh_tokens::table
+        .find(token_hash)
+        .select(RefreshRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The compare-and-set behind rotation: true for exactly one caller.
+pub fn use_refresh(
+    conn: &mut DbConnection,
+    token_hash: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        refresh_tokens::table
+            .find(token_hash)
+            .filter(refresh_tokens::used_at.is_null()),
+    )
+    .set(refresh_tokens::used_at.eq(Some(now)))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = access_tokens)]
+pub struct AccessTokenRow {
+    pub jti: String,
+    pub family_id: String,
+    pub client_id: String,
+    pub user_id: Option<String>,
+    pub scope: String,
+    pub aud: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+pub fn insert_access_token(
+    conn: &mut DbConnection,
+    row: &AccessTokenRow,
+) -> Result<(), StoreError> {
+    diesel::insert_into(access_tokens::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// An access token with its family, when the token exists.
+pub fn find_access_token(
+    conn: &mut DbConnection,
+    jti: &str,
+) -> Result<Option<(AccessTokenRow, FamilyRow)>, StoreError> {
+    Ok(access_tokens::table
+        .inner_join(token_families::table)
+        .filter(access_tokens::jti.eq(jti))
+        .select((AccessTokenRow::as_select(), FamilyRow::as_select()))
+        .first(conn)
+        .optional()?)
+}
+
+pub fn count_access_tokens_of_family(
+    conn: &mut DbConnection,
+    family_id: &str,
+) -> Result<i64, StoreError> {
+    Ok(access_tokens::table
+        .filter(access_tokens::family_id.eq(family_id))
+        .count()
+        .get_result(conn)?)
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = consents)]
+pub struct ConsentRow {
+    pub user_id: String,
+    pub client_id: String,
+    pub scope: String,
+    pub aud: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+pub fn find_consent(
+    conn: &mut DbConnection,
+    user_id: &str,
+    client_id: &str,
+) -> Result<Option<ConsentRow>, StoreError> {
+    Ok(consents::table
+        .find((user_id, client_id))
+        .select(ConsentRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Replaces the remembered consent of a user for a client.
+pub fn remember_consent(conn: &mut DbConnection, row: &ConsentRow) -> Result<(), StoreError> {
+    diesel::delete(consents::table.find((&row.user_id, &row.client_id))).execute(conn)?;
+    diesel::insert_into(consents::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn forget_consent(
+    conn: &mut DbConnection,
+    user_id: &str,
+    client_id: &str,
+) -> Result<bool, StoreError> {
+    Ok(diesel::delete(consents::table.find((user_id, client_id))).execute(conn)? == 1)
+}
+
+/// Records an assertion's jti; false when the client used it before (a replay). The primary
+/// key makes this atomic across concurrent requests and nodes.
+pub fn record_assertion_jti(
+    conn: &mut DbConnection,
+    client_id: &str,
+    jti: &str,
+    expires_at: i64,
+) -> Result<bool, StoreError> {
+    let inserted = diesel::insert_into(assertion_jtis::table)
+        .values((
+            assertion_jtis::client_id.eq(client_id),
+            assertion_jtis::jti.eq(jti),
+            assertion_jtis::expires_at.eq(expires_at),
+        ))
+        .execute(conn);
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
