@@ -11,4 +11,5 @@ mod login;
 mod ops;
 mod process;
 mod registry;
+mod smart;
 mod tls;

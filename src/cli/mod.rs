@@ -2,6 +2,7 @@
 //! `ward serve`, so it works against the same database. Exit codes: 0 ok, 1 failure, 2 usage.
 
 mod directory;
+mod patients;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,9 @@ enum Command {
     /// Users and their roles.
     #[command(subcommand)]
     User(directory::UserCommand),
+    /// The patient directory behind the standalone-launch patient picker.
+    #[command(subcommand)]
+    Patient(patients::PatientCommand),
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +183,7 @@ fn run(cli: Cli) -> Result<(), StartError> {
         Command::Client(command) => directory::client(&settings, &clock, *command),
         Command::Role(command) => directory::role(&settings, &clock, command),
         Command::User(command) => directory::user(&settings, &clock, command),
+        Command::Patient(command) => patients::patient(&settings, &clock, command),
     }
 }
 

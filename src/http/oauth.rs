@@ -132,6 +132,7 @@ pub async fn authorize(
         Ok(p) => p,
         Err(e) => return bad_request_page(&format!("The request is malformed: {}", e.description)),
     };
+    let prior_session = current_session(&req, &state).await?.map(|s| s.public_id);
     let (clock, ctx, bases) = (
         state.clock.clone(),
         audit_context(&req, &state),
@@ -139,7 +140,9 @@ pub async fn authorize(
     );
     let outcome = state
         .db
-        .run(move |conn| authorize::begin(conn, clock.as_ref(), &ctx, &params, &bases))
+        .run(move |conn| {
+            authorize::begin(conn, clock.as_ref(), &ctx, &params, &bases, prior_session)
+        })
         .await?;
     match outcome {
         Ok(handle) => Ok(redirect(&continue_url(&handle))),

@@ -44,6 +44,9 @@ pub struct ResolvedLaunch {
 struct StoredRequest {
     request: AuthorizeRequest,
     launch: Option<ResolvedLaunch>,
+    /// The browser's session when the request arrived: `prompt=login` needs a newer one.
+    #[serde(default)]
+    prior_session: Option<String>,
 }
 
 /// A pending authorization request.
@@ -52,6 +55,7 @@ pub struct Pending {
     pub id_hash: String,
     pub request: AuthorizeRequest,
     pub launch: Option<ResolvedLaunch>,
+    pub prior_session: Option<String>,
     pub client: Client,
     pub offered: Vec<String>,
     pub patient: Option<String>,
@@ -89,6 +93,7 @@ pub fn begin(
     ctx: &AuditContext,
     params: &Params,
     fhir_bases: &[String],
+    prior_session: Option<String>,
 ) -> Result<Result<String, Rejection>, StoreError> {
     let client = match params.get("client_id") {
         Some(id) => match clients::get(conn, id) {
@@ -131,6 +136,7 @@ pub fn begin(
         let body = serde_json::to_string(&StoredRequest {
             request: request.clone(),
             launch,
+            prior_session: prior_session.clone(),
         })
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         grants::insert_auth_request(
@@ -207,6 +213,7 @@ pub fn load(
         id_hash: row.id_hash,
         request: stored.request,
         launch: stored.launch,
+        prior_session: stored.prior_session,
         client,
         offered: serde_json::from_str(&row.offered).unwrap_or_default(),
         patient: row.patient,
@@ -321,7 +328,9 @@ pub fn next_step(
         _ => None,
     };
     let fresh_enough = |s: &SessionInfo| {
-        (!request.prompt.login || s.authenticated_at >= pending.created_at)
+        (!request.prompt.login
+            || (s.authenticated_at >= pending.created_at
+                && pending.prior_session.as_deref() != Some(s.public_id.as_str())))
             && request
                 .max_age
                 .is_none_or(|max| now - s.authenticated_at <= max)

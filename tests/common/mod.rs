@@ -7,6 +7,7 @@ pub mod browser;
 pub mod https_server;
 pub mod pg;
 pub mod process;
+pub mod smart;
 pub mod webdriver;
 
 use std::net::TcpListener;
