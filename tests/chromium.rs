@@ -207,3 +207,152 @@ async fn a_person_registers_a_passkey_and_signs_in_with_it_in_chromium() {
     assert_eq!(regressions.len(), 1);
     assert_eq!(regressions[0].severity, "high");
 }
+
+/// A tiny loopback web server standing in for a native app's redirect URI: every request gets
+/// a 200 page, so the browser settles on the callback URL with its query.
+fn app_callback_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\nConnection: close\r\n\r\nApp ready",
+            );
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clinician_launches_an_app_with_totp_picker_and_consent_in_chromium() {
+    use crate::common::smart::{pkce, FHIR};
+    let clock = Arc::new(ManualClock::at_secs(1_900_000_000));
+    let Some(app) = TestApp::builder(Backend::Sqlite)
+        .manual_clock(clock.clone())
+        .env("WARD_FHIR_BASE", FHIR)
+        .start()
+        .await
+    else {
+        return;
+    };
+    let Some(chrome) = Chromium::start().await else {
+        return;
+    };
+    users::create(
+        &mut app.conn(),
+        clock.as_ref(),
+        &AuditContext::cli(),
+        NewUser {
+            username: "dr.demo".into(),
+            display_name: Some("Dr. Demo".into()),
+            fhir_user: Some("Practitioner/123".into()),
+            roles: vec!["physician".into()],
+            password_hash: Some(ward::authn::password::hash_blocking(PASSWORD).unwrap()),
+        },
+    )
+    .unwrap();
+    ward::patients::import(
+        &mut app.conn(),
+        clock.as_ref(),
+        &AuditContext::cli(),
+        std::io::Cursor::new(
+            r#"{"resourceType":"Patient","id":"p7","name":[{"family":"Rivera","given":["Ana"]}],"birthDate":"1984-06-01"}"#,
+        ),
+    )
+    .unwrap();
+    let port = app_callback_server();
+    let callback = format!("http://127.0.0.1:{port}/callback");
+    let client_id = "chart-viewer";
+    let spec: ward::clients::model::ClientSpec = serde_json::from_value(serde_json::json!({
+        "client_id": client_id, "name": "Chart Viewer", "kind": "public", "redirect_uris": [callback],
+        "scope": "openid fhirUser launch/patient patient/*.rs",
+    }))
+    .unwrap();
+    ward::clients::register(
+        &mut app.conn(),
+        clock.as_ref(),
+        &AuditContext::cli(),
+        spec.client_id.clone(),
+        ward::clients::model::validate(&spec).unwrap(),
+    )
+    .unwrap();
+    let (verifier, challenge) = pkce();
+    let scope = "openid fhirUser launch/patient patient/Observation.rs patient/Condition.rs patient/MedicationRequest.rs";
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", callback.as_str()),
+            ("scope", scope),
+            ("state", "s-1"),
+            ("aud", FHIR),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ])
+        .finish();
+
+    // Standalone launch: sign in, enrol TOTP (the physician role requires MFA), then the picker.
+    chrome.goto(&app.url(&format!("/authorize?{query}"))).await;
+    chrome.wait_for_path("/login").await;
+    chrome.type_into("#username", "dr.demo").await;
+    chrome.type_into("#password", PASSWORD).await;
+    chrome.click("form[action='/login'] button[type=submit]").await;
+    chrome.wait_for_path("/account/mfa/totp").await;
+    let secret = base32_decode(&chrome.value_of("#secret").await);
+    let totp = Totp::new(&secret).unwrap();
+    chrome
+        .type_into("#code", &totp.code_at_step(clock.now_secs() / 30))
+        .await;
+    chrome
+        .click("form[action='/account/mfa/totp'] button[type=submit]")
+        .await;
+    chrome.find("ul.codes").await;
+    chrome.click("a.button").await;
+    chrome.wait_for_path("/authorize/patients").await;
+    chrome.type_into("#q", "rivera").await;
+    chrome.click("form[role=search] button").await;
+    chrome.click("#patient-p7").await;
+    chrome.screenshot("patient-picker").await;
+    chrome.click("#choose-patient").await;
+
+    // Consent: untick Condition, share only laboratory Observations.
+    chrome.find("#consent-form").await;
+    assert!(chrome.source().await.contains("Ana Rivera"));
+    chrome.click("input[data-resource='Condition']").await;
+    chrome.click("#categories-Observation summary").await;
+    chrome
+        .click("input[data-category='Observation:laboratory']")
+        .await;
+    chrome.screenshot("consent").await;
+    chrome.click("#approve").await;
+    chrome.wait_for_path("/callback").await;
+    let landed = url::Url::parse(&chrome.url().await).unwrap();
+    let params: std::collections::HashMap<String, String> =
+        landed.query_pairs().into_owned().collect();
+    assert_eq!(params["state"], "s-1");
+    assert_eq!(params["iss"], app.base);
+
+    let response = app
+        .client
+        .post(app.url("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", params["code"].as_str()),
+            ("redirect_uri", callback.as_str()),
+            ("code_verifier", verifier.as_str()),
+            ("client_id", client_id),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["patient"], "p7", "{body}");
+    let granted: Vec<&str> = body["scope"].as_str().unwrap().split(' ').collect();
+    assert!(granted.contains(&"patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory"), "{granted:?}");
+    assert!(granted.contains(&"patient/MedicationRequest.rs"), "{granted:?}");
+    assert!(!granted.iter().any(|s| s.starts_with("patient/Condition")), "{granted:?}");
+    assert!(!granted.contains(&"patient/Observation.rs"), "{granted:?}");
+}
