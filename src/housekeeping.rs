@@ -1,11 +1,16 @@
 //! Housekeeping (DESIGN.md §4): rows that have outlived their purpose — ended or expired
-//! sessions, stale back-off counters, expired WebAuthn ceremonies, abandoned TOTP enrolments —
+//! sessions, stale back-off counters, expired WebAuthn ceremonies, abandoned TOTP enrolments,
+//! expired authorization requests, launches, codes, assertion jtis and token families —
 //! are deleted in bounded batches by a background task on every node (deletes are idempotent,
 //! so nodes need no coordination). Audit events are never touched.
 
 use diesel::prelude::*;
 
-use crate::store::schema::{auth_throttle, sessions, totp_credentials, webauthn_challenges};
+use crate::store::schema::{
+    access_tokens, assertion_jtis, auth_requests, auth_throttle, authorization_codes,
+    launch_contexts, refresh_tokens, sessions, token_families, totp_credentials,
+    webauthn_challenges,
+};
 use crate::store::{DbConnection, StoreError};
 
 /// How long an ended or expired session row is kept (for investigations beside the audit
@@ -15,6 +20,9 @@ pub const SESSION_RETENTION_SECONDS: i64 = 7 * 86_400;
 pub const THROTTLE_RETENTION_SECONDS: i64 = 86_400;
 /// An enrolment not confirmed within this time is abandoned.
 pub const PENDING_TOTP_SECONDS: i64 = 3_600;
+/// Expired codes and token families are kept this long: a code presented again within a day
+/// still revokes what it issued, and investigators can see recent grants beside the audit trail.
+pub const GRANT_RETENTION_SECONDS: i64 = 86_400;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
@@ -22,11 +30,14 @@ pub struct Swept {
     pub throttle: usize,
     pub challenges: usize,
     pub pending_totp: usize,
+    /// Authorization requests, launches, codes, assertion jtis and token families (with
+    /// their tokens).
+    pub grants: usize,
 }
 
 impl Swept {
     pub fn total(&self) -> usize {
-        self.sessions + self.throttle + self.challenges + self.pending_totp
+        self.sessions + self.throttle + self.challenges + self.pending_totp + self.grants
     }
 
     /// Whether some kind filled its batch, so more may be waiting.
@@ -37,6 +48,7 @@ impl Swept {
             self.throttle,
             self.challenges,
             self.pending_totp,
+            self.grants,
         ]
         .iter()
         .any(|n| *n >= batch)
@@ -93,10 +105,65 @@ pub fn sweep(
         diesel::delete(totp_credentials::table.filter(totp_credentials::id.eq_any(&abandoned)))
             .execute(conn)?;
 
+    let grants = sweep_grants(conn, now, batch)?;
+
     Ok(Swept {
         sessions,
         throttle,
         challenges,
         pending_totp,
+        grants,
     })
+}
+
+fn sweep_grants(conn: &mut DbConnection, now: i64, batch: i64) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    let requests: Vec<String> = auth_requests::table
+        .select(auth_requests::id_hash)
+        .filter(auth_requests::expires_at.le(now))
+        .limit(batch)
+        .load(conn)?;
+    deleted +=
+        diesel::delete(auth_requests::table.filter(auth_requests::id_hash.eq_any(&requests)))
+            .execute(conn)?;
+    let launches: Vec<String> = launch_contexts::table
+        .select(launch_contexts::id_hash)
+        .filter(launch_contexts::expires_at.le(now))
+        .limit(batch)
+        .load(conn)?;
+    deleted +=
+        diesel::delete(launch_contexts::table.filter(launch_contexts::id_hash.eq_any(&launches)))
+            .execute(conn)?;
+    let codes: Vec<String> = authorization_codes::table
+        .select(authorization_codes::code_hash)
+        .filter(authorization_codes::expires_at.lt(now - GRANT_RETENTION_SECONDS))
+        .limit(batch)
+        .load(conn)?;
+    deleted += diesel::delete(
+        authorization_codes::table.filter(authorization_codes::code_hash.eq_any(&codes)),
+    )
+    .execute(conn)?;
+    let jtis: Vec<(String, String)> = assertion_jtis::table
+        .select((assertion_jtis::client_id, assertion_jtis::jti))
+        .filter(assertion_jtis::expires_at.le(now))
+        .limit(batch)
+        .load(conn)?;
+    for (client_id, jti) in &jtis {
+        deleted += diesel::delete(assertion_jtis::table.find((client_id, jti))).execute(conn)?;
+    }
+    // A family's tokens never outlive it, so an expired family goes with its tokens.
+    let families: Vec<String> = token_families::table
+        .select(token_families::id)
+        .filter(token_families::expires_at.lt(now - GRANT_RETENTION_SECONDS))
+        .limit(batch)
+        .load(conn)?;
+    deleted +=
+        diesel::delete(access_tokens::table.filter(access_tokens::family_id.eq_any(&families)))
+            .execute(conn)?;
+    deleted +=
+        diesel::delete(refresh_tokens::table.filter(refresh_tokens::family_id.eq_any(&families)))
+            .execute(conn)?;
+    deleted += diesel::delete(token_families::table.filter(token_families::id.eq_any(&families)))
+        .execute(conn)?;
+    Ok(deleted)
 }

@@ -299,7 +299,9 @@ async fn a_clinician_launches_an_app_with_totp_picker_and_consent_in_chromium() 
     chrome.wait_for_path("/login").await;
     chrome.type_into("#username", "dr.demo").await;
     chrome.type_into("#password", PASSWORD).await;
-    chrome.click("form[action='/login'] button[type=submit]").await;
+    chrome
+        .click("form[action='/login'] button[type=submit]")
+        .await;
     chrome.wait_for_path("/account/mfa/totp").await;
     let secret = base32_decode(&chrome.value_of("#secret").await);
     let totp = Totp::new(&secret).unwrap();
@@ -352,7 +354,13 @@ async fn a_clinician_launches_an_app_with_totp_picker_and_consent_in_chromium() 
     assert_eq!(body["patient"], "p7", "{body}");
     let granted: Vec<&str> = body["scope"].as_str().unwrap().split(' ').collect();
     assert!(granted.contains(&"patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory"), "{granted:?}");
-    assert!(granted.contains(&"patient/MedicationRequest.rs"), "{granted:?}");
-    assert!(!granted.iter().any(|s| s.starts_with("patient/Condition")), "{granted:?}");
+    assert!(
+        granted.contains(&"patient/MedicationRequest.rs"),
+        "{granted:?}"
+    );
+    assert!(
+        !granted.iter().any(|s| s.starts_with("patient/Condition")),
+        "{granted:?}"
+    );
     assert!(!granted.contains(&"patient/Observation.rs"), "{granted:?}");
 }

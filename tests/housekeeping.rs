@@ -140,3 +140,156 @@ async fn housekeeping_purges_expired_rows_in_bounded_batches(backend: Backend) {
     let audit_after: i64 = audit_events::table.count().get_result(&mut *conn).unwrap();
     assert_eq!(audit_before, audit_after, "audit events are never purged");
 }
+
+on_both_backends!(housekeeping_purges_expired_grants_and_keeps_live_ones);
+
+async fn housekeeping_purges_expired_grants_and_keeps_live_ones(backend: Backend) {
+    use ward::store::grants::{self, *};
+    use ward::store::schema::{
+        access_tokens, assertion_jtis, auth_requests, authorization_codes, launch_contexts,
+        refresh_tokens, token_families,
+    };
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    let (client_id, _) = crate::common::smart::register(
+        &app,
+        serde_json::json!({"client_id": "app", "name": "App", "kind": "public",
+            "redirect_uris": ["https://app.example.com/cb"], "scope": "openid"}),
+    );
+    let mut conn = app.conn();
+    let day = 86_400;
+    for (id, expires_at) in [("req-old", NOW - 1), ("req-live", NOW + 100)] {
+        grants::insert_auth_request(
+            &mut conn,
+            &AuthRequestRow {
+                id_hash: id.into(),
+                client_id: client_id.clone(),
+                request: "{}".into(),
+                offered: "[]".into(),
+                patient: None,
+                created_at: NOW - 600,
+                expires_at,
+                completed_at: None,
+            },
+        )
+        .unwrap();
+        grants::insert_launch(
+            &mut conn,
+            &LaunchRow {
+                id_hash: id.into(),
+                client_id: client_id.clone(),
+                created_by: "ehr".into(),
+                user_id: None,
+                context: "{}".into(),
+                created_at: NOW - 300,
+                expires_at,
+                used_at: None,
+            },
+        )
+        .unwrap();
+        grants::record_assertion_jti(&mut conn, "ehr", id, expires_at).unwrap();
+    }
+    for (id, expires_at) in [("fam-old", NOW - 2 * day), ("fam-live", NOW + day)] {
+        grants::insert_family(
+            &mut conn,
+            &FamilyRow {
+                id: id.into(),
+                client_id: client_id.clone(),
+                user_id: None,
+                session_id: None,
+                grant_kind: "authorization_code".into(),
+                scope: "openid".into(),
+                aud: "a".into(),
+                context: "{}".into(),
+                created_at: NOW - 3 * day,
+                expires_at,
+                revoked_at: None,
+                revoked_reason: None,
+            },
+        )
+        .unwrap();
+        grants::insert_code(
+            &mut conn,
+            &CodeRow {
+                code_hash: id.into(),
+                client_id: client_id.clone(),
+                user_id: "u".into(),
+                redirect_uri: "r".into(),
+                code_challenge: "c".into(),
+                grant_details: "{}".into(),
+                family_id: id.into(),
+                created_at: expires_at - 60,
+                expires_at,
+                redeemed_at: None,
+            },
+        )
+        .unwrap();
+        grants::insert_refresh(
+            &mut conn,
+            &RefreshRow {
+                token_hash: id.into(),
+                family_id: id.into(),
+                created_at: NOW - 3 * day,
+                expires_at,
+                used_at: None,
+            },
+        )
+        .unwrap();
+        grants::insert_access_token(
+            &mut conn,
+            &AccessTokenRow {
+                jti: id.into(),
+                family_id: id.into(),
+                client_id: client_id.clone(),
+                user_id: None,
+                scope: "openid".into(),
+                aud: "a".into(),
+                issued_at: expires_at - 300,
+                expires_at,
+                revoked_at: None,
+            },
+        )
+        .unwrap();
+    }
+    while ward::housekeeping::sweep(&mut conn, NOW, 1, 900)
+        .unwrap()
+        .total()
+        > 0
+    {}
+    let requests: Vec<String> = auth_requests::table
+        .select(auth_requests::id_hash)
+        .load(&mut *conn)
+        .unwrap();
+    assert_eq!(requests, ["req-live"]);
+    let launches: Vec<String> = launch_contexts::table
+        .select(launch_contexts::id_hash)
+        .load(&mut *conn)
+        .unwrap();
+    assert_eq!(launches, ["req-live"]);
+    let jtis: Vec<String> = assertion_jtis::table
+        .select(assertion_jtis::jti)
+        .load(&mut *conn)
+        .unwrap();
+    assert_eq!(jtis, ["req-live"]);
+    let codes: Vec<String> = authorization_codes::table
+        .select(authorization_codes::code_hash)
+        .load(&mut *conn)
+        .unwrap();
+    assert_eq!(codes, ["fam-live"]);
+    let families: Vec<String> = token_families::table
+        .select(token_families::id)
+        .load(&mut *conn)
+        .unwrap();
+    assert_eq!(families, ["fam-live"]);
+    let refresh: Vec<String> = refresh_tokens::table
+        .select(refresh_tokens::token_hash)
+        .load(&mut *conn)
+        .unwrap();
+    assert_eq!(refresh, ["fam-live"]);
+    let access: Vec<String> = access_tokens::table
+        .select(access_tokens::jti)
+        .load(&mut *conn)
+        .unwrap();
+    assert_eq!(access, ["fam-live"]);
+}

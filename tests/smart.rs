@@ -34,6 +34,7 @@ on_both_backends!(
     rejects_bad_authorization_requests,
     rejects_bad_token_requests,
     rejects_replayed_and_malformed_client_assertions,
+    token_cors_and_login_hint,
 );
 
 fn public_app(app: &TestApp) -> String {
@@ -1641,4 +1642,73 @@ async fn rejects_replayed_and_malformed_client_assertions(backend: Backend) {
     assert_eq!(count(&app, "launch_contexts"), 2);
     let failures = audit_actions(&app, "client.authentication_failed");
     assert!(failures.len() >= 5 + 19, "{}", failures.len());
+}
+
+async fn token_cors_and_login_hint(backend: Backend) {
+    let Some(app) = smart_app(backend).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"], Some("Patient/123"));
+    let app_id = public_app(&app);
+    let browser = Browser::new(&app.base);
+    // login_hint prefills the sign-in form.
+    let (verifier, challenge) = pkce();
+    let mut params = standard_authorize(
+        &app_id,
+        &challenge,
+        "openid launch/patient patient/Observation.rs",
+    );
+    params.push(("login_hint", "pat"));
+    let first = browser
+        .get(
+            authorize_url(&app, &params)
+                .strip_prefix(&app.base)
+                .unwrap(),
+        )
+        .await;
+    let to_login = browser.get(&first.location.unwrap()).await;
+    let login = browser.get(&to_login.location.unwrap()).await;
+    assert!(login.body.contains("value=\"pat\""), "{}", login.body);
+    let consent = follow(
+        &browser,
+        &authorize_url(&app, &params),
+        Some(("pat", PASSWORD)),
+    )
+    .await
+    .consent();
+    let code = approve(&browser, &consent, &[]).await.callback()["code"].clone();
+    // The token response may be read by the app's own origin only.
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", CALLBACK),
+        ("code_verifier", verifier.as_str()),
+        ("client_id", app_id.as_str()),
+    ];
+    let response = app
+        .client
+        .post(app.url("/token"))
+        .header("origin", "https://app.example.com")
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(response.headers()["pragma"], "no-cache");
+    let response = app
+        .client
+        .post(app.url("/token"))
+        .header("origin", "https://evil.example")
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
 }

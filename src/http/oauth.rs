@@ -241,7 +241,14 @@ pub async fn continue_get(
         Step::SignIn { again } => {
             let back = encode(&continue_url(&handle));
             let prompt = if again { "&prompt=login" } else { "" };
-            Ok(redirect(&format!("/login?return_to={back}{prompt}")))
+            let hint = flow
+                .pending
+                .request
+                .login_hint
+                .as_deref()
+                .map(|h| format!("&login_hint={}", encode(h)))
+                .unwrap_or_default();
+            Ok(redirect(&format!("/login?return_to={back}{prompt}{hint}")))
         }
         Step::Fail(error) => refuse(&req, &state, flow.pending, error).await,
         Step::PickPatient => Ok(redirect(&format!(

@@ -189,6 +189,8 @@ pub struct ReturnTo {
     return_to: Option<String>,
     /// `login`: show the sign-in form even to a signed-in session (re-authentication).
     prompt: Option<String>,
+    /// OIDC `login_hint`, carried from an authorization request: prefills the username.
+    login_hint: Option<String>,
 }
 
 pub async fn login_get(
@@ -209,6 +211,12 @@ pub async fn login_get(
         csrf: csrf::token(&state.csrf_key, Binding::Browser(&browser)),
         return_to,
         error: None,
+        username: query
+            .login_hint
+            .as_deref()
+            .filter(|h| h.len() <= 64 && !h.chars().any(char::is_control))
+            .unwrap_or_default()
+            .to_owned(),
     };
     let mut response = render(StatusCode::OK, &view)?;
     response
@@ -275,6 +283,7 @@ pub async fn login_post(
             &LoginView {
                 csrf: form.csrf,
                 return_to,
+                username: form.username.chars().take(64).collect(),
                 error: Some(
                     "That username and password did not match. Check them and try again.".into(),
                 ),

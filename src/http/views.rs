@@ -9,6 +9,8 @@ pub struct LoginView {
     pub csrf: String,
     pub return_to: String,
     pub error: Option<String>,
+    /// Prefilled username (OIDC `login_hint`, or the one just tried).
+    pub username: String,
 }
 
 #[derive(Template)]

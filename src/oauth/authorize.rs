@@ -342,7 +342,7 @@ pub fn next_step(
                 return Step::Fail(OAuthError::login_required("the user must sign in"));
             }
             return Step::SignIn {
-                again: other.is_some() || session.is_some(),
+                again: other.is_some(),
             };
         }
     };
@@ -605,4 +605,217 @@ pub fn choose_patient(
     }
     grants::set_patient(conn, &pending.id_hash, id)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::model::{validate, ClientSpec};
+    use crate::oauth::authorize_request::Prompt;
+
+    const T0: i64 = 1_900_000_000;
+
+    fn pending(scope: &str, prompt: Prompt, max_age: Option<i64>) -> Pending {
+        Pending {
+            id_hash: "h".into(),
+            request: AuthorizeRequest {
+                client_id: "app".into(),
+                redirect_uri: "https://app.example.com/cb".into(),
+                scope: scope.into(),
+                state: None,
+                nonce: None,
+                code_challenge: "c".into(),
+                aud: "https://fhir.example.org/r4".into(),
+                launch: None,
+                prompt,
+                max_age,
+                login_hint: None,
+            },
+            launch: None,
+            prior_session: Some("old".into()),
+            client: Client {
+                client_id: "app".into(),
+                settings: validate(&ClientSpec {
+                    name: "App".into(),
+                    kind: Some("public".into()),
+                    redirect_uris: vec!["https://app.example.com/cb".into()],
+                    scope: "openid fhirUser launch launch/patient offline_access patient/*.rs user/*.rs".into(),
+                    ..ClientSpec::default()
+                })
+                .unwrap(),
+                enabled: true,
+                created_at: 0,
+                updated_at: 0,
+                version: 1,
+            },
+            offered: vec![],
+            patient: None,
+            created_at: T0,
+        }
+    }
+
+    fn session(id: &str, authenticated_at: i64) -> SessionInfo {
+        SessionInfo {
+            id_hash: "x".into(),
+            public_id: id.into(),
+            user_id: "u1".into(),
+            username: "dr".into(),
+            display_name: "Dr".into(),
+            stage: Stage::Active,
+            amr: vec!["pwd".into()],
+            authenticated_at,
+            mfa_at: None,
+        }
+    }
+
+    fn subject(fhir_user: Option<&str>, ceiling: &str) -> Subject {
+        Subject {
+            user_id: "u1".into(),
+            username: "dr".into(),
+            display_name: "Dr".into(),
+            fhir_user: fhir_user.map(str::to_owned),
+            ceilings: vec![ScopeSet::parse(ceiling).0],
+        }
+    }
+
+    #[test]
+    fn sign_in_first_and_prompt_none_fails_instead() {
+        let p = pending("openid patient/*.rs", Prompt::default(), None);
+        assert_eq!(
+            next_step(&p, None, None, None, T0),
+            Step::SignIn { again: false }
+        );
+        let none = pending(
+            "openid",
+            Prompt {
+                none: true,
+                ..Prompt::default()
+            },
+            None,
+        );
+        assert!(
+            matches!(next_step(&none, None, None, None, T0), Step::Fail(e) if e.code == "login_required")
+        );
+    }
+
+    #[test]
+    fn prompt_login_needs_a_new_session_and_max_age_a_recent_one() {
+        let s = subject(None, "user/*.rs");
+        let login = pending(
+            "openid user/*.rs",
+            Prompt {
+                login: true,
+                ..Prompt::default()
+            },
+            None,
+        );
+        let old = session("old", T0);
+        assert_eq!(
+            next_step(&login, Some(&old), Some(&s), None, T0),
+            Step::SignIn { again: true }
+        );
+        let fresh = session("new", T0);
+        assert!(matches!(
+            next_step(&login, Some(&fresh), Some(&s), None, T0),
+            Step::Consent { .. }
+        ));
+        let aged = pending("openid user/*.rs", Prompt::default(), Some(60));
+        let earlier = session("new", T0 - 61);
+        assert_eq!(
+            next_step(&aged, Some(&earlier), Some(&s), None, T0),
+            Step::SignIn { again: true }
+        );
+    }
+
+    #[test]
+    fn a_launch_for_another_user_is_refused() {
+        let mut p = pending("launch openid patient/*.rs", Prompt::default(), None);
+        p.launch = Some(ResolvedLaunch {
+            user_id: Some("someone-else".into()),
+            context: LaunchContext::default(),
+        });
+        let s = subject(None, "user/*.rs");
+        assert!(matches!(
+            next_step(&p, Some(&session("new", T0)), Some(&s), None, T0),
+            Step::Fail(e) if e.code == "access_denied"
+        ));
+    }
+
+    #[test]
+    fn patient_context_comes_from_the_patient_user_or_the_picker() {
+        let p = pending("launch/patient patient/*.rs", Prompt::default(), None);
+        let patient = subject(Some("Patient/123"), "patient/*.rs");
+        match next_step(&p, Some(&session("s", T0)), Some(&patient), None, T0) {
+            Step::Consent { patient, .. } => assert_eq!(patient.as_deref(), Some("123")),
+            other => panic!("{other:?}"),
+        }
+        let clinician = subject(Some("Practitioner/9"), "user/*.rs");
+        assert_eq!(
+            next_step(&p, Some(&session("s", T0)), Some(&clinician), None, T0),
+            Step::PickPatient
+        );
+        let mut picked = p.clone();
+        picked.patient = Some("p2".into());
+        assert!(matches!(
+            next_step(&picked, Some(&session("s", T0)), Some(&clinician), None, T0),
+            Step::Consent { .. }
+        ));
+    }
+
+    #[test]
+    fn remembered_consent_approves_only_what_it_covers() {
+        let p = pending("openid patient/Observation.rs", Prompt::default(), None);
+        let s = subject(Some("Patient/1"), "patient/*.rs");
+        let live = session("s", T0);
+        assert!(matches!(
+            next_step(&p, Some(&live), Some(&s), Some("openid patient/*.rs"), T0),
+            Step::Approve { .. }
+        ));
+        assert!(
+            matches!(
+                next_step(&p, Some(&live), Some(&s), Some("patient/*.rs"), T0),
+                Step::Consent { .. }
+            ),
+            "openid was not remembered"
+        );
+        let forced = pending(
+            "openid patient/Observation.rs",
+            Prompt {
+                consent: true,
+                ..Prompt::default()
+            },
+            None,
+        );
+        assert!(matches!(
+            next_step(
+                &forced,
+                Some(&live),
+                Some(&s),
+                Some("openid patient/*.rs"),
+                T0
+            ),
+            Step::Consent { .. }
+        ));
+        let none = pending(
+            "openid patient/Observation.rs",
+            Prompt {
+                none: true,
+                ..Prompt::default()
+            },
+            None,
+        );
+        assert!(
+            matches!(next_step(&none, Some(&live), Some(&s), None, T0), Step::Fail(e) if e.code == "consent_required")
+        );
+    }
+
+    #[test]
+    fn nothing_grantable_is_invalid_scope() {
+        let p = pending("patient/Observation.rs", Prompt::default(), None);
+        let s = subject(None, "user/Coverage.rs");
+        assert!(matches!(
+            next_step(&p, Some(&session("s", T0)), Some(&s), None, T0),
+            Step::Fail(e) if e.code == "invalid_scope"
+        ));
+    }
 }
