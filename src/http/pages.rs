@@ -283,7 +283,7 @@ pub async fn login_post(
             &LoginView {
                 csrf: form.csrf,
                 return_to,
-                username: form.username.chars().take(64).collect(),
+                username: String::new(),
                 error: Some(
                     "That username and password did not match. Check them and try again.".into(),
                 ),
