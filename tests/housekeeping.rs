@@ -165,6 +165,7 @@ async fn housekeeping_purges_expired_grants_and_keeps_live_ones(backend: Backend
             &AuthRequestRow {
                 id_hash: id.into(),
                 client_id: client_id.clone(),
+                user_id: None,
                 request: "{}".into(),
                 offered: "[]".into(),
                 patient: None,

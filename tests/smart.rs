@@ -35,6 +35,11 @@ on_both_backends!(
     rejects_bad_token_requests,
     rejects_replayed_and_malformed_client_assertions,
     token_cors_and_login_hint,
+    patients_only_ever_get_their_own_record,
+    a_pending_request_belongs_to_the_first_person_signed_in,
+    refreshes_follow_todays_roles_and_offline_access_can_be_declined,
+    launch_pages_keep_a_strict_content_security_policy,
+    sign_out_confirmation_goes_only_to_a_registered_uri,
 );
 
 fn public_app(app: &TestApp) -> String {
@@ -1532,7 +1537,10 @@ async fn rejects_bad_token_requests(backend: Backend) {
         "rejects_oversized_bodies"
     );
     assert_eq!(count(&app, "access_tokens"), issued, "nothing was issued");
-    assert!(audit_actions(&app, "token.refused").len() >= cases.len());
+    // Every refusal is audited once: as token.refused, or as client.authentication_failed.
+    let refusals = audit_actions(&app, "token.refused").len()
+        + audit_actions(&app, "client.authentication_failed").len();
+    assert!(refusals >= cases.len(), "{refusals}");
     assert!(!audit_actions(&app, "client.authentication_failed").is_empty());
     // The code survived every refused attempt and still works once.
     let (status, body) = redeem_form(&app, &code, &verifier, &app_id).await;
@@ -1711,4 +1719,346 @@ async fn token_cors_and_login_hint(backend: Backend) {
         .headers()
         .get("access-control-allow-origin")
         .is_none());
+}
+
+async fn patients_only_ever_get_their_own_record(backend: Backend) {
+    let Some(app) = smart_app(backend).await else {
+        return;
+    };
+    add_user(&app, "nolink", &["patient"], None);
+    add_user(&app, "pat", &["patient"], Some("Patient/123"));
+    let app_id = public_app(&app);
+    // A patient user without a linked record gets no picker.
+    let (_, challenge) = pkce();
+    let browser = Browser::new(&app.base);
+    let refused = follow(
+        &browser,
+        &authorize_url(
+            &app,
+            &standard_authorize(&app_id, &challenge, "launch/patient patient/*.rs"),
+        ),
+        Some(("nolink", PASSWORD)),
+    )
+    .await
+    .callback();
+    assert_eq!(refused["error"], "access_denied");
+    // An EHR launch naming someone else's record is refused for a patient user.
+    let (ehr, secret) = register(
+        &app,
+        json!({"name": "EHR", "kind": "confidential-symmetric",
+        "redirect_uris": ["https://ehr.example/cb"], "scope": "openid", "ehr_launcher": true}),
+    );
+    let (status, launched) = post_form(
+        &app,
+        "/launch",
+        &[("target_client_id", &app_id), ("patient", "999")],
+        Some((&ehr, secret.as_deref().unwrap())),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let value = launched["launch"].as_str().unwrap().to_owned();
+    let mut params = standard_authorize(&app_id, &challenge, "launch openid patient/*.rs");
+    params.push(("launch", &value));
+    let browser = Browser::new(&app.base);
+    let refused = follow(
+        &browser,
+        &authorize_url(&app, &params),
+        Some(("pat", PASSWORD)),
+    )
+    .await
+    .callback();
+    assert_eq!(refused["error"], "access_denied");
+    assert_eq!(count(&app, "authorization_codes"), 0);
+}
+
+async fn a_pending_request_belongs_to_the_first_person_signed_in(backend: Backend) {
+    let Some(app) = smart_app(backend).await else {
+        return;
+    };
+    add_clinician_role(&app);
+    add_user(&app, "drsmith", &["clinician"], None);
+    add_user(&app, "drjones", &["clinician"], None);
+    let app_id = public_app(&app);
+    let (_, challenge) = pkce();
+    let a = Browser::new(&app.base);
+    let consent = follow(
+        &a,
+        &authorize_url(
+            &app,
+            &standard_authorize(&app_id, &challenge, "openid user/Observation.rs"),
+        ),
+        Some(("drsmith", PASSWORD)),
+    )
+    .await
+    .consent();
+    let handle = consent.field("request").unwrap();
+    // Someone else, signed in elsewhere, opens the same request: refused, and it is over.
+    let b = Browser::new(&app.base);
+    b.sign_in("drjones", PASSWORD).await;
+    let taken = follow(
+        &b,
+        &app.url(&format!("/authorize/continue?request={handle}")),
+        None,
+    )
+    .await
+    .callback();
+    assert_eq!(taken["error"], "access_denied");
+    assert_eq!(
+        submit_consent(&a, &consent_form(&consent, "approve", &[], true))
+            .await
+            .other()
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(count(&app, "authorization_codes"), 0);
+}
+
+async fn refreshes_follow_todays_roles_and_offline_access_can_be_declined(backend: Backend) {
+    let Some(app) = smart_app(backend).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"], Some("Patient/123"));
+    let app_id = public_app(&app);
+    let browser = Browser::new(&app.base);
+    let scope = "openid launch/patient offline_access patient/Observation.rs patient/Condition.rs";
+    let tokens = full_flow(&app, &browser, &app_id, "pat", scope).await;
+    // The patient role now allows Conditions only: the next refresh drops Observations.
+    ward::authz::roles::update(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &ward::audit::AuditContext::cli(),
+        "patient",
+        ward::authz::roles::RoleChanges {
+            scope_ceiling: Some("patient/Condition.rs".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (status, refreshed) = token(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &app_id),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let granted = refreshed["scope"].as_str().unwrap();
+    assert!(
+        granted.contains("patient/Condition.rs") && !granted.contains("Observation"),
+        "{granted}"
+    );
+    // Nothing left at all: the refresh is refused.
+    ward::authz::roles::update(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &ward::audit::AuditContext::cli(),
+        "patient",
+        ward::authz::roles::RoleChanges {
+            scope_ceiling: Some("patient/Coverage.rs".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (status, body) = token(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            (
+                "refresh_token",
+                refreshed["refresh_token"].as_str().unwrap(),
+            ),
+            ("client_id", &app_id),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+        "{body}"
+    );
+    // Unticking offline access on the consent page means no refresh token.
+    ward::authz::roles::update(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &ward::audit::AuditContext::cli(),
+        "patient",
+        ward::authz::roles::RoleChanges {
+            scope_ceiling: Some("patient/*.rs".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (verifier, challenge) = pkce();
+    let consent = follow(
+        &browser,
+        &authorize_url(&app, &standard_authorize(&app_id, &challenge, scope)),
+        None,
+    )
+    .await
+    .consent();
+    assert!(consent.body.contains("name=\"offline\""));
+    let callback = submit_consent(
+        &browser,
+        &consent_form(
+            &consent,
+            "approve",
+            &[("include", "Observation"), ("include", "Condition")],
+            false,
+        ),
+    )
+    .await
+    .callback();
+    let (status, body) = redeem_form(&app, &callback["code"], &verifier, &app_id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    assert!(!body["scope"].as_str().unwrap().contains("offline_access"));
+    // A consent whose patient differs from the one shown is refused.
+    let (_, challenge) = pkce();
+    let consent = follow(
+        &browser,
+        &authorize_url(&app, &standard_authorize(&app_id, &challenge, scope)),
+        None,
+    )
+    .await
+    .consent();
+    let tampered =
+        consent_form(&consent, "approve", &[], true).replace("patient=123", "patient=999");
+    assert_eq!(
+        submit_consent(&browser, &tampered).await.other().status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+async fn launch_pages_keep_a_strict_content_security_policy(backend: Backend) {
+    let Some(app) = smart_app(backend).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"], Some("Patient/123"));
+    let app_id = public_app(&app);
+    let headers = |r: &reqwest::Response| {
+        (
+            r.headers()
+                .get("content-security-policy")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default(),
+            r.headers()
+                .get("x-frame-options")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        )
+    };
+    // Without EHR origins nothing may frame the sign-in page, and forms post to Ward only.
+    let login = app.client.get(app.url("/login")).send().await.unwrap();
+    let (csp, xfo) = headers(&login);
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("form-action 'self'"),
+        "{csp}"
+    );
+    assert_eq!(xfo.as_deref(), Some("DENY"));
+    // The consent page lets its form's redirect end at the app, and nowhere else.
+    let (_, challenge) = pkce();
+    let browser = Browser::new(&app.base);
+    let consent = follow(
+        &browser,
+        &authorize_url(
+            &app,
+            &standard_authorize(&app_id, &challenge, "openid launch/patient patient/*.rs"),
+        ),
+        Some(("pat", PASSWORD)),
+    )
+    .await
+    .consent();
+    let page = browser
+        .client
+        .get(app.url(&format!(
+            "/authorize/continue?request={}",
+            consent.field("request").unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    let (csp, _) = headers(&page);
+    assert!(
+        csp.contains("form-action 'self' https://app.example.com;")
+            || csp.ends_with("form-action 'self' https://app.example.com"),
+        "{csp}"
+    );
+    // With EHR origins, the launch pages (and only they) may be framed by them.
+    let framed = TestApp::builder(backend)
+        .storage(app.storage.clone())
+        .env("WARD_FHIR_BASE", FHIR)
+        .env("WARD_EHR_ORIGINS", "https://ehr.example")
+        .start()
+        .await
+        .unwrap();
+    let login = framed
+        .client
+        .get(framed.url("/login"))
+        .send()
+        .await
+        .unwrap();
+    let (csp, xfo) = headers(&login);
+    assert!(csp.contains("frame-ancestors https://ehr.example"), "{csp}");
+    assert!(xfo.is_none());
+    let account = framed
+        .client
+        .get(framed.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    let (csp, xfo) = headers(&account);
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(xfo.as_deref(), Some("DENY"));
+}
+
+async fn sign_out_confirmation_goes_only_to_a_registered_uri(backend: Backend) {
+    let Some(app) = smart_app(backend).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"], Some("Patient/123"));
+    let app_id = public_app(&app);
+    let browser = Browser::new(&app.base);
+    browser.sign_in("pat", PASSWORD).await;
+    let encoded: String = url::form_urlencoded::byte_serialize(CALLBACK.as_bytes()).collect();
+    let confirm = browser
+        .get(&format!(
+            "/logout/oidc?client_id={app_id}&post_logout_redirect_uri={encoded}&state=s1"
+        ))
+        .await;
+    assert_eq!(confirm.status, StatusCode::OK);
+    let csrf = confirm.csrf();
+    // A tampered destination is refused and the session lives on.
+    let tampered = browser
+        .post(
+            "/logout/confirm",
+            &[
+                ("csrf", &csrf),
+                ("client_id", &app_id),
+                ("uri", "https://evil.example/"),
+                ("state", "s1"),
+            ],
+        )
+        .await;
+    assert_eq!(tampered.status, StatusCode::BAD_REQUEST);
+    assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+    let done = browser
+        .post(
+            "/logout/confirm",
+            &[
+                ("csrf", &csrf),
+                ("client_id", &app_id),
+                ("uri", CALLBACK),
+                ("state", "s1"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        done.location.as_deref(),
+        Some(&*format!("{CALLBACK}?state=s1"))
+    );
+    assert_eq!(browser.get("/account").await.status, StatusCode::SEE_OTHER);
 }

@@ -205,6 +205,15 @@ pub enum AuditEvent {
     /// Patients were loaded into the directory behind the patient picker.
     #[serde(rename = "patient.imported")]
     PatientsImported { created: u64, updated: u64 },
+    /// The patient picker showed these patients to a clinician (accounting of disclosures).
+    #[serde(rename = "patient.searched")]
+    PatientSearched {
+        client_id: String,
+        offered: Vec<String>,
+    },
+    /// A clinician chose the patient in context for an app.
+    #[serde(rename = "patient.selected")]
+    PatientSelected { client_id: String, patient: String },
 }
 
 /// Why a sign-in step failed (audit detail only).
@@ -261,6 +270,8 @@ impl AuditEvent {
         "token.reuse_detected",
         "token.revoked",
         "patient.imported",
+        "patient.searched",
+        "patient.selected",
     ];
 
     pub fn action(&self) -> &'static str {
@@ -300,6 +311,8 @@ impl AuditEvent {
             Self::TokenReuseDetected { .. } => "token.reuse_detected",
             Self::TokenRevoked { .. } => "token.revoked",
             Self::PatientsImported { .. } => "patient.imported",
+            Self::PatientSearched { .. } => "patient.searched",
+            Self::PatientSelected { .. } => "patient.selected",
         }
     }
 
@@ -343,6 +356,7 @@ impl AuditEvent {
             Self::LaunchCreated { patient, .. }
             | Self::AuthorizationGranted { patient, .. }
             | Self::TokenIssued { patient, .. } => patient.as_deref(),
+            Self::PatientSelected { patient, .. } => Some(patient),
             _ => None,
         }
     }
@@ -497,6 +511,14 @@ mod tests {
             AuditEvent::PatientsImported {
                 created: 1,
                 updated: 0,
+            },
+            AuditEvent::PatientSearched {
+                client_id: "c".into(),
+                offered: vec![],
+            },
+            AuditEvent::PatientSelected {
+                client_id: "c".into(),
+                patient: "p".into(),
             },
         ];
         assert_eq!(samples.len(), AuditEvent::ACTIONS.len());

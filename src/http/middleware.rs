@@ -66,9 +66,11 @@ pub async fn observe(
             .as_ref()
             .map(|s| s.ehr_origins.as_slice())
             .unwrap_or(&[]);
-        if let Ok(csp) =
-            HeaderValue::from_str(&launch_page_csp(origins, path.starts_with("/authorize")))
-        {
+        if let Ok(csp) = HeaderValue::from_str(&launch_page_csp(
+            origins,
+            path.starts_with("/authorize"),
+            &[],
+        )) {
             response
                 .headers_mut()
                 .insert(header::CONTENT_SECURITY_POLICY, csp);
@@ -169,9 +171,11 @@ fn declared_length(req: &ServiceRequest) -> Option<usize> {
 
 pub const DEFAULT_CSP: &str = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
 
-/// The CSP of a launch page: framable by the configured EHR origins only (`'none'` when there
-/// are none), and `img_src` extended for pages that show an app's logo.
-pub fn launch_page_csp(ehr_origins: &[String], img_https: bool) -> String {
+/// The CSP of a launch page (sign-in, picker, consent): framable by the configured EHR origins
+/// only (`'none'` when there are none); `img-src` opened to https for pages that show an app's
+/// logo; `form-action` is `'self'` plus `form_targets`, the origin a form's redirect chain may
+/// end at (the app's redirect URI), because browsers apply `form-action` to redirects too.
+pub fn launch_page_csp(ehr_origins: &[String], img_https: bool, form_targets: &[String]) -> String {
     let ancestors = if ehr_origins.is_empty() {
         "'none'".to_owned()
     } else {
@@ -182,9 +186,13 @@ pub fn launch_page_csp(ehr_origins: &[String], img_https: bool) -> String {
     } else {
         ""
     };
-    // form-action must allow the redirect back to the app after a form post.
+    let mut form_action = "'self'".to_owned();
+    for target in form_targets {
+        form_action.push(' ');
+        form_action.push_str(target);
+    }
     format!(
-        "default-src 'self'{img}; frame-ancestors {ancestors}; base-uri 'none'; object-src 'none'"
+        "default-src 'self'{img}; frame-ancestors {ancestors}; base-uri 'none'; object-src 'none'; form-action {form_action}"
     )
 }
 
@@ -196,9 +204,13 @@ pub fn add_security_headers(headers: &mut header::HeaderMap, https: bool) {
             headers.insert(name, HeaderValue::from_static(value));
         }
     };
-    // A handler that sets its own CSP (a launch page EHRs may frame) also decides framing.
-    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
-        set(headers, header::CONTENT_SECURITY_POLICY, DEFAULT_CSP);
+    set(headers, header::CONTENT_SECURITY_POLICY, DEFAULT_CSP);
+    // Only a launch page with configured EHR origins may be framed at all.
+    let unframable = headers
+        .get(header::CONTENT_SECURITY_POLICY)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|csp| csp.contains("frame-ancestors 'none'"));
+    if unframable {
         set(headers, header::X_FRAME_OPTIONS, "DENY");
     }
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");

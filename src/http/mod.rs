@@ -6,7 +6,7 @@ pub mod cookies;
 pub mod csrf;
 pub mod metrics;
 pub mod middleware;
-mod oauth;
+pub(crate) mod oauth;
 mod ops;
 pub mod pages;
 mod passkey_pages;

@@ -99,6 +99,45 @@ pub async fn preflight(req: HttpRequest) -> HttpResponse {
 
 // ---------------------------------------------------------------- authorize
 
+/// Lets a launch page's form redirect chain end at `target`'s origin (the app), keeping
+/// everything else of the launch-page CSP.
+pub(crate) fn set_form_action(response: &mut HttpResponse, state: &AppState, target: &str) {
+    let origin = url::Url::parse(target)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "https" | "http"))
+        .map(|u| u.origin().ascii_serialization());
+    let targets: Vec<String> = origin.into_iter().collect();
+    let csp = super::middleware::launch_page_csp(&state.ehr_origins, true, &targets);
+    if let Ok(value) = HeaderValue::from_str(&csp) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+}
+
+/// For the sign-in pages of a pending authorization request (`return_to` is its continuation):
+/// the app's redirect URI, where the sign-in form's redirect chain may end.
+pub(crate) async fn continuation_target(
+    state: &AppState,
+    return_to: &str,
+) -> Result<Option<String>, AppError> {
+    let Some(query) = return_to.strip_prefix("/authorize/continue?") else {
+        return Ok(None);
+    };
+    let Some(handle) = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "request")
+        .map(|(_, v)| v.into_owned())
+    else {
+        return Ok(None);
+    };
+    let now = state.clock.now_secs();
+    Ok(state
+        .db
+        .run(move |conn| authorize::load(conn, &handle, now))
+        .await?
+        .map(|p| p.request.redirect_uri))
+}
+
 fn bad_request_page(text: &str) -> Result<HttpResponse, AppError> {
     message(
         StatusCode::BAD_REQUEST,
@@ -190,12 +229,21 @@ async fn load_flow(
     let session = current_session(req, state).await?;
     let (handle, now) = (handle.to_owned(), state.clock.now_secs());
     let user = session.as_ref().map(|s| s.user_id.clone());
+    let signed_in = session
+        .as_ref()
+        .filter(|s| s.stage == Stage::Active)
+        .map(|s| s.user_id.clone());
     let loaded = state
         .db
         .run(move |conn| {
-            let Some(pending) = authorize::load(conn, &handle, now)? else {
+            let Some(mut pending) = authorize::load(conn, &handle, now)? else {
                 return Ok::<_, StoreError>(None);
             };
+            // The first person to reach the request signed in owns it; nobody else may
+            // continue it (a shared workstation, a leaked link).
+            if let Some(user_id) = &signed_in {
+                pending.user_id = grants::bind_user(conn, &pending.id_hash, user_id)?;
+            }
             let subject = match &user {
                 Some(u) => authorize::subject(conn, u)?,
                 None => None,
@@ -356,7 +404,7 @@ async fn consent_page(
         None => None,
     };
     let settings = &flow.pending.client.settings;
-    render(
+    let mut response = render(
         StatusCode::OK,
         &ConsentView {
             csrf: session_csrf(state, session),
@@ -364,10 +412,13 @@ async fn consent_page(
             app_name: settings.name.clone(),
             logo_uri: settings.logo_uri.clone(),
             user_name: subject.display_name.clone(),
+            patient_id: patient.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
             patient,
             summary: consent::summarize(candidate),
         },
-    )
+    )?;
+    set_form_action(&mut response, state, &flow.pending.request.redirect_uri);
+    Ok(response)
 }
 
 /// `POST /authorize/consent`: approve (with the person's choices) or deny.
@@ -403,6 +454,11 @@ pub async fn consent_post(
         }
         _ => return Ok(redirect(&continue_url(&form.request))),
     };
+    if patient.as_deref().unwrap_or_default() != form.patient {
+        return bad_request_page(
+            "The patient in context changed after this page was shown. Go back to the app and start again.",
+        );
+    }
     match form.decision.as_str() {
         "deny" => {
             refuse(
@@ -425,14 +481,33 @@ pub async fn consent_post(
                 deselected,
                 categories: form.categories.clone(),
             };
-            let granted = match consent::apply(&candidate, &choices) {
+            let mut granted = match consent::apply(&candidate, &choices) {
                 Ok(g) => g,
                 Err(e) => return bad_request_page(&e.to_string()),
             };
+            if !form.offline {
+                granted = without_refresh(&granted);
+            }
             approve(&req, &state, &flow, granted, patient, form.remember, false).await
         }
         _ => bad_request_page("Choose Allow or Deny."),
     }
+}
+
+/// The grant without `offline_access` and `online_access` (the person unticked the box).
+fn without_refresh(granted: &ScopeSet) -> ScopeSet {
+    granted
+        .iter()
+        .filter(|s| {
+            !matches!(
+                s,
+                crate::smart::scopes::Scope::Identity(
+                    IdentityScope::OfflineAccess | IdentityScope::OnlineAccess
+                )
+            )
+        })
+        .cloned()
+        .collect()
 }
 
 /// The consent form: repeated `include` and `category.<Type>` fields, so parsed by hand.
@@ -444,6 +519,10 @@ struct ConsentForm {
     include: Vec<String>,
     categories: BTreeMap<String, Vec<String>>,
     remember: bool,
+    /// The offline/online access box.
+    offline: bool,
+    /// The patient the page showed.
+    patient: String,
 }
 
 impl ConsentForm {
@@ -461,6 +540,8 @@ impl ConsentForm {
                 "request" => form.request = v.into_owned(),
                 "decision" => form.decision = v.into_owned(),
                 "remember" => form.remember = v == "yes",
+                "offline" => form.offline = v == "yes",
+                "patient" => form.patient = v.into_owned(),
                 "include" => form.include.push(v.into_owned()),
                 other => match other.strip_prefix("category.") {
                     Some(resource) => form
@@ -498,12 +579,16 @@ pub async fn patients_get(
     let searched = !text.trim().is_empty();
     let (results, error) = if searched {
         let (pending, q) = (flow.pending.clone(), text.clone());
+        let (clock, mut ctx) = (state.clock.clone(), audit_context(&req, &state));
+        ctx.actor_user = Some(session.user_id.clone());
         let results = state
             .db
             .run(move |conn| {
                 let found = patients::search(conn, &q, authorize::PICKER_LIMIT)?;
                 let ids: Vec<String> = found.iter().map(|p| p.id.clone()).collect();
-                authorize::offer(conn, &pending, &ids)?;
+                if !ids.is_empty() {
+                    authorize::offer(conn, clock.as_ref(), &ctx, &pending, &ids)?;
+                }
                 Ok::<_, StoreError>(found)
             })
             .await?;
@@ -515,7 +600,7 @@ pub async fn patients_get(
     } else {
         (Vec::new(), None)
     };
-    render(
+    let mut response = render(
         StatusCode::OK,
         &PatientPickerView {
             csrf: session_csrf(&state, &session),
@@ -526,7 +611,9 @@ pub async fn patients_get(
             results,
             error,
         },
-    )
+    )?;
+    set_form_action(&mut response, &state, &flow.pending.request.redirect_uri);
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]
@@ -561,13 +648,15 @@ pub async fn patients_post(
         return Ok(redirect(&continue_url(&form.request)));
     }
     let (pending, id) = (flow.pending.clone(), form.patient.clone());
+    let (clock, mut ctx) = (state.clock.clone(), audit_context(&req, &state));
+    ctx.actor_user = flow.session.as_ref().map(|s| s.user_id.clone());
     let chosen = state
         .db
-        .run(move |conn| authorize::choose_patient(conn, &pending, &id))
+        .run(move |conn| authorize::choose_patient(conn, clock.as_ref(), &ctx, &pending, &id))
         .await?;
     if !chosen {
         return bad_request_page(
-            "That patient was not offered. Search again and choose from the list.",
+            "That patient was not offered, or a patient was already chosen. Go back to the app and start again.",
         );
     }
     Ok(redirect(&continue_url(&form.request)))
@@ -614,8 +703,12 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
     let origin = allow_origin(&req, client_for_cors.as_ref());
     match result {
         Ok(body) => with_cors(json_response(&body), origin),
-        Err((error, grant)) => {
-            if error.code != "temporarily_unavailable" && error.code != "server_error" {
+        Err(TokenFailure {
+            error,
+            grant,
+            audited,
+        }) => {
+            if !audited && error.code != "temporarily_unavailable" && error.code != "server_error" {
                 let (clock, mut ctx, e) = (state.clock.clone(), ctx, error.clone());
                 ctx.actor_client = client_for_cors.as_ref().map(|c| c.client_id.clone());
                 let client_id = ctx.actor_client.clone();
@@ -646,14 +739,25 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
     }
 }
 
+/// A refused token request: the error, the grant it was for, and whether it is audited already.
+struct TokenFailure {
+    error: OAuthError,
+    grant: String,
+    audited: bool,
+}
+
 async fn token_inner(
     req: &HttpRequest,
     state: &AppState,
     body: &[u8],
     ctx: &crate::audit::AuditContext,
     client_out: &mut Option<crate::clients::Client>,
-) -> Result<Value, (OAuthError, String)> {
-    let unknown = |e: OAuthError| (e, "unknown".to_owned());
+) -> Result<Value, TokenFailure> {
+    let unknown = |e: OAuthError| TokenFailure {
+        error: e,
+        grant: "unknown".to_owned(),
+        audited: false,
+    };
     if !is_form(req) {
         return Err(unknown(OAuthError::invalid_request(
             "the token request must be application/x-www-form-urlencoded",
@@ -662,7 +766,11 @@ async fn token_inner(
     let params = Params::parse(body).map_err(unknown)?;
     let grant = params.require("grant_type").map_err(unknown)?.to_owned();
     let grant_label = crate::oauth::error::truncate(&grant, 40);
-    let fail = |e: OAuthError| (e, grant_label.clone());
+    let fail = |e: OAuthError| TokenFailure {
+        error: e,
+        grant: grant_label.clone(),
+        audited: false,
+    };
     if !matches!(grant.as_str(), "authorization_code" | "refresh_token") {
         return Err(fail(OAuthError::unsupported_grant_type(
             "supported grant types: authorization_code, refresh_token",
@@ -670,9 +778,13 @@ async fn token_inner(
     }
     let presented = client_auth::presented(authorization_header(req), &params).map_err(&fail)?;
     let audiences = vec![state.url("/token"), state.issuer.to_string()];
+    // A failed authentication is audited by client_auth itself.
     let client = client_auth::authenticate(state, ctx, presented, "token", &audiences)
         .await
-        .map_err(&fail)?;
+        .map_err(|e| TokenFailure {
+            audited: e.code == "invalid_client",
+            ..fail(e)
+        })?;
     *client_out = Some(client.clone());
     let (keys, clock, issuer, policy, mut ctx) = (
         state.keys.clone(),
@@ -894,7 +1006,7 @@ async fn userinfo_inner(req: &HttpRequest, state: &AppState) -> Result<Value, OA
             "the token was not issued with openid",
         ));
     }
-    let jti = claims.jti.clone();
+    let (jti, timeouts) = (claims.jti.clone(), state.login.timeouts);
     let user = state
         .db
         .run(move |conn| {
@@ -903,6 +1015,11 @@ async fn userinfo_inner(req: &HttpRequest, state: &AppState) -> Result<Value, OA
             };
             if row.revoked_at.is_some() || family.revoked_at.is_some() {
                 return Ok(None);
+            }
+            if let Some(session_id) = &family.session_id {
+                if !token::session_alive(conn, session_id, now, timeouts)? {
+                    return Ok(None);
+                }
             }
             match &row.user_id {
                 Some(id) => crate::store::credentials::login_user_by_id(conn, id),
@@ -962,7 +1079,8 @@ pub async fn end_session(
             state
                 .db
                 .run(move |conn| match crate::clients::get(conn, &id) {
-                    Ok(c) => Ok(Some(c)),
+                    Ok(c) if c.enabled => Ok(Some(c)),
+                    Ok(_) => Ok(None),
                     Err(crate::clients::RegistryError::Store(e)) => Err(AppError::from(e)),
                     Err(_) => Ok(None),
                 })
@@ -970,22 +1088,13 @@ pub async fn end_session(
         }
         None => None,
     };
-    let target = match params.get("post_logout_redirect_uri") {
-        None => "/login".to_owned(),
-        Some(uri) => {
-            let registered = client
-                .as_ref()
-                .is_some_and(|c| c.settings.redirect_uris.iter().any(|r| r == uri));
-            if !registered {
-                return bad_request_page(
-                    "post_logout_redirect_uri is not registered for this application.",
-                );
-            }
-            match params.get("state") {
-                Some(s) => crate::oauth::authorize_request::redirect_with(uri, &[("state", s)]),
-                None => uri.to_owned(),
-            }
-        }
+    let uri = params.get("post_logout_redirect_uri").map(str::to_owned);
+    let logout_state = params.get("state").map(str::to_owned);
+    let Some(target) = logout_target(client.as_ref(), uri.as_deref(), logout_state.as_deref())
+    else {
+        return bad_request_page(
+            "post_logout_redirect_uri is not registered for this application.",
+        );
     };
     let session = current_session(&req, &state).await?;
     let Some(session) = session else {
@@ -995,14 +1104,41 @@ pub async fn end_session(
     if hinted_user {
         return end_and_redirect(&req, &state, session, &target).await;
     }
-    render(
+    let mut response = render(
         StatusCode::OK,
         &LogoutConfirmView {
             csrf: session_csrf(&state, &session),
-            redirect: target,
+            client_id: client
+                .as_ref()
+                .map(|c| c.client_id.clone())
+                .unwrap_or_default(),
+            uri: uri.unwrap_or_default(),
+            state: logout_state.unwrap_or_default(),
             app_name: client.map(|c| c.settings.name),
         },
-    )
+    )?;
+    set_form_action(&mut response, &state, &target);
+    Ok(response)
+}
+
+/// Where to send the browser after signing out: `/login`, or the app's
+/// `post_logout_redirect_uri` when it is one of the (enabled) client's registered redirect URIs.
+fn logout_target(
+    client: Option<&crate::clients::Client>,
+    uri: Option<&str>,
+    logout_state: Option<&str>,
+) -> Option<String> {
+    let Some(uri) = uri else {
+        return Some("/login".to_owned());
+    };
+    let registered = client.is_some_and(|c| c.settings.redirect_uris.iter().any(|r| r == uri));
+    if !registered {
+        return None;
+    }
+    Some(match logout_state {
+        Some(s) => crate::oauth::authorize_request::redirect_with(uri, &[("state", s)]),
+        None => uri.to_owned(),
+    })
 }
 
 async fn end_and_redirect(
@@ -1029,10 +1165,16 @@ async fn end_and_redirect(
 #[derive(Debug, Deserialize)]
 pub struct LogoutConfirm {
     csrf: String,
-    redirect: String,
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    uri: String,
+    #[serde(default)]
+    state: String,
 }
 
-/// `POST /logout/confirm`: the confirmation of an end-session request without a hint.
+/// `POST /logout/confirm`: the confirmation of an end-session request without a hint. The
+/// destination is checked again against that client's registration.
 pub async fn end_session_confirm(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -1049,30 +1191,24 @@ pub async fn end_session_confirm(
             None,
         );
     }
-    // The target was checked when the page was shown; check again, it came back from the form.
-    let target = form.redirect.clone();
-    let safe = target == "/login" || registered_somewhere(&state, &target).await?;
-    if !safe {
-        return bad_request_page("The sign-out destination is not registered.");
-    }
-    end_and_redirect(&req, &state, session, &target).await
-}
-
-async fn registered_somewhere(state: &AppState, target: &str) -> Result<bool, AppError> {
-    let base = target
-        .split_once("?state=")
-        .map_or(target, |(b, _)| b)
-        .to_owned();
-    let clients = state
-        .db
-        .run(move |conn| {
-            crate::clients::list(conn, None).map_err(|e| match e {
-                crate::clients::RegistryError::Store(s) => AppError::from(s),
-                other => AppError::Internal(other.to_string()),
+    let client = if form.client_id.is_empty() {
+        None
+    } else {
+        let id = form.client_id.clone();
+        state
+            .db
+            .run(move |conn| match crate::clients::get(conn, &id) {
+                Ok(c) if c.enabled => Ok(Some(c)),
+                Ok(_) => Ok(None),
+                Err(crate::clients::RegistryError::Store(e)) => Err(AppError::from(e)),
+                Err(_) => Ok(None),
             })
-        })
-        .await?;
-    Ok(clients
-        .iter()
-        .any(|c| c.enabled && c.settings.redirect_uris.contains(&base)))
+            .await?
+    };
+    let uri = Some(form.uri.as_str()).filter(|u| !u.is_empty());
+    let logout_state = Some(form.state.as_str()).filter(|s| !s.is_empty());
+    let Some(target) = logout_target(client.as_ref(), uri, logout_state) else {
+        return bad_request_page("The sign-out destination is not registered.");
+    };
+    end_and_redirect(&req, &state, session, &target).await
 }

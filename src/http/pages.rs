@@ -174,6 +174,19 @@ fn set_session(
         .map_err(|e| AppError::Internal(e.to_string()))
 }
 
+/// On a sign-in page of a pending authorization request, the form's redirect chain ends at the
+/// app: let the page's `form-action` allow the app's origin.
+async fn allow_app_redirect(
+    response: &mut HttpResponse,
+    state: &AppState,
+    return_to: &str,
+) -> Result<(), AppError> {
+    if let Some(target) = super::oauth::continuation_target(state, return_to).await? {
+        super::oauth::set_form_action(response, state, &target);
+    }
+    Ok(())
+}
+
 /// Where a session at `stage` must go next.
 fn next_step(stage: Stage, return_to: &str) -> String {
     let encoded: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
@@ -219,6 +232,7 @@ pub async fn login_get(
             .to_owned(),
     };
     let mut response = render(StatusCode::OK, &view)?;
+    allow_app_redirect(&mut response, &state, &view.return_to).await?;
     response
         .add_cookie(&cookies::build(cookies::BROWSER, browser, https))
         .map_err(|e| AppError::Internal(e.to_string()))?;
@@ -278,17 +292,22 @@ pub async fn login_post(
             set_session(&mut response, &state, &created)?;
             Ok(response)
         }
-        Ok(None) => render(
-            StatusCode::UNAUTHORIZED,
-            &LoginView {
-                csrf: form.csrf,
-                return_to,
-                username: String::new(),
-                error: Some(
-                    "That username and password did not match. Check them and try again.".into(),
-                ),
-            },
-        ),
+        Ok(None) => {
+            let mut response = render(
+                StatusCode::UNAUTHORIZED,
+                &LoginView {
+                    csrf: form.csrf,
+                    return_to: return_to.clone(),
+                    username: String::new(),
+                    error: Some(
+                        "That username and password did not match. Check them and try again."
+                            .into(),
+                    ),
+                },
+            )?;
+            allow_app_redirect(&mut response, &state, &return_to).await?;
+            Ok(response)
+        }
         Err(e) => login_error(e),
     }
 }
@@ -322,15 +341,17 @@ async fn mfa_page(
         .await?
         .is_empty()
         .not();
-    render(
+    let mut response = render(
         status,
         &MfaView {
             csrf: session_csrf(state, session),
-            return_to,
+            return_to: return_to.clone(),
             error,
             has_passkey,
         },
-    )
+    )?;
+    allow_app_redirect(&mut response, state, &return_to).await?;
+    Ok(response)
 }
 
 #[derive(Deserialize)]

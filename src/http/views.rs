@@ -88,6 +88,8 @@ pub struct ConsentView {
     pub logo_uri: Option<String>,
     pub user_name: String,
     pub patient: Option<crate::patients::PatientSummary>,
+    /// The patient id shown, sent back so approval is for exactly what was displayed.
+    pub patient_id: String,
     pub summary: crate::smart::consent::ConsentSummary,
 }
 
@@ -107,6 +109,8 @@ pub struct PatientPickerView {
 #[template(path = "logout_confirm.html")]
 pub struct LogoutConfirmView {
     pub csrf: String,
-    pub redirect: String,
+    pub client_id: String,
+    pub uri: String,
+    pub state: String,
     pub app_name: Option<String>,
 }

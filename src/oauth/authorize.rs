@@ -56,6 +56,8 @@ pub struct Pending {
     pub request: AuthorizeRequest,
     pub launch: Option<ResolvedLaunch>,
     pub prior_session: Option<String>,
+    /// The person the request is bound to (the first to reach it signed in).
+    pub user_id: Option<String>,
     pub client: Client,
     pub offered: Vec<String>,
     pub patient: Option<String>,
@@ -73,6 +75,15 @@ pub struct Subject {
 }
 
 impl Subject {
+    /// Whether the person may choose among patients: some role grants `user/` access (a
+    /// clinician). Someone limited to `patient/` scopes only ever sees their own record.
+    pub fn may_pick_patients(&self) -> bool {
+        self.ceilings.iter().any(|c| {
+            c.resource_scopes()
+                .any(|r| r.context == crate::smart::scopes::ScopeContext::User)
+        })
+    }
+
     /// The patient a patient user is (their `fhirUser` is `Patient/<id>`).
     pub fn own_patient(&self) -> Option<&str> {
         self.fhir_user
@@ -144,6 +155,7 @@ pub fn begin(
             &AuthRequestRow {
                 id_hash: request_hash(&handle),
                 client_id: request.client_id.clone(),
+                user_id: None,
                 request: body,
                 offered: "[]".into(),
                 patient: None,
@@ -214,6 +226,7 @@ pub fn load(
         request: stored.request,
         launch: stored.launch,
         prior_session: stored.prior_session,
+        user_id: row.user_id,
         client,
         offered: serde_json::from_str(&row.offered).unwrap_or_default(),
         patient: row.patient,
@@ -296,7 +309,8 @@ pub fn candidate(pending: &Pending, subject: &Subject) -> ScopeSet {
     granted
 }
 
-/// The patient in context: the EHR's, or the patient user's own record, or the one picked.
+/// The patient in context: the EHR's, or the patient user's own record, or the one picked (by
+/// someone allowed to pick).
 pub fn patient_in_context(pending: &Pending, subject: &Subject) -> Option<String> {
     if let Some(p) = pending
         .launch
@@ -308,7 +322,25 @@ pub fn patient_in_context(pending: &Pending, subject: &Subject) -> Option<String
     if let Some(own) = subject.own_patient() {
         return Some(own.to_owned());
     }
-    pending.patient.clone()
+    pending
+        .patient
+        .clone()
+        .filter(|_| subject.may_pick_patients())
+}
+
+/// When the person last proved who they are (the second factor, or else the password).
+pub fn auth_time(session: &SessionInfo) -> i64 {
+    session.mfa_at.map_or(session.authenticated_at, |m| {
+        m.max(session.authenticated_at)
+    })
+}
+
+/// Whether a scope set needs a patient in context: `launch/patient`, or any `patient/` scope.
+pub fn needs_patient(scopes: &ScopeSet) -> bool {
+    scopes.has(IdentityScope::LaunchPatient)
+        || scopes
+            .resource_scopes()
+            .any(|r| r.context == crate::smart::scopes::ScopeContext::Patient)
 }
 
 /// The next step (pure): OIDC `prompt` and `max_age`, the launch's user binding, the patient
@@ -331,9 +363,7 @@ pub fn next_step(
         (!request.prompt.login
             || (s.authenticated_at >= pending.created_at
                 && pending.prior_session.as_deref() != Some(s.public_id.as_str())))
-            && request
-                .max_age
-                .is_none_or(|max| now - s.authenticated_at <= max)
+            && request.max_age.is_none_or(|max| now - auth_time(s) <= max)
     };
     let (session, subject) = match signed_in {
         Some((s, subject)) if fresh_enough(s) => (s, subject),
@@ -346,6 +376,15 @@ pub fn next_step(
             };
         }
     };
+    if pending
+        .user_id
+        .as_deref()
+        .is_some_and(|bound| bound != session.user_id)
+    {
+        return Step::Fail(OAuthError::access_denied(
+            "this request was started by another person",
+        ));
+    }
     if let Some(bound) = pending.launch.as_ref().and_then(|l| l.user_id.as_deref()) {
         if bound != session.user_id {
             return Step::Fail(OAuthError::access_denied(
@@ -368,10 +407,26 @@ pub fn next_step(
             "none of the requested scopes may be granted to this user and app",
         ));
     }
+    let launch_patient = pending
+        .launch
+        .as_ref()
+        .and_then(|l| l.context.patient.as_deref());
+    if let (Some(launched), false) = (launch_patient, subject.may_pick_patients()) {
+        if subject.own_patient() != Some(launched) {
+            return Step::Fail(OAuthError::access_denied(
+                "the launch's patient is not this person's own record",
+            ));
+        }
+    }
     let patient = patient_in_context(pending, subject);
     // A patient-context request without a patient from the EHR or the user's own record goes
-    // through the picker (also in an EHR launch whose context has no patient).
-    if candidate.has(IdentityScope::LaunchPatient) && patient.is_none() {
+    // through the picker (also in an EHR launch whose context has no patient) — for clinicians.
+    if needs_patient(&candidate) && patient.is_none() {
+        if !subject.may_pick_patients() {
+            return Step::Fail(OAuthError::access_denied(
+                "no patient record is linked to this account",
+            ));
+        }
         if request.prompt.none {
             return Step::Fail(OAuthError::interaction_required(
                 "a patient must be selected",
@@ -467,7 +522,7 @@ pub fn approve(
         nonce: pending.request.nonce.clone(),
         context: context.clone(),
         fhir_user: input.subject.fhir_user.clone(),
-        auth_time: input.session.authenticated_at,
+        auth_time: auth_time(input.session),
         amr: input.session.amr.clone(),
         name: input.subject.display_name.clone(),
         username: input.subject.username.clone(),
@@ -582,8 +637,14 @@ pub fn refuse(
     ))
 }
 
-/// Records patients the picker showed, so only those can be chosen.
-pub fn offer(conn: &mut DbConnection, pending: &Pending, ids: &[String]) -> Result<(), StoreError> {
+/// Records patients the picker showed, so only those can be chosen, and audits the disclosure.
+pub fn offer(
+    conn: &mut DbConnection,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    pending: &Pending,
+    ids: &[String],
+) -> Result<(), StoreError> {
     let mut offered = pending.offered.clone();
     for id in ids {
         if !offered.contains(id) && offered.len() < MAX_OFFERED {
@@ -591,20 +652,47 @@ pub fn offer(conn: &mut DbConnection, pending: &Pending, ids: &[String]) -> Resu
         }
     }
     let json = serde_json::to_string(&offered).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    grants::set_offered(conn, &pending.id_hash, &json)
+    write_transaction(conn, |conn| {
+        grants::set_offered(conn, &pending.id_hash, &json)?;
+        audit::append(
+            conn,
+            clock,
+            ctx,
+            &AuditEvent::PatientSearched {
+                client_id: pending.client.client_id.clone(),
+                offered: ids.to_vec(),
+            },
+        )
+    })
 }
 
-/// Chooses a patient; false when the id was not offered to this request.
+/// Chooses a patient, once; false when the id was not offered to this request or a patient
+/// was already chosen.
 pub fn choose_patient(
     conn: &mut DbConnection,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
     pending: &Pending,
     id: &str,
 ) -> Result<bool, StoreError> {
     if !pending.offered.iter().any(|o| o == id) {
         return Ok(false);
     }
-    grants::set_patient(conn, &pending.id_hash, id)?;
-    Ok(true)
+    write_transaction(conn, |conn| {
+        if !grants::set_patient(conn, &pending.id_hash, id)? {
+            return Ok(false);
+        }
+        audit::append(
+            conn,
+            clock,
+            ctx,
+            &AuditEvent::PatientSelected {
+                client_id: pending.client.client_id.clone(),
+                patient: id.to_owned(),
+            },
+        )?;
+        Ok(true)
+    })
 }
 
 #[cfg(test)]
@@ -633,6 +721,7 @@ mod tests {
             },
             launch: None,
             prior_session: Some("old".into()),
+            user_id: None,
             client: Client {
                 client_id: "app".into(),
                 settings: validate(&ClientSpec {

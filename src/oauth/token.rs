@@ -121,6 +121,14 @@ fn redeem(
             )
             .into()));
         }
+        if let Some(session_id) = &family.session_id {
+            if !session_alive(conn, session_id, now, iss.session_timeouts)? {
+                return Ok(Err(OAuthError::invalid_grant(
+                    "online access ended with the user's session",
+                )
+                .into()));
+            }
+        }
         let scopes = ScopeSet::parse(&grant.scope).0;
         let response = issue(conn, iss, client, &family, &scopes, Some(&grant), now)?;
         audit::append(
@@ -211,11 +219,32 @@ fn rotate(
             asked
         }
     };
-    if let Some(user_id) = &family.user_id {
-        if !user_active(conn, user_id)? {
-            return Err(OAuthError::invalid_grant("the user can no longer sign in").into());
+    // Least privilege now, not at consent time: what the user's roles and the client's
+    // registration allow today narrows every refresh (a demoted user loses access at once).
+    let scopes = match &family.user_id {
+        Some(user_id) => {
+            let usable = user_active(conn, user_id)?;
+            let subject = super::authorize::subject(conn, user_id)?.filter(|_| usable);
+            let Some(subject) = subject else {
+                return Err(OAuthError::invalid_grant("the user can no longer sign in").into());
+            };
+            let allowed_now = crate::authz::grant::grantable(
+                &subject.ceilings,
+                &client.settings,
+                &scopes.to_string(),
+            )
+            .granted;
+            let lost_all_data = scopes.resource_scopes().next().is_some()
+                && allowed_now.resource_scopes().next().is_none();
+            if allowed_now.is_empty() || lost_all_data {
+                return Err(
+                    OAuthError::invalid_grant("nothing of this grant is allowed any more").into(),
+                );
+            }
+            allowed_now
         }
-    }
+        None => scopes,
+    };
     if let Some(session_id) = &family.session_id {
         if !session_alive(conn, session_id, now, iss.session_timeouts)? {
             return Err(
@@ -229,6 +258,13 @@ fn rotate(
                 family: family.id.clone(),
                 kind: "refresh_token",
             }));
+        }
+        // A revocation that committed after the checks above wins over this refresh.
+        if live_family(conn, &family.id, now).is_err() {
+            return Ok(Err(OAuthError::invalid_grant(
+                "the refresh token was revoked",
+            )
+            .into()));
         }
         if let Some(session_id) = &family.session_id {
             if let Some(s) = credentials::find_session_by_public_id(conn, session_id)? {
@@ -318,7 +354,7 @@ fn user_active(conn: &mut DbConnection, user_id: &str) -> Result<bool, StoreErro
         .is_some_and(|u| u.enabled && u.locked_at.is_none()))
 }
 
-fn session_alive(
+pub(crate) fn session_alive(
     conn: &mut DbConnection,
     public_id: &str,
     now: i64,

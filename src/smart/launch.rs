@@ -39,12 +39,16 @@ impl LaunchContext {
     }
 
     /// What the token may carry given the granted scopes: `patient` only with a patient
-    /// context scope (`launch` or `launch/patient`), `encounter` only with `launch` or
-    /// `launch/encounter`. Display hints and the EHR's fhirContext stay.
+    /// context scope (`launch`, `launch/patient`) or a `patient/` scope that needs it,
+    /// `encounter` only with `launch` or `launch/encounter`. Display hints and the EHR's
+    /// fhirContext stay.
     pub fn limited_to(&self, granted: &ScopeSet) -> LaunchContext {
         let ehr = granted.has(IdentityScope::Launch);
+        let patient_scopes = granted
+            .resource_scopes()
+            .any(|r| r.context == crate::smart::scopes::ScopeContext::Patient);
         let mut out = self.clone();
-        if !(ehr || granted.has(IdentityScope::LaunchPatient)) {
+        if !(ehr || granted.has(IdentityScope::LaunchPatient) || patient_scopes) {
             out.patient = None;
         }
         if !(ehr || granted.has(IdentityScope::LaunchEncounter)) {
@@ -159,6 +163,12 @@ mod tests {
         assert_eq!((none.patient, none.encounter), (None, None));
         let p = ctx.limited_to(&ScopeSet::parse("launch/patient").0);
         assert_eq!((p.patient.as_deref(), p.encounter), (Some("p"), None));
+        let data = ctx.limited_to(&ScopeSet::parse("patient/Observation.rs").0);
+        assert_eq!(
+            data.patient.as_deref(),
+            Some("p"),
+            "patient/ scopes need their patient"
+        );
         let ehr = ctx.limited_to(&ScopeSet::parse("launch").0);
         assert_eq!(ehr.encounter.as_deref(), Some("e"));
     }

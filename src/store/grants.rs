@@ -19,6 +19,7 @@ use super::{DbConnection, StoreError};
 pub struct AuthRequestRow {
     pub id_hash: String,
     pub client_id: String,
+    pub user_id: Option<String>,
     pub request: String,
     pub offered: String,
     pub patient: Option<String>,
@@ -59,15 +60,42 @@ pub fn set_offered(
     Ok(())
 }
 
+/// Sets the chosen patient once; false when one was already chosen.
 pub fn set_patient(
     conn: &mut DbConnection,
     id_hash: &str,
     patient: &str,
-) -> Result<(), StoreError> {
-    diesel::update(auth_requests::table.find(id_hash))
-        .set(auth_requests::patient.eq(Some(patient)))
-        .execute(conn)?;
-    Ok(())
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        auth_requests::table
+            .find(id_hash)
+            .filter(auth_requests::patient.is_null()),
+    )
+    .set(auth_requests::patient.eq(Some(patient)))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Binds a pending request to the first person who reaches it signed in; returns the user it
+/// is bound to afterwards (`user_id`, or whoever got there first).
+pub fn bind_user(
+    conn: &mut DbConnection,
+    id_hash: &str,
+    user_id: &str,
+) -> Result<Option<String>, StoreError> {
+    diesel::update(
+        auth_requests::table
+            .find(id_hash)
+            .filter(auth_requests::user_id.is_null()),
+    )
+    .set(auth_requests::user_id.eq(Some(user_id)))
+    .execute(conn)?;
+    let bound: Option<Option<String>> = auth_requests::table
+        .find(id_hash)
+        .select(auth_requests::user_id)
+        .first(conn)
+        .optional()?;
+    Ok(bound.flatten())
 }
 
 /// Marks a pending request finished (approved or denied); false when it already was.
@@ -341,11 +369,25 @@ pub fn find_consent(
 }
 
 /// Replaces the remembered consent of a user for a client.
+/// Replaces the remembered consent of a user for a client (one upsert, so two approvals racing
+/// on PostgreSQL cannot collide on the key).
 pub fn remember_consent(conn: &mut DbConnection, row: &ConsentRow) -> Result<(), StoreError> {
-    diesel::delete(consents::table.find((&row.user_id, &row.client_id))).execute(conn)?;
-    diesel::insert_into(consents::table)
-        .values(row)
-        .execute(conn)?;
+    use diesel::sql_types::{BigInt, Text};
+    const UPSERT: &str =
+        "INSERT INTO consents (user_id, client_id, scope, aud, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, client_id) DO UPDATE \
+         SET scope = excluded.scope, aud = excluded.aud, updated_at = excluded.updated_at";
+    let query = diesel::sql_query(UPSERT)
+        .bind::<Text, _>(&row.user_id)
+        .bind::<Text, _>(&row.client_id)
+        .bind::<Text, _>(&row.scope)
+        .bind::<Text, _>(&row.aud)
+        .bind::<BigInt, _>(row.created_at)
+        .bind::<BigInt, _>(row.updated_at);
+    match conn {
+        DbConnection::Sqlite(c) => query.execute(c)?,
+        DbConnection::Postgres(c) => query.execute(c)?,
+    };
     Ok(())
 }
 

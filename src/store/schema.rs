@@ -210,6 +210,7 @@ diesel::table! {
     auth_requests (id_hash) {
         id_hash -> Text,
         client_id -> Text,
+        user_id -> Nullable<Text>,
         request -> Text,
         offered -> Text,
         patient -> Nullable<Text>,

@@ -222,10 +222,17 @@ pub fn consent_form(
         ),
         ("decision".into(), decision.into()),
     ];
+    pairs.push((
+        "patient".into(),
+        consent.field("patient").unwrap_or_default(),
+    ));
     if keep_includes {
         for piece in consent.body.split("name=\"include\" value=\"").skip(1) {
             let value = piece.split('"').next().unwrap_or_default();
             pairs.push(("include".into(), value.to_owned()));
+        }
+        if consent.body.contains("name=\"offline\"") {
+            pairs.push(("offline".into(), "yes".into()));
         }
     }
     pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));

@@ -33,10 +33,12 @@ CREATE TABLE launch_contexts (
 CREATE INDEX launch_contexts_expires ON launch_contexts (expires_at);
 
 -- A validated authorization request waiting for sign-in, a patient choice and consent.
--- offered: the patient ids the picker showed (only those may be chosen).
+-- offered: the patient ids the picker showed (only those may be chosen). user_id: the person
+-- who first reached it signed in; nobody else may continue it.
 CREATE TABLE auth_requests (
     id_hash TEXT PRIMARY KEY NOT NULL,
     client_id TEXT NOT NULL REFERENCES clients (client_id) ON DELETE CASCADE,
+    user_id TEXT,
     request TEXT NOT NULL,
     offered TEXT NOT NULL,
     patient TEXT,
