@@ -11,5 +11,6 @@ mod login;
 mod ops;
 mod process;
 mod registry;
+mod services;
 mod smart;
 mod tls;

@@ -131,16 +131,14 @@ async fn discovery_advertises_exactly_what_works(backend: Backend) {
         assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
         assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
         let text = doc.to_string();
-        for banned in [
-            "\"plain\"",
-            "implicit",
-            "\"password\"",
-            "HS256",
-            "client_credentials",
-            "introspection_endpoint",
-        ] {
+        for banned in ["\"plain\"", "implicit", "\"password\"", "HS256"] {
             assert!(!text.contains(banned), "{banned} advertised at {path}");
         }
+        assert_eq!(doc["introspection_endpoint"], app.url("/introspect"));
+        assert_eq!(doc["revocation_endpoint"], app.url("/revoke"));
+        assert!(doc["grant_types_supported"]
+            .to_string()
+            .contains("client_credentials"));
     }
     let smart: Value = app
         .get("/.well-known/smart-configuration")
@@ -1461,11 +1459,11 @@ async fn rejects_bad_token_requests(backend: Backend) {
             "unsupported_grant_type",
         ),
         (
-            "rejects_client_credentials_before_backend_services",
+            "rejects_client_credentials_for_an_app",
             vec![("grant_type", "client_credentials"), ("client_id", &app_id)],
             None,
             StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
+            "unauthorized_client",
         ),
         (
             "rejects_missing_grant_type",

@@ -195,6 +195,13 @@ pub enum AuditEvent {
         family: String,
         kind: String,
     },
+    /// A resource server introspected a live token (a disclosure of who and which patient).
+    #[serde(rename = "token.introspected")]
+    TokenIntrospected {
+        client_id: String,
+        family: String,
+        patient: Option<String>,
+    },
     /// A token family was revoked (by its user, an admin, the client, or a session ending).
     #[serde(rename = "token.revoked")]
     TokenRevoked {
@@ -269,6 +276,7 @@ impl AuditEvent {
         "token.refused",
         "token.reuse_detected",
         "token.revoked",
+        "token.introspected",
         "patient.imported",
         "patient.searched",
         "patient.selected",
@@ -310,6 +318,7 @@ impl AuditEvent {
             Self::TokenRefused { .. } => "token.refused",
             Self::TokenReuseDetected { .. } => "token.reuse_detected",
             Self::TokenRevoked { .. } => "token.revoked",
+            Self::TokenIntrospected { .. } => "token.introspected",
             Self::PatientsImported { .. } => "patient.imported",
             Self::PatientSearched { .. } => "patient.searched",
             Self::PatientSelected { .. } => "patient.selected",
@@ -355,7 +364,8 @@ impl AuditEvent {
         match self {
             Self::LaunchCreated { patient, .. }
             | Self::AuthorizationGranted { patient, .. }
-            | Self::TokenIssued { patient, .. } => patient.as_deref(),
+            | Self::TokenIssued { patient, .. }
+            | Self::TokenIntrospected { patient, .. } => patient.as_deref(),
             Self::PatientSelected { patient, .. } => Some(patient),
             _ => None,
         }
@@ -507,6 +517,11 @@ mod tests {
                 client_id: "c".into(),
                 family: "f".into(),
                 reason: "r".into(),
+            },
+            AuditEvent::TokenIntrospected {
+                client_id: "c".into(),
+                family: "f".into(),
+                patient: None,
             },
             AuditEvent::PatientsImported {
                 created: 1,

@@ -1,6 +1,7 @@
 //! The HTTP edge: every URL Ward answers is listed in [`routes`]. Handlers are thin: extract,
 //! call a service, map the result.
 
+mod apps;
 pub mod client_ip;
 pub mod cookies;
 pub mod csrf;
@@ -124,5 +125,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/logout/confirm",
             web::post().to(oauth::end_session_confirm),
         )
+        .route("/introspect", web::post().to(oauth::introspect))
+        .route("/revoke", web::post().to(oauth::revoke))
+        .route(
+            "/revoke",
+            web::method(actix_web::http::Method::OPTIONS).to(oauth::preflight),
+        )
+        .route("/policy/check", web::post().to(oauth::policy_check))
+        .route("/account/apps", web::get().to(apps::apps_get))
+        .route("/account/apps/revoke", web::post().to(apps::revoke_post))
         .default_service(web::to(ops::not_found));
 }

@@ -27,7 +27,7 @@ use crate::oauth::authorize_request::{error_redirect, Rejection};
 use crate::oauth::client_auth::{self, Presented};
 use crate::oauth::error::{OAuthError, Params};
 use crate::oauth::token::{self, Issuer};
-use crate::oauth::tokens;
+use crate::oauth::{resource_server, tokens};
 use crate::patients;
 use crate::smart::consent::{self, Choices};
 use crate::smart::discovery;
@@ -771,9 +771,12 @@ async fn token_inner(
         grant: grant_label.clone(),
         audited: false,
     };
-    if !matches!(grant.as_str(), "authorization_code" | "refresh_token") {
+    if !matches!(
+        grant.as_str(),
+        "authorization_code" | "refresh_token" | "client_credentials"
+    ) {
         return Err(fail(OAuthError::unsupported_grant_type(
-            "supported grant types: authorization_code, refresh_token",
+            "supported grant types: authorization_code, refresh_token, client_credentials",
         )));
     }
     let presented = client_auth::presented(authorization_header(req), &params).map_err(&fail)?;
@@ -786,12 +789,13 @@ async fn token_inner(
             ..fail(e)
         })?;
     *client_out = Some(client.clone());
-    let (keys, clock, issuer, policy, mut ctx) = (
+    let (keys, clock, issuer, policy, mut ctx, bases) = (
         state.keys.clone(),
         state.clock.clone(),
         state.issuer.clone(),
         state.login,
         ctx.clone(),
+        state.fhir_bases.clone(),
     );
     ctx.actor_client = Some(client.client_id.clone());
     state
@@ -806,6 +810,9 @@ async fn token_inner(
             match grant.as_str() {
                 "authorization_code" => {
                     token::authorization_code(conn, &iss, &ctx, &client, &params)
+                }
+                "client_credentials" => {
+                    token::client_credentials(conn, &iss, &ctx, &client, &params, &bases)
                 }
                 _ => token::refresh_token(conn, &iss, &ctx, &client, &params),
             }
@@ -992,42 +999,42 @@ pub async fn userinfo(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
 }
 
 async fn userinfo_inner(req: &HttpRequest, state: &AppState) -> Result<Value, OAuthError> {
-    let Some(token) = bearer(req) else {
+    let Some(token) = bearer(req).map(str::to_owned) else {
         return Err(OAuthError::invalid_token(
             "a bearer access token is required",
         ));
     };
-    let now = state.clock.now_secs();
-    let claims = tokens::read_access(&state.keys, token, &state.issuer, now)
-        .map_err(|_| OAuthError::invalid_token("the access token is not valid"))?;
-    let scopes = ScopeSet::parse(&claims.scope).0;
+    let (keys, issuer, now, timeouts) = (
+        state.keys.clone(),
+        state.issuer.clone(),
+        state.clock.now_secs(),
+        state.login.timeouts,
+    );
+    let found = state
+        .db
+        .run(move |conn| {
+            let Some(live) =
+                resource_server::live_access_token(conn, &keys, &issuer, &token, now, timeouts)?
+            else {
+                return Ok::<_, StoreError>(None);
+            };
+            let user = match &live.row.user_id {
+                Some(id) => crate::store::credentials::login_user_by_id(conn, id)?,
+                None => None,
+            };
+            Ok(Some((live, user)))
+        })
+        .await?;
+    let Some((live, user)) = found else {
+        return Err(OAuthError::invalid_token("the access token is not valid"));
+    };
+    let scopes = ScopeSet::parse(&live.claims.scope).0;
     if !scopes.has(IdentityScope::OpenId) {
         return Err(OAuthError::insufficient_scope(
             "the token was not issued with openid",
         ));
     }
-    let (jti, timeouts) = (claims.jti.clone(), state.login.timeouts);
-    let user = state
-        .db
-        .run(move |conn| {
-            let Some((row, family)) = grants::find_access_token(conn, &jti)? else {
-                return Ok::<_, StoreError>(None);
-            };
-            if row.revoked_at.is_some() || family.revoked_at.is_some() {
-                return Ok(None);
-            }
-            if let Some(session_id) = &family.session_id {
-                if !token::session_alive(conn, session_id, now, timeouts)? {
-                    return Ok(None);
-                }
-            }
-            match &row.user_id {
-                Some(id) => crate::store::credentials::login_user_by_id(conn, id),
-                None => Ok(None),
-            }
-        })
-        .await?;
-    let Some(user) = user.filter(|u| u.enabled) else {
+    let Some(user) = user else {
         return Err(OAuthError::invalid_token("the access token is not valid"));
     };
     let mut body = json!({ "sub": user.id });
@@ -1211,4 +1218,238 @@ pub async fn end_session_confirm(
         return bad_request_page("The sign-out destination is not registered.");
     };
     end_and_redirect(&req, &state, session, &target).await
+}
+
+// ---------------------------------------------------------------- resource servers
+
+/// Authenticates the caller of a resource-server endpoint; only resource-server clients may
+/// introspect or ask the policy check.
+async fn resource_server_caller(
+    req: &HttpRequest,
+    state: &AppState,
+    params: &Params,
+    endpoint: &str,
+) -> Result<crate::clients::Client, OAuthError> {
+    let presented = client_auth::presented(authorization_header(req), params)?;
+    if matches!(presented, Presented::None { .. }) {
+        return Err(OAuthError::invalid_client(
+            "resource servers must authenticate",
+        ));
+    }
+    let audiences = vec![state.url(&format!("/{endpoint}")), state.issuer.to_string()];
+    let ctx = audit_context(req, state);
+    let caller = client_auth::authenticate(state, &ctx, presented, endpoint, &audiences).await?;
+    if caller.settings.kind != crate::clients::ClientKind::ResourceServer {
+        return Err(OAuthError::invalid_client(
+            "only resource-server clients may use this endpoint",
+        ));
+    }
+    Ok(caller)
+}
+
+fn form_params(req: &HttpRequest, body: &[u8], what: &str) -> Result<Params, OAuthError> {
+    if !is_form(req) {
+        return Err(OAuthError::invalid_request(format!(
+            "the {what} request must be application/x-www-form-urlencoded"
+        )));
+    }
+    Params::parse(body)
+}
+
+/// The live token behind `token`, if it is meant for one of `caller`'s FHIR bases.
+async fn live_for(
+    state: &AppState,
+    caller: &crate::clients::Client,
+    token: &str,
+) -> Result<Option<resource_server::LiveToken>, OAuthError> {
+    let (keys, issuer, now, timeouts, token) = (
+        state.keys.clone(),
+        state.issuer.clone(),
+        state.clock.now_secs(),
+        state.login.timeouts,
+        token.to_owned(),
+    );
+    let live = state
+        .db
+        .run(move |conn| {
+            resource_server::live_access_token(conn, &keys, &issuer, &token, now, timeouts)
+        })
+        .await?;
+    Ok(live.filter(|l| caller.settings.fhir_bases.contains(&l.claims.aud)))
+}
+
+/// `POST /introspect` (RFC 7662).
+pub async fn introspect(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    match introspect_inner(&req, &state, &body).await {
+        Ok(v) => json_response(&v),
+        Err(e) => e.response(),
+    }
+}
+
+async fn introspect_inner(
+    req: &HttpRequest,
+    state: &AppState,
+    body: &[u8],
+) -> Result<Value, OAuthError> {
+    let params = form_params(req, body, "introspection")?;
+    let caller = resource_server_caller(req, state, &params, "introspect").await?;
+    let token = params.require("token")?;
+    let Some(live) = live_for(state, &caller, token).await? else {
+        return Ok(resource_server::inactive());
+    };
+    // A disclosure of who and which patient to a resource server: audited.
+    let (clock, mut ctx) = (state.clock.clone(), audit_context(req, state));
+    ctx.actor_client = Some(caller.client_id.clone());
+    let event = AuditEvent::TokenIntrospected {
+        client_id: live.claims.client_id.clone(),
+        family: live.family.id.clone(),
+        patient: live.context.patient.clone(),
+    };
+    state
+        .db
+        .run(move |conn| {
+            write_transaction(conn, |conn| {
+                crate::audit::append(conn, clock.as_ref(), &ctx, &event)
+            })
+        })
+        .await?;
+    Ok(resource_server::introspection(&live))
+}
+
+/// `POST /revoke` (RFC 7009): a refresh token revokes its family (and so its access tokens);
+/// an access token revokes itself. Unknown tokens and other clients' tokens change nothing and
+/// get the same 200, so the endpoint cannot be used to test tokens.
+pub async fn revoke(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    match revoke_inner(&req, &state, &body).await {
+        Ok(()) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish(),
+        Err(e) => e.response(),
+    }
+}
+
+async fn revoke_inner(req: &HttpRequest, state: &AppState, body: &[u8]) -> Result<(), OAuthError> {
+    let params = form_params(req, body, "revocation")?;
+    let presented = client_auth::presented(authorization_header(req), &params)?;
+    let audiences = vec![state.url("/revoke"), state.issuer.to_string()];
+    let mut ctx = audit_context(req, state);
+    let client = client_auth::authenticate(state, &ctx, presented, "revoke", &audiences).await?;
+    ctx.actor_client = Some(client.client_id.clone());
+    let token = params.require("token")?.to_owned();
+    let (keys, issuer, clock) = (
+        state.keys.clone(),
+        state.issuer.clone(),
+        state.clock.clone(),
+    );
+    state
+        .db
+        .run(move |conn| {
+            let now = clock.now_secs();
+            if token.split('.').count() == 3 {
+                // An access token: ours, unexpired, and this client's.
+                let Ok(claims) = tokens::read_access(&keys, &token, &issuer, now) else {
+                    return Ok(());
+                };
+                let Some((row, family)) = grants::find_access_token(conn, &claims.jti)? else {
+                    return Ok(());
+                };
+                if row.client_id != client.client_id {
+                    return Ok(());
+                }
+                return write_transaction(conn, |conn| {
+                    if grants::revoke_access_token(conn, &row.jti, now)? {
+                        crate::audit::append(
+                            conn,
+                            clock.as_ref(),
+                            &ctx,
+                            &AuditEvent::TokenRevoked {
+                                client_id: client.client_id.clone(),
+                                family: family.id.clone(),
+                                reason: "access_token_revoked_by_client".into(),
+                            },
+                        )?;
+                    }
+                    Ok(())
+                });
+            }
+            let hash = crate::crypto::sha256_b64(token.as_bytes());
+            let Some(refresh) = grants::find_refresh(conn, &hash)? else {
+                return Ok(());
+            };
+            let Some(family) = grants::find_family(conn, &refresh.family_id)? else {
+                return Ok(());
+            };
+            if family.client_id != client.client_id {
+                return Ok(());
+            }
+            write_transaction(conn, |conn| {
+                if grants::revoke_family(conn, &family.id, "revoked_by_client", now)? {
+                    crate::audit::append(
+                        conn,
+                        clock.as_ref(),
+                        &ctx,
+                        &AuditEvent::TokenRevoked {
+                            client_id: client.client_id.clone(),
+                            family: family.id.clone(),
+                            reason: "revoked_by_client".into(),
+                        },
+                    )?;
+                }
+                Ok::<_, StoreError>(())
+            })
+        })
+        .await?;
+    Ok(())
+}
+
+/// `POST /policy/check`: may this token do this FHIR request? Form fields `token`, `method`,
+/// `url` (relative to the FHIR base) and, for writes, `resource` (the JSON body).
+pub async fn policy_check(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    match policy_inner(&req, &state, &body).await {
+        Ok(v) => json_response(&v),
+        Err(e) => e.response(),
+    }
+}
+
+async fn policy_inner(
+    req: &HttpRequest,
+    state: &AppState,
+    body: &[u8],
+) -> Result<Value, OAuthError> {
+    let params = form_params(req, body, "policy check")?;
+    let caller = resource_server_caller(req, state, &params, "policy/check").await?;
+    let token = params.require("token")?;
+    let method = params.require("method")?;
+    let url = params.require("url")?;
+    let resource = match params.get("resource") {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str::<Value>(text)
+                .map_err(|_| OAuthError::invalid_request("resource is not JSON"))?,
+        ),
+    };
+    let request = crate::smart::policy::FhirRequest::parse(method, url, resource.as_ref())
+        .map_err(|e| {
+            OAuthError::invalid_request(crate::oauth::error::truncate(&e.to_string(), 200))
+        })?;
+    let Some(live) = live_for(state, &caller, token).await? else {
+        return Ok(crate::smart::policy::Decision::Deny {
+            reason: "the token is not active for this server".into(),
+        }
+        .to_json());
+    };
+    let granted = ScopeSet::parse(&live.claims.scope).0;
+    Ok(crate::smart::policy::check(&granted, live.context.patient.as_deref(), &request).to_json())
 }

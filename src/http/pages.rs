@@ -421,7 +421,7 @@ pub async fn mfa_post(
 }
 
 /// Pages for a signed-in person: an active session, or one in enrolment for the TOTP pages.
-async fn require_session(
+pub(crate) async fn require_session(
     req: &HttpRequest,
     state: &AppState,
     allow_enrolment: bool,
@@ -450,7 +450,7 @@ async fn require_session(
 
 /// A signed-in person's form post: the active session, provided the CSRF token matches
 /// (otherwise the 403 page, and nothing changes).
-pub(super) async fn signed_in_form(
+pub(crate) async fn signed_in_form(
     req: &HttpRequest,
     state: &AppState,
     csrf_token: &str,

@@ -114,3 +114,20 @@ pub struct LogoutConfirmView {
     pub state: String,
     pub app_name: Option<String>,
 }
+
+pub struct AppRowView {
+    pub client_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub since: String,
+    pub offline: bool,
+    pub remembered: bool,
+}
+
+#[derive(Template)]
+#[template(path = "account_apps.html")]
+pub struct AccountAppsView {
+    pub csrf: String,
+    pub apps: Vec<AppRowView>,
+    pub notice: Option<String>,
+}

@@ -1,6 +1,7 @@
 //! OAuth 2.0 protocol rules. The endpoints themselves arrive with the SMART App Launch issue;
 //! what lives here now are the pure rules the client registry already needs.
 
+pub mod apps;
 pub mod assertion;
 pub mod authorize;
 pub mod authorize_request;
@@ -8,5 +9,6 @@ pub mod client_auth;
 pub mod error;
 pub mod pkce;
 pub mod redirect_uri;
+pub mod resource_server;
 pub mod token;
 pub mod tokens;

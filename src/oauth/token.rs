@@ -151,6 +151,97 @@ fn redeem(
     }
 }
 
+/// SMART Backend Services tokens live at most five minutes.
+pub const BACKEND_TOKEN_MAX_LIFETIME: i64 = 300;
+
+/// `grant_type=client_credentials` (SMART Backend Services): `private_key_jwt` clients only;
+/// granted = requested ∩ the client's allowed scopes (`system/` scopes); no refresh token.
+pub fn client_credentials(
+    conn: &mut DbConnection,
+    iss: &Issuer<'_>,
+    ctx: &AuditContext,
+    client: &Client,
+    params: &Params,
+    fhir_bases: &[String],
+) -> Result<Value, OAuthError> {
+    allowed(client, GrantType::ClientCredentials)?;
+    if client.settings.auth_method != crate::clients::AuthMethod::PrivateKeyJwt {
+        return Err(OAuthError::unauthorized_client(
+            "backend services authenticate with private_key_jwt",
+        ));
+    }
+    let requested = params
+        .get("scope")
+        .ok_or_else(|| OAuthError::invalid_scope("scope is required"))?;
+    ScopeSet::parse_strict(requested).map_err(|errors| {
+        OAuthError::invalid_scope(super::error::truncate(
+            &errors.first().map(ToString::to_string).unwrap_or_default(),
+            160,
+        ))
+    })?;
+    let granted = crate::authz::grant::grantable_for_service(&client.settings, requested).granted;
+    if granted.resource_scopes().next().is_none() {
+        return Err(OAuthError::invalid_scope(
+            "none of the requested scopes are allowed for this client",
+        ));
+    }
+    let aud = match (params.get("aud"), params.get("resource")) {
+        (Some(a), Some(r)) if a != r => {
+            return Err(OAuthError::invalid_request(
+                "aud and resource name different servers",
+            ))
+        }
+        (Some(a), _) | (None, Some(a)) => a.to_owned(),
+        (None, None) if fhir_bases.len() == 1 => fhir_bases[0].clone(),
+        (None, None) => {
+            return Err(OAuthError::invalid_request(
+                "aud (the FHIR base URL) is required: Ward protects several",
+            ))
+        }
+    };
+    if !fhir_bases.contains(&aud) {
+        return Err(OAuthError::invalid_request(
+            "aud is not a FHIR server this authorization server protects",
+        ));
+    }
+    let now = iss.clock.now_secs();
+    let lifetime = client
+        .settings
+        .access_token_lifetime
+        .clamp(1, BACKEND_TOKEN_MAX_LIFETIME);
+    let family = FamilyRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        client_id: client.client_id.clone(),
+        user_id: None,
+        session_id: None,
+        grant_kind: "client_credentials".into(),
+        scope: granted.to_string(),
+        aud,
+        context: "{}".into(),
+        created_at: now,
+        expires_at: now + lifetime,
+        revoked_at: None,
+        revoked_reason: None,
+    };
+    write_transaction(conn, |conn| {
+        grants::insert_family(conn, &family)?;
+        let response = issue(conn, iss, client, &family, &granted, None, now)?;
+        audit::append(
+            conn,
+            iss.clock,
+            ctx,
+            &AuditEvent::TokenIssued {
+                client_id: client.client_id.clone(),
+                grant: "client_credentials".into(),
+                family: family.id.clone(),
+                scope: granted.to_string(),
+                patient: None,
+            },
+        )?;
+        Ok(response)
+    })
+}
+
 /// `grant_type=refresh_token`.
 pub fn refresh_token(
     conn: &mut DbConnection,

@@ -423,3 +423,64 @@ pub fn record_assertion_jti(
         Err(e) => Err(e.into()),
     }
 }
+
+/// Revokes one access token; false when it already was.
+pub fn revoke_access_token(
+    conn: &mut DbConnection,
+    jti: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        access_tokens::table
+            .find(jti)
+            .filter(access_tokens::revoked_at.is_null()),
+    )
+    .set(access_tokens::revoked_at.eq(Some(now)))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// The user's grants still in force (not revoked, not expired), newest first.
+pub fn live_families_of_user(
+    conn: &mut DbConnection,
+    user_id: &str,
+    now: i64,
+) -> Result<Vec<FamilyRow>, StoreError> {
+    Ok(token_families::table
+        .filter(token_families::user_id.eq(user_id))
+        .filter(token_families::revoked_at.is_null())
+        .filter(token_families::expires_at.gt(now))
+        .select(FamilyRow::as_select())
+        .order(token_families::created_at.desc())
+        .load(conn)?)
+}
+
+/// Revokes every live grant of a user to a client; returns the revoked family ids.
+pub fn revoke_families_of(
+    conn: &mut DbConnection,
+    user_id: &str,
+    client_id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let ids: Vec<String> = token_families::table
+        .filter(token_families::user_id.eq(user_id))
+        .filter(token_families::client_id.eq(client_id))
+        .filter(token_families::revoked_at.is_null())
+        .select(token_families::id)
+        .load(conn)?;
+    for id in &ids {
+        revoke_family(conn, id, reason, now)?;
+    }
+    Ok(ids)
+}
+
+pub fn consents_of_user(
+    conn: &mut DbConnection,
+    user_id: &str,
+) -> Result<Vec<ConsentRow>, StoreError> {
+    Ok(consents::table
+        .filter(consents::user_id.eq(user_id))
+        .select(ConsentRow::as_select())
+        .load(conn)?)
+}

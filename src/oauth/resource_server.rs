@@ -1,0 +1,93 @@
+//! What resource servers (EHR/FHIR APIs) ask Ward about tokens: introspection (RFC 7662,
+//! SMART App Launch 2.2 "Token Introspection") and the policy check, plus the one function that
+//! decides whether an access token is live — shared with `/userinfo` and revocation.
+//!
+//! A token is live when its signature is Ward's, it has not expired, and the database says it
+//! and its family are not revoked, its user can still sign in and (for `online_access`) its
+//! session is alive. Every answer reads the database, so a revocation is visible at once on the
+//! node that made it and on every other node sharing the database — no cache to go stale.
+
+use serde_json::{json, Map, Value};
+
+use super::tokens::{self, AccessClaims};
+use crate::authn::session::Timeouts;
+use crate::keys::KeyRing;
+use crate::smart::launch::LaunchContext;
+use crate::store::grants::{self, AccessTokenRow, FamilyRow};
+use crate::store::{credentials, DbConnection, StoreError};
+
+/// An access token that is live right now.
+#[derive(Debug, Clone)]
+pub struct LiveToken {
+    pub claims: AccessClaims,
+    pub row: AccessTokenRow,
+    pub family: FamilyRow,
+    pub context: LaunchContext,
+}
+
+/// Reads an access token back and checks it against the database (see the module docs).
+pub fn live_access_token(
+    conn: &mut DbConnection,
+    ring: &KeyRing,
+    issuer: &str,
+    token: &str,
+    now: i64,
+    timeouts: Timeouts,
+) -> Result<Option<LiveToken>, StoreError> {
+    let Ok(claims) = tokens::read_access(ring, token, issuer, now) else {
+        return Ok(None);
+    };
+    let Some((row, family)) = grants::find_access_token(conn, &claims.jti)? else {
+        return Ok(None);
+    };
+    if row.revoked_at.is_some() || family.revoked_at.is_some() || row.expires_at <= now {
+        return Ok(None);
+    }
+    if let Some(user_id) = &row.user_id {
+        let usable = credentials::login_user_by_id(conn, user_id)?
+            .is_some_and(|u| u.enabled && u.locked_at.is_none());
+        if !usable {
+            return Ok(None);
+        }
+    }
+    if let Some(session_id) = &family.session_id {
+        if !super::token::session_alive(conn, session_id, now, timeouts)? {
+            return Ok(None);
+        }
+    }
+    let context = serde_json::from_str(&family.context).unwrap_or_default();
+    Ok(Some(LiveToken {
+        claims,
+        row,
+        family,
+        context,
+    }))
+}
+
+/// The RFC 7662 answer for a live token: the standard members, every launch-context member
+/// the token response carried, and `fhirUser`.
+pub fn introspection(token: &LiveToken) -> Value {
+    let c = &token.claims;
+    let mut body = Map::new();
+    body.insert("active".into(), json!(true));
+    body.insert("scope".into(), json!(c.scope));
+    body.insert("client_id".into(), json!(c.client_id));
+    body.insert("sub".into(), json!(c.sub));
+    body.insert("iss".into(), json!(c.iss));
+    body.insert("aud".into(), json!(c.aud));
+    body.insert("exp".into(), json!(c.exp));
+    body.insert("iat".into(), json!(c.iat));
+    body.insert("token_type".into(), json!("Bearer"));
+    for (k, v) in token.context.members() {
+        body.insert(k, v);
+    }
+    if let Some(f) = &c.fhir_user {
+        body.insert("fhirUser".into(), json!(f));
+    }
+    Value::Object(body)
+}
+
+/// What an unknown, expired, revoked or foreign token gets: this and nothing else.
+pub fn inactive() -> Value {
+    json!({ "active": false })
+}
