@@ -42,6 +42,8 @@ fn sign_raw(header: &Value, payload: &Value, signer: Option<&dyn JwsSigner>) -> 
 
 struct Backendish {
     client_id: String,
+    /// The registered public key, PEM (for the HS256-with-the-public-key attack).
+    public_pem: Vec<u8>,
     signer: Box<dyn JwsSigner>,
     alg: &'static str,
     kid: &'static str,
@@ -97,6 +99,7 @@ fn rs384_backend(app: &TestApp) -> Backendish {
     );
     Backendish {
         client_id,
+        public_pem: pair.to_pem_public_key(),
         signer: Box::new(RS384.signer_from_jwk(&pair.to_jwk_private_key()).unwrap()),
         alg: "RS384",
         kid: "rs-1",
@@ -135,6 +138,7 @@ async fn backend_services_get_short_system_tokens(backend: Backend) {
     );
     let es = Backendish {
         client_id: es_id,
+        public_pem: Vec::new(),
         signer: Box::new(ES384.signer_from_jwk(&es.to_jwk_private_key()).unwrap()),
         alg: "ES384",
         kid: "es-1",
@@ -217,12 +221,8 @@ async fn rejects_bad_backend_client_assertions(backend: Backend) {
         c["jti"] = json!(ward::crypto::random_token(12));
         c
     };
-    let public_pem = {
-        // The HS256-with-the-public-key attack: the registered public key as an HMAC secret.
-        let pair = RS384.generate_key_pair(2048).unwrap();
-        pair.to_pem_public_key()
-    };
-    let hs = HS256.signer_from_bytes(&public_pem).unwrap();
+    // The HS256-with-the-public-key attack: the registered public key as an HMAC secret.
+    let hs = HS256.signer_from_bytes(&rs.public_pem).unwrap();
     let es = ES384
         .signer_from_jwk(&ES384.generate_key_pair().unwrap().to_jwk_private_key())
         .unwrap();
