@@ -958,3 +958,224 @@ async fn a_revocation_on_one_node_is_seen_by_another_at_once(backend: Backend) {
         json!({"active": false})
     );
 }
+
+on_both_backends!(
+    backend_grants_never_carry_identity_scopes_or_refresh_tokens,
+    disabled_clients_lose_their_tokens_and_locked_users_keep_theirs,
+    resource_server_questions_are_audited,
+);
+
+async fn backend_grants_never_carry_identity_scopes_or_refresh_tokens(backend: Backend) {
+    let Some(app) = smart_app(backend).await else {
+        return;
+    };
+    let pair = ES384.generate_key_pair().unwrap();
+    let mut jwk = pair.to_jwk_public_key();
+    jwk.set_key_id("m-1");
+    // A client registered for both a user flow and client_credentials, with identity scopes.
+    let (client_id, _) = register(
+        &app,
+        json!({"name": "Mixed", "kind": "confidential-asymmetric", "redirect_uris": [CALLBACK],
+               "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+               "scope": "system/Observation.rs offline_access openid fhirUser launch/patient",
+               "jwks": {"keys": [serde_json::to_value(&jwk).unwrap()]}}),
+    );
+    let mixed = Backendish {
+        client_id,
+        public_pem: Vec::new(),
+        signer: Box::new(ES384.signer_from_jwk(&pair.to_jwk_private_key()).unwrap()),
+        alg: "ES384",
+        kid: "m-1",
+    };
+    let (status, body) = backend_token(
+        &app,
+        &mixed.assertion(&app.url("/token"), unix_now()),
+        "system/Observation.rs offline_access openid",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], "system/Observation.rs");
+    assert!(
+        body.get("refresh_token").is_none() && body.get("id_token").is_none(),
+        "{body}"
+    );
+    let (status, body) = backend_token(
+        &app,
+        &mixed.assertion(&app.url("/token"), unix_now()),
+        "offline_access openid",
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_scope"))
+    );
+}
+
+async fn disabled_clients_lose_their_tokens_and_locked_users_keep_theirs(backend: Backend) {
+    let Some(app) = smart_app(backend).await else {
+        return;
+    };
+    let ((rs, rs_secret), _) = resource_servers(&app);
+    add_user(&app, "pat", &["patient"], Some("Patient/123"));
+    let app_id = user_flow_app(&app);
+    let browser = Browser::new(&app.base);
+    let tokens = code_flow(
+        &app,
+        &browser,
+        &app_id,
+        "openid launch/patient offline_access patient/Observation.rs",
+        Some(("pat", PASSWORD)),
+    )
+    .await;
+    let access = tokens["access_token"].as_str().unwrap();
+    // Someone guessing the username can lock sign-in, but not the apps already authorized.
+    {
+        use diesel::prelude::*;
+        use ward::store::schema::users::dsl::*;
+        diesel::update(users.filter(username.eq("pat")))
+            .set(locked_at.eq(Some(unix_now())))
+            .execute(&mut *app.conn())
+            .unwrap();
+    }
+    assert_eq!(
+        introspect(&app, (&rs, &rs_secret), access).await.1["active"],
+        true
+    );
+    let (status, refreshed) = token(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &app_id),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    // Disabling the app ends its tokens at once.
+    ward::clients::set_enabled(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &ward::audit::AuditContext::cli(),
+        &app_id,
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        introspect(
+            &app,
+            (&rs, &rs_secret),
+            refreshed["access_token"].as_str().unwrap()
+        )
+        .await
+        .1,
+        json!({"active": false})
+    );
+    let response = app
+        .client
+        .get(app.url("/userinfo"))
+        .bearer_auth(refreshed["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+async fn resource_server_questions_are_audited(backend: Backend) {
+    let Some(app) = smart_app(backend).await else {
+        return;
+    };
+    let ((rs, rs_secret), (other, other_secret)) = resource_servers(&app);
+    add_user(&app, "pat", &["patient"], Some("Patient/123"));
+    let app_id = user_flow_app(&app);
+    let (other_app, _) = register(
+        &app,
+        json!({"name": "Other", "kind": "public", "redirect_uris": [CALLBACK], "scope": "openid"}),
+    );
+    let browser = Browser::new(&app.base);
+    let tokens = code_flow(
+        &app,
+        &browser,
+        &app_id,
+        "openid launch/patient offline_access patient/Observation.rs",
+        Some(("pat", PASSWORD)),
+    )
+    .await;
+    let access = tokens["access_token"].as_str().unwrap();
+    introspect(&app, (&rs, &rs_secret), access).await;
+    introspect(&app, (&other, &other_secret), access).await;
+    introspect(&app, (&rs, &rs_secret), "garbage").await;
+    let introspections = audit_actions(&app, "token.introspected");
+    assert_eq!(
+        introspections.len(),
+        2,
+        "garbage is not worth a row: {introspections:?}"
+    );
+    assert!(introspections
+        .iter()
+        .any(|e| e["active"] == true && e["patient"] == "123"));
+    assert!(
+        introspections
+            .iter()
+            .any(|e| e["active"] == false && e["family"].is_null()),
+        "another server learns no family"
+    );
+    post_form(
+        &app,
+        "/policy/check",
+        &[
+            ("token", access),
+            ("method", "GET"),
+            ("url", "Observation?patient=123"),
+        ],
+        Some((&rs, &rs_secret)),
+    )
+    .await;
+    let checks = audit_actions(&app, "policy.checked");
+    assert_eq!(checks.len(), 1);
+    assert_eq!(
+        (
+            checks[0]["decision"].as_str(),
+            checks[0]["request"].as_str()
+        ),
+        (Some("permit"), Some("GET Observation"))
+    );
+    // A client revoking someone else's token is refused quietly and audited.
+    let (status, _) = post_form(
+        &app,
+        "/revoke",
+        &[
+            ("token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &other_app),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(audit_actions(&app, "token.revocation_refused").len(), 1);
+    // Browser apps may read the revocation answer from their own origin.
+    let response = app
+        .client
+        .post(app.url("/revoke"))
+        .header("origin", "https://app.example.com")
+        .form(&[("token", "nope"), ("client_id", app_id.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    // A non-resource-server caller is refused and audited.
+    let (status, _) = post_form(
+        &app,
+        "/introspect",
+        &[("token", access), ("client_id", &app_id)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(audit_actions(&app, "client.authentication_failed")
+        .iter()
+        .any(|e| e["endpoint"] == "introspect"));
+}

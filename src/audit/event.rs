@@ -195,12 +195,31 @@ pub enum AuditEvent {
         family: String,
         kind: String,
     },
-    /// A resource server introspected a live token (a disclosure of who and which patient).
+    /// A resource server introspected one of Ward's tokens (the actor is the server): a
+    /// disclosure of who and which patient when active; a probe worth seeing when not.
     #[serde(rename = "token.introspected")]
     TokenIntrospected {
         client_id: String,
-        family: String,
+        active: bool,
+        family: Option<String>,
         patient: Option<String>,
+    },
+    /// A resource server asked whether a token may make a FHIR request.
+    #[serde(rename = "policy.checked")]
+    PolicyChecked {
+        client_id: String,
+        family: Option<String>,
+        request: String,
+        decision: String,
+        scope: Option<String>,
+        patient: Option<String>,
+    },
+    /// A client asked to revoke a token that belongs to another client (possible token theft).
+    #[serde(rename = "token.revocation_refused")]
+    TokenRevocationRefused {
+        client_id: String,
+        family: String,
+        reason: String,
     },
     /// A token family was revoked (by its user, an admin, the client, or a session ending).
     #[serde(rename = "token.revoked")]
@@ -277,6 +296,8 @@ impl AuditEvent {
         "token.reuse_detected",
         "token.revoked",
         "token.introspected",
+        "policy.checked",
+        "token.revocation_refused",
         "patient.imported",
         "patient.searched",
         "patient.selected",
@@ -319,6 +340,8 @@ impl AuditEvent {
             Self::TokenReuseDetected { .. } => "token.reuse_detected",
             Self::TokenRevoked { .. } => "token.revoked",
             Self::TokenIntrospected { .. } => "token.introspected",
+            Self::PolicyChecked { .. } => "policy.checked",
+            Self::TokenRevocationRefused { .. } => "token.revocation_refused",
             Self::PatientsImported { .. } => "patient.imported",
             Self::PatientSearched { .. } => "patient.searched",
             Self::PatientSelected { .. } => "patient.selected",
@@ -333,7 +356,8 @@ impl AuditEvent {
             | Self::ClientAuthenticationFailed { .. }
             | Self::AuthorizationRefused { .. }
             | Self::TokenRefused { .. }
-            | Self::TokenReuseDetected { .. } => Outcome::Failure,
+            | Self::TokenReuseDetected { .. }
+            | Self::TokenRevocationRefused { .. } => Outcome::Failure,
             _ => Outcome::Success,
         }
     }
@@ -351,7 +375,8 @@ impl AuditEvent {
             Self::AccountLocked { .. }
             | Self::MfaReset { .. }
             | Self::WebauthnCounterRegression { .. }
-            | Self::TokenReuseDetected { .. } => Severity::High,
+            | Self::TokenReuseDetected { .. }
+            | Self::TokenRevocationRefused { .. } => Severity::High,
             Self::LoginSucceeded { .. } | Self::MfaUsed { .. } | Self::SessionEnded { .. } => {
                 Severity::Info
             }
@@ -365,7 +390,8 @@ impl AuditEvent {
             Self::LaunchCreated { patient, .. }
             | Self::AuthorizationGranted { patient, .. }
             | Self::TokenIssued { patient, .. }
-            | Self::TokenIntrospected { patient, .. } => patient.as_deref(),
+            | Self::TokenIntrospected { patient, .. }
+            | Self::PolicyChecked { patient, .. } => patient.as_deref(),
             Self::PatientSelected { patient, .. } => Some(patient),
             _ => None,
         }
@@ -520,8 +546,22 @@ mod tests {
             },
             AuditEvent::TokenIntrospected {
                 client_id: "c".into(),
-                family: "f".into(),
+                active: true,
+                family: None,
                 patient: None,
+            },
+            AuditEvent::PolicyChecked {
+                client_id: "c".into(),
+                family: None,
+                request: "GET Observation".into(),
+                decision: "permit".into(),
+                scope: None,
+                patient: None,
+            },
+            AuditEvent::TokenRevocationRefused {
+                client_id: "c".into(),
+                family: "f".into(),
+                reason: "r".into(),
             },
             AuditEvent::PatientsImported {
                 created: 1,

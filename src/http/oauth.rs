@@ -852,7 +852,7 @@ async fn launch_inner(
     if matches!(presented, Presented::None { .. }) {
         return Err(OAuthError::invalid_client("the EHR must authenticate"));
     }
-    let audiences = vec![state.url("/launch"), state.issuer.to_string()];
+    let audiences = assertion_audiences(state, "launch");
     let ehr = client_auth::authenticate(state, &ctx, presented, "launch", &audiences).await?;
     if !ehr.settings.ehr_launcher {
         return Err(OAuthError::unauthorized_client(
@@ -1013,8 +1013,9 @@ async fn userinfo_inner(req: &HttpRequest, state: &AppState) -> Result<Value, OA
     let found = state
         .db
         .run(move |conn| {
-            let Some(live) =
-                resource_server::live_access_token(conn, &keys, &issuer, &token, now, timeouts)?
+            let Some(live) = resource_server::live_access_token(
+                conn, &keys, &issuer, &token, now, timeouts, None,
+            )?
             else {
                 return Ok::<_, StoreError>(None);
             };
@@ -1222,24 +1223,75 @@ pub async fn end_session_confirm(
 
 // ---------------------------------------------------------------- resource servers
 
+/// The assertion audiences an endpoint accepts: its own URL, the token endpoint (what SMART
+/// client libraries put in `aud`) and the issuer. The per-client jti cache stops cross-endpoint
+/// replay.
+fn assertion_audiences(state: &AppState, endpoint: &str) -> Vec<String> {
+    vec![
+        state.url(&format!("/{endpoint}")),
+        state.url("/token"),
+        state.issuer.to_string(),
+    ]
+}
+
+async fn audit_refusal(
+    state: &AppState,
+    ctx: &crate::audit::AuditContext,
+    event: AuditEvent,
+) -> Result<(), OAuthError> {
+    let (clock, ctx) = (state.clock.clone(), ctx.clone());
+    state
+        .db
+        .run(move |conn| {
+            write_transaction(conn, |conn| {
+                crate::audit::append(conn, clock.as_ref(), &ctx, &event)
+            })
+        })
+        .await?;
+    Ok(())
+}
+
 /// Authenticates the caller of a resource-server endpoint; only resource-server clients may
-/// introspect or ask the policy check.
+/// introspect or ask the policy check. Refusals are audited.
 async fn resource_server_caller(
     req: &HttpRequest,
     state: &AppState,
     params: &Params,
     endpoint: &str,
 ) -> Result<crate::clients::Client, OAuthError> {
+    let ctx = audit_context(req, state);
+    let refuse = |client_id: Option<String>, reason: &str| AuditEvent::ClientAuthenticationFailed {
+        client_id,
+        endpoint: endpoint.to_owned(),
+        reason: reason.to_owned(),
+    };
     let presented = client_auth::presented(authorization_header(req), params)?;
     if matches!(presented, Presented::None { .. }) {
+        audit_refusal(
+            state,
+            &ctx,
+            refuse(
+                presented.client_id().map(str::to_owned),
+                "no client authentication",
+            ),
+        )
+        .await?;
         return Err(OAuthError::invalid_client(
             "resource servers must authenticate",
         ));
     }
-    let audiences = vec![state.url(&format!("/{endpoint}")), state.issuer.to_string()];
-    let ctx = audit_context(req, state);
+    let audiences = assertion_audiences(state, endpoint);
     let caller = client_auth::authenticate(state, &ctx, presented, endpoint, &audiences).await?;
     if caller.settings.kind != crate::clients::ClientKind::ResourceServer {
+        audit_refusal(
+            state,
+            &ctx,
+            refuse(
+                Some(caller.client_id.clone()),
+                "not a resource-server client",
+            ),
+        )
+        .await?;
         return Err(OAuthError::invalid_client(
             "only resource-server clients may use this endpoint",
         ));
@@ -1256,26 +1308,84 @@ fn form_params(req: &HttpRequest, body: &[u8], what: &str) -> Result<Params, OAu
     Params::parse(body)
 }
 
-/// The live token behind `token`, if it is meant for one of `caller`'s FHIR bases.
-async fn live_for(
+/// What a resource server learns about a token, decided and audited in one transaction.
+enum Answer {
+    Live(Box<resource_server::LiveToken>),
+    /// One of Ward's tokens, but not live for this caller (revoked, expired, other audience).
+    Inactive {
+        client_id: String,
+        family: Option<String>,
+    },
+    /// Not a token Ward signed.
+    Unknown,
+}
+
+/// Reads a token for a resource server and appends `audit(answer)` in the same transaction, so
+/// the answer and its record commit together. Garbage is answered without a write.
+async fn answer_for(
     state: &AppState,
     caller: &crate::clients::Client,
     token: &str,
-) -> Result<Option<resource_server::LiveToken>, OAuthError> {
-    let (keys, issuer, now, timeouts, token) = (
+    audit: impl Fn(&Answer) -> Option<AuditEvent> + Send + 'static,
+    ctx: crate::audit::AuditContext,
+) -> Result<Answer, OAuthError> {
+    let now = state.clock.now_secs();
+    // A token that is not even Ward's: no database work, no audit row.
+    let claims = match tokens::read_access(&state.keys, token, &state.issuer, now) {
+        Ok(c) => c,
+        // Expired, but signed by Ward: read it again as of the beginning of time to get the
+        // claims (the signature has been checked either way).
+        Err(tokens::ReadError::Expired) => {
+            match tokens::read_access(&state.keys, token, &state.issuer, i64::MIN) {
+                Ok(c) => c,
+                Err(_) => return Ok(Answer::Unknown),
+            }
+        }
+        Err(_) => return Ok(Answer::Unknown),
+    };
+    let (keys, issuer, timeouts, bases, clock, token) = (
         state.keys.clone(),
         state.issuer.clone(),
-        state.clock.now_secs(),
         state.login.timeouts,
+        caller.settings.fhir_bases.clone(),
+        state.clock.clone(),
         token.to_owned(),
     );
-    let live = state
+    Ok(state
         .db
         .run(move |conn| {
-            resource_server::live_access_token(conn, &keys, &issuer, &token, now, timeouts)
+            write_transaction(conn, |conn| {
+                let live = resource_server::live_access_token(
+                    conn,
+                    &keys,
+                    &issuer,
+                    &token,
+                    now,
+                    timeouts,
+                    Some(&bases),
+                )?;
+                let answer = match live {
+                    Some(l) => Answer::Live(Box::new(l)),
+                    None => {
+                        // Only the caller's own audience reveals the family.
+                        let family = if bases.contains(&claims.aud) {
+                            grants::find_access_token(conn, &claims.jti)?.map(|(_, f)| f.id)
+                        } else {
+                            None
+                        };
+                        Answer::Inactive {
+                            client_id: claims.client_id.clone(),
+                            family,
+                        }
+                    }
+                };
+                if let Some(event) = audit(&answer) {
+                    crate::audit::append(conn, clock.as_ref(), &ctx, &event)?;
+                }
+                Ok::<_, StoreError>(answer)
+            })
         })
-        .await?;
-    Ok(live.filter(|l| caller.settings.fhir_bases.contains(&l.claims.aud)))
+        .await?)
 }
 
 /// `POST /introspect` (RFC 7662).
@@ -1298,50 +1408,71 @@ async fn introspect_inner(
     let params = form_params(req, body, "introspection")?;
     let caller = resource_server_caller(req, state, &params, "introspect").await?;
     let token = params.require("token")?;
-    let Some(live) = live_for(state, &caller, token).await? else {
-        return Ok(resource_server::inactive());
-    };
-    // A disclosure of who and which patient to a resource server: audited.
-    let (clock, mut ctx) = (state.clock.clone(), audit_context(req, state));
+    let mut ctx = audit_context(req, state);
     ctx.actor_client = Some(caller.client_id.clone());
-    let event = AuditEvent::TokenIntrospected {
-        client_id: live.claims.client_id.clone(),
-        family: live.family.id.clone(),
-        patient: live.context.patient.clone(),
-    };
-    state
-        .db
-        .run(move |conn| {
-            write_transaction(conn, |conn| {
-                crate::audit::append(conn, clock.as_ref(), &ctx, &event)
-            })
-        })
-        .await?;
-    Ok(resource_server::introspection(&live))
+    let answer = answer_for(
+        state,
+        &caller,
+        token,
+        |answer| match answer {
+            Answer::Live(l) => Some(AuditEvent::TokenIntrospected {
+                client_id: l.claims.client_id.clone(),
+                active: true,
+                family: Some(l.family.id.clone()),
+                patient: l.context.patient.clone(),
+            }),
+            Answer::Inactive { client_id, family } => Some(AuditEvent::TokenIntrospected {
+                client_id: client_id.clone(),
+                active: false,
+                family: family.clone(),
+                patient: None,
+            }),
+            Answer::Unknown => None,
+        },
+        ctx,
+    )
+    .await?;
+    Ok(match answer {
+        Answer::Live(live) => resource_server::introspection(&live),
+        _ => resource_server::inactive(),
+    })
 }
 
 /// `POST /revoke` (RFC 7009): a refresh token revokes its family (and so its access tokens);
 /// an access token revokes itself. Unknown tokens and other clients' tokens change nothing and
-/// get the same 200, so the endpoint cannot be used to test tokens.
+/// get the same 200, so the endpoint cannot be used to test tokens (an attempt on another
+/// client's token is audited: it suggests a stolen token).
 pub async fn revoke(
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    match revoke_inner(&req, &state, &body).await {
-        Ok(()) => HttpResponse::Ok()
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .finish(),
-        Err(e) => e.response(),
+    let mut client = None;
+    let result = revoke_inner(&req, &state, &body, &mut client).await;
+    let origin = allow_origin(&req, client.as_ref());
+    match result {
+        Ok(()) => with_cors(
+            HttpResponse::Ok()
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .finish(),
+            origin,
+        ),
+        Err(e) => with_cors(e.response(), origin),
     }
 }
 
-async fn revoke_inner(req: &HttpRequest, state: &AppState, body: &[u8]) -> Result<(), OAuthError> {
+async fn revoke_inner(
+    req: &HttpRequest,
+    state: &AppState,
+    body: &[u8],
+    client_out: &mut Option<crate::clients::Client>,
+) -> Result<(), OAuthError> {
     let params = form_params(req, body, "revocation")?;
     let presented = client_auth::presented(authorization_header(req), &params)?;
-    let audiences = vec![state.url("/revoke"), state.issuer.to_string()];
+    let audiences = assertion_audiences(state, "revoke");
     let mut ctx = audit_context(req, state);
     let client = client_auth::authenticate(state, &ctx, presented, "revoke", &audiences).await?;
+    *client_out = Some(client.clone());
     ctx.actor_client = Some(client.client_id.clone());
     let token = params.require("token")?.to_owned();
     let (keys, issuer, clock) = (
@@ -1353,53 +1484,56 @@ async fn revoke_inner(req: &HttpRequest, state: &AppState, body: &[u8]) -> Resul
         .db
         .run(move |conn| {
             let now = clock.now_secs();
-            if token.split('.').count() == 3 {
-                // An access token: ours, unexpired, and this client's.
+            let audit = |conn: &mut crate::store::DbConnection, event: AuditEvent| {
+                crate::audit::append(conn, clock.as_ref(), &ctx, &event)
+            };
+            let (family, revoke_access) = if token.split('.').count() == 3 {
+                // An access token: ours (signature checked; an expired one needs no revoking).
                 let Ok(claims) = tokens::read_access(&keys, &token, &issuer, now) else {
                     return Ok(());
                 };
                 let Some((row, family)) = grants::find_access_token(conn, &claims.jti)? else {
                     return Ok(());
                 };
-                if row.client_id != client.client_id {
+                (family, Some(row.jti))
+            } else {
+                let hash = crate::crypto::sha256_b64(token.as_bytes());
+                let Some(refresh) = grants::find_refresh(conn, &hash)? else {
                     return Ok(());
-                }
-                return write_transaction(conn, |conn| {
-                    if grants::revoke_access_token(conn, &row.jti, now)? {
-                        crate::audit::append(
-                            conn,
-                            clock.as_ref(),
-                            &ctx,
-                            &AuditEvent::TokenRevoked {
-                                client_id: client.client_id.clone(),
-                                family: family.id.clone(),
-                                reason: "access_token_revoked_by_client".into(),
-                            },
-                        )?;
-                    }
-                    Ok(())
-                });
-            }
-            let hash = crate::crypto::sha256_b64(token.as_bytes());
-            let Some(refresh) = grants::find_refresh(conn, &hash)? else {
-                return Ok(());
+                };
+                let Some(family) = grants::find_family(conn, &refresh.family_id)? else {
+                    return Ok(());
+                };
+                (family, None)
             };
-            let Some(family) = grants::find_family(conn, &refresh.family_id)? else {
-                return Ok(());
-            };
-            if family.client_id != client.client_id {
-                return Ok(());
-            }
             write_transaction(conn, |conn| {
-                if grants::revoke_family(conn, &family.id, "revoked_by_client", now)? {
-                    crate::audit::append(
+                if family.client_id != client.client_id {
+                    return audit(
                         conn,
-                        clock.as_ref(),
-                        &ctx,
-                        &AuditEvent::TokenRevoked {
+                        AuditEvent::TokenRevocationRefused {
                             client_id: client.client_id.clone(),
                             family: family.id.clone(),
-                            reason: "revoked_by_client".into(),
+                            reason: "the token belongs to another client".into(),
+                        },
+                    );
+                }
+                let (changed, reason) = match &revoke_access {
+                    Some(jti) => (
+                        grants::revoke_access_token(conn, jti, now)?,
+                        "access_token_revoked_by_client",
+                    ),
+                    None => (
+                        grants::revoke_family(conn, &family.id, "revoked_by_client", now)?,
+                        "revoked_by_client",
+                    ),
+                };
+                if changed {
+                    audit(
+                        conn,
+                        AuditEvent::TokenRevoked {
+                            client_id: client.client_id.clone(),
+                            family: family.id.clone(),
+                            reason: reason.into(),
                         },
                     )?;
                 }
@@ -1411,7 +1545,8 @@ async fn revoke_inner(req: &HttpRequest, state: &AppState, body: &[u8]) -> Resul
 }
 
 /// `POST /policy/check`: may this token do this FHIR request? Form fields `token`, `method`,
-/// `url` (relative to the FHIR base) and, for writes, `resource` (the JSON body).
+/// `url` (relative to the FHIR base) and, for writes, `resource` (the JSON body). Every
+/// decision is audited with the request's method and resource type.
 pub async fn policy_check(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -1428,6 +1563,7 @@ async fn policy_inner(
     state: &AppState,
     body: &[u8],
 ) -> Result<Value, OAuthError> {
+    use crate::smart::policy::{check, Decision, FhirRequest};
     let params = form_params(req, body, "policy check")?;
     let caller = resource_server_caller(req, state, &params, "policy/check").await?;
     let token = params.require("token")?;
@@ -1440,16 +1576,54 @@ async fn policy_inner(
                 .map_err(|_| OAuthError::invalid_request("resource is not JSON"))?,
         ),
     };
-    let request = crate::smart::policy::FhirRequest::parse(method, url, resource.as_ref())
-        .map_err(|e| {
-            OAuthError::invalid_request(crate::oauth::error::truncate(&e.to_string(), 200))
-        })?;
-    let Some(live) = live_for(state, &caller, token).await? else {
-        return Ok(crate::smart::policy::Decision::Deny {
-            reason: "the token is not active for this server".into(),
+    let request = FhirRequest::parse(method, url, resource.as_ref()).map_err(|e| {
+        OAuthError::invalid_request(crate::oauth::error::truncate(&e.to_string(), 200))
+    })?;
+    let label = format!(
+        "{} {}",
+        method.to_ascii_uppercase(),
+        request.resource_type()
+    );
+    let decide = move |answer: &Answer| -> Decision {
+        match answer {
+            Answer::Live(live) => {
+                let granted = ScopeSet::parse(&live.claims.scope).0;
+                check(&granted, live.context.patient.as_deref(), &request)
+            }
+            _ => Decision::Deny {
+                reason: "the token is not active for this server".into(),
+            },
         }
-        .to_json());
     };
-    let granted = ScopeSet::parse(&live.claims.scope).0;
-    Ok(crate::smart::policy::check(&granted, live.context.patient.as_deref(), &request).to_json())
+    let decide_for_audit = decide.clone();
+    let mut ctx = audit_context(req, state);
+    ctx.actor_client = Some(caller.client_id.clone());
+    let answer = answer_for(
+        state,
+        &caller,
+        token,
+        move |answer| {
+            let decision = decide_for_audit(answer).to_json();
+            let (client_id, family, patient) = match answer {
+                Answer::Live(l) => (
+                    l.claims.client_id.clone(),
+                    Some(l.family.id.clone()),
+                    l.context.patient.clone(),
+                ),
+                Answer::Inactive { client_id, family } => (client_id.clone(), family.clone(), None),
+                Answer::Unknown => (String::new(), None, None),
+            };
+            Some(AuditEvent::PolicyChecked {
+                client_id,
+                family,
+                request: label.clone(),
+                decision: decision["decision"].as_str().unwrap_or_default().to_owned(),
+                scope: decision["scope"].as_str().map(str::to_owned),
+                patient,
+            })
+        },
+        ctx,
+    )
+    .await?;
+    Ok(decide(&answer).to_json())
 }

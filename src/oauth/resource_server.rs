@@ -14,7 +14,7 @@ use crate::authn::session::Timeouts;
 use crate::keys::KeyRing;
 use crate::smart::launch::LaunchContext;
 use crate::store::grants::{self, AccessTokenRow, FamilyRow};
-use crate::store::{credentials, DbConnection, StoreError};
+use crate::store::{DbConnection, StoreError};
 
 /// An access token that is live right now.
 #[derive(Debug, Clone)]
@@ -26,6 +26,9 @@ pub struct LiveToken {
 }
 
 /// Reads an access token back and checks it against the database (see the module docs).
+/// `audiences`, when given, are the only `aud` values the caller may learn about: any other
+/// token is answered as inactive before the database is touched, so timing does not tell a
+/// resource server whether someone else's token is live.
 pub fn live_access_token(
     conn: &mut DbConnection,
     ring: &KeyRing,
@@ -33,20 +36,28 @@ pub fn live_access_token(
     token: &str,
     now: i64,
     timeouts: Timeouts,
+    audiences: Option<&[String]>,
 ) -> Result<Option<LiveToken>, StoreError> {
     let Ok(claims) = tokens::read_access(ring, token, issuer, now) else {
         return Ok(None);
     };
+    if audiences.is_some_and(|a| !a.contains(&claims.aud)) {
+        return Ok(None);
+    }
     let Some((row, family)) = grants::find_access_token(conn, &claims.jti)? else {
         return Ok(None);
     };
     if row.revoked_at.is_some() || family.revoked_at.is_some() || row.expires_at <= now {
         return Ok(None);
     }
+    // A disabled client's tokens die with it (an incident response must not wait for expiry).
+    let client_enabled =
+        crate::store::clients::find(conn, &row.client_id)?.is_some_and(|c| c.enabled);
+    if !client_enabled {
+        return Ok(None);
+    }
     if let Some(user_id) = &row.user_id {
-        let usable = credentials::login_user_by_id(conn, user_id)?
-            .is_some_and(|u| u.enabled && u.locked_at.is_none());
-        if !usable {
+        if !super::token::user_active(conn, user_id)? {
             return Ok(None);
         }
     }
@@ -55,7 +66,12 @@ pub fn live_access_token(
             return Ok(None);
         }
     }
-    let context = serde_json::from_str(&family.context).unwrap_or_default();
+    // The signed claims are authoritative for patient and encounter; the stored context adds
+    // what a JWT does not carry (fhirContext, banner, style, intent, tenant).
+    let mut context: LaunchContext = serde_json::from_str(&family.context)
+        .map_err(|e| StoreError::Corrupt(format!("launch context of grant {}: {e}", family.id)))?;
+    context.patient = claims.patient.clone();
+    context.encounter = claims.encounter.clone();
     Ok(Some(LiveToken {
         claims,
         row,

@@ -179,7 +179,14 @@ pub fn client_credentials(
             160,
         ))
     })?;
-    let granted = crate::authz::grant::grantable_for_service(&client.settings, requested).granted;
+    // system/ resource scopes only: identity, context and refresh scopes mean nothing without
+    // a person, so they are dropped even when the client's allowance lists them.
+    let granted: ScopeSet = crate::authz::grant::grantable_for_service(&client.settings, requested)
+        .granted
+        .iter()
+        .filter(|s| s.as_resource().is_some())
+        .cloned()
+        .collect();
     if granted.resource_scopes().next().is_none() {
         return Err(OAuthError::invalid_scope(
             "none of the requested scopes are allowed for this client",
@@ -263,6 +270,11 @@ pub fn refresh_token(
     if family.client_id != client.client_id {
         return Err(OAuthError::invalid_grant(
             "the refresh token was issued to another client",
+        ));
+    }
+    if family.grant_kind == "client_credentials" {
+        return Err(OAuthError::invalid_grant(
+            "backend-service grants are not refreshable",
         ));
     }
     let outcome = if row.used_at.is_some() {
@@ -440,9 +452,11 @@ fn live_family(conn: &mut DbConnection, id: &str, now: i64) -> Result<FamilyRow,
     }
 }
 
-fn user_active(conn: &mut DbConnection, user_id: &str) -> Result<bool, StoreError> {
-    Ok(credentials::login_user_by_id(conn, user_id)?
-        .is_some_and(|u| u.enabled && u.locked_at.is_none()))
+/// Whether a user's grants still count: the account exists and is enabled. A sign-in lock
+/// (too many failed guesses, which anyone knowing the username can cause) blocks signing in,
+/// not the apps the person already authorized (DESIGN.md §7: no lock-out mid-shift).
+pub(crate) fn user_active(conn: &mut DbConnection, user_id: &str) -> Result<bool, StoreError> {
+    Ok(credentials::login_user_by_id(conn, user_id)?.is_some_and(|u| u.enabled))
 }
 
 pub(crate) fn session_alive(
@@ -527,8 +541,10 @@ fn issue(
     body.insert("expires_in".into(), json!(lifetime));
     body.insert("scope".into(), json!(scopes.to_string()));
     let family_scopes = ScopeSet::parse(&family.scope).0;
-    let refreshable = family_scopes.has(IdentityScope::OfflineAccess)
-        || family_scopes.has(IdentityScope::OnlineAccess);
+    // Backend services never get refresh tokens (RFC 6749 §4.4.3, SMART Backend Services).
+    let refreshable = family.grant_kind != "client_credentials"
+        && (family_scopes.has(IdentityScope::OfflineAccess)
+            || family_scopes.has(IdentityScope::OnlineAccess));
     if refreshable && settings.grant_types.contains(&GrantType::RefreshToken) {
         let refresh = random_token(32);
         grants::insert_refresh(
