@@ -118,5 +118,69 @@ fn passwords(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scopes, policy, tokens, sealing, passwords);
+/// Client-assertion verification (SMART Backend Services): the per-request cost of
+/// `private_key_jwt` at `/token`, for RS384 and ES384 keys, parsed once (as Ward caches them).
+fn client_assertions(c: &mut Criterion) {
+    use josekit::jws::{JwsSigner, ES384, RS384};
+    use serde_json::json;
+    use ward::oauth::assertion::{peek_header, verify, Expectations};
+    let now = 1_900_000_000;
+    let audiences = vec!["https://ward.example/token".to_owned()];
+    let cases: Vec<(&str, Box<dyn JwsSigner>, serde_json::Value)> = vec![
+        {
+            let pair = RS384.generate_key_pair(2048).unwrap();
+            let mut jwk = pair.to_jwk_public_key();
+            jwk.set_key_id("k");
+            (
+                "RS384",
+                Box::new(RS384.signer_from_jwk(&pair.to_jwk_private_key()).unwrap()),
+                serde_json::to_value(&jwk).unwrap(),
+            )
+        },
+        {
+            let pair = ES384.generate_key_pair().unwrap();
+            let mut jwk = pair.to_jwk_public_key();
+            jwk.set_key_id("k");
+            (
+                "ES384",
+                Box::new(ES384.signer_from_jwk(&pair.to_jwk_private_key()).unwrap()),
+                serde_json::to_value(&jwk).unwrap(),
+            )
+        },
+    ];
+    for (alg, signer, jwk) in cases {
+        let keys = ward::clients::jwks::validate(&json!({"keys": [jwk]})).unwrap();
+        let mut header = JwsHeader::new();
+        header.set_key_id("k");
+        let mut payload = JwtPayload::new();
+        payload.set_issuer("svc");
+        payload.set_subject("svc");
+        payload.set_audience(vec!["https://ward.example/token"]);
+        payload.set_jwt_id("j");
+        payload.set_claim("exp", Some(json!(now + 240))).unwrap();
+        let token = jwt::encode_with_signer(&payload, &header, signer.as_ref()).unwrap();
+        let expect = Expectations {
+            client_id: "svc",
+            audiences: &audiences,
+            registered_jku: None,
+            now,
+        };
+        c.bench_function(&format!("assertion/verify_{alg}"), |b| {
+            b.iter(|| {
+                let header = peek_header(black_box(&token)).unwrap();
+                verify(&token, &header, &keys, &expect).unwrap()
+            })
+        });
+    }
+}
+
+criterion_group!(
+    benches,
+    scopes,
+    policy,
+    tokens,
+    client_assertions,
+    sealing,
+    passwords
+);
 criterion_main!(benches);

@@ -11,8 +11,12 @@ fuzz_target!(|data: &[u8]| {
     let mut parts = text.splitn(4, '\n');
     let method = parts.next().unwrap_or("GET");
     let url = parts.next().unwrap_or("");
-    let scopes = parts.next().unwrap_or("patient/*.cruds user/Observation.rs");
-    let body = parts.next().and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok());
+    let scopes = parts
+        .next()
+        .unwrap_or("patient/*.cruds user/Observation.rs");
+    let body = parts
+        .next()
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok());
     let (granted, _) = ScopeSet::parse(scopes);
     if let Ok(request) = FhirRequest::parse(method, url, body.as_ref()) {
         match check(&granted, Some("123"), &request) {

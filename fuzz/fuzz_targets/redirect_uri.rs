@@ -12,7 +12,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = validate(registered, native);
         if matches(registered, presented, native) && registered != presented {
             assert!(native, "only native apps get the loopback port exception");
-            assert!(registered.starts_with("http://127.") || registered.starts_with("http://[::1]"));
+            assert!(
+                registered.starts_with("http://127.") || registered.starts_with("http://[::1]")
+            );
         }
     }
     assert!(matches(registered, registered, false));

@@ -1,4 +1,5 @@
 //! Ward's pure protocol parsers, compiled from the server's own source files (no copies).
 
 pub mod oauth;
+pub mod patients;
 pub mod smart;

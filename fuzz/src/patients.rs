@@ -1,0 +1,2 @@
+#[path = "../../src/patients/fhir.rs"]
+pub mod fhir;
