@@ -382,47 +382,6 @@ fn user_flow_app(app: &TestApp) -> String {
     .0
 }
 
-async fn code_flow(
-    app: &TestApp,
-    browser: &Browser,
-    app_id: &str,
-    scope: &str,
-    login: Option<(&str, &str)>,
-) -> Value {
-    let (verifier, challenge) = pkce();
-    let query = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([
-            ("response_type", "code"),
-            ("client_id", app_id),
-            ("redirect_uri", CALLBACK),
-            ("scope", scope),
-            ("state", "s"),
-            ("aud", FHIR),
-            ("code_challenge", challenge.as_str()),
-            ("code_challenge_method", "S256"),
-        ])
-        .finish();
-    let landing = follow(browser, &app.url(&format!("/authorize?{query}")), login).await;
-    let callback = match landing {
-        Landing::Consent(page) => approve(browser, &page, &[]).await.callback(),
-        other => other.callback(),
-    };
-    let (status, body) = token(
-        app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &callback["code"]),
-            ("redirect_uri", CALLBACK),
-            ("code_verifier", &verifier),
-            ("client_id", app_id),
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
-}
-
 async fn resource_servers_introspect_tokens_of_every_flow(backend: Backend) {
     let clock = Arc::new(ManualClock::at_secs(unix_now()));
     let Some(app) = TestApp::builder(backend)

@@ -81,28 +81,7 @@ async fn full_flow(
     user: &str,
     scope: &str,
 ) -> Value {
-    let (verifier, challenge) = pkce();
-    let start = authorize_url(app, &standard_authorize(client_id, &challenge, scope));
-    let consent = follow(browser, &start, Some((user, PASSWORD)))
-        .await
-        .consent();
-    let callback = approve(browser, &consent, &[]).await.callback();
-    assert_eq!(callback["state"], "st-123");
-    assert_eq!(callback["iss"], app.base);
-    let (status, body) = token(
-        app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &callback["code"]),
-            ("redirect_uri", CALLBACK),
-            ("code_verifier", &verifier),
-            ("client_id", client_id),
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
+    code_flow(app, browser, client_id, scope, Some((user, PASSWORD))).await
 }
 
 async fn discovery_advertises_exactly_what_works(backend: Backend) {
@@ -416,18 +395,7 @@ async fn ehr_launch_carries_context_and_is_bound_to_app_and_user(backend: Backen
     .await
     .consent();
     let callback = approve(&browser, &consent, &[]).await.callback();
-    let (status, body) = token(
-        &app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &callback["code"]),
-            ("redirect_uri", CALLBACK),
-            ("code_verifier", &verifier),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, body) = redeem(&app, &callback["code"], &verifier, &app_id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["patient"], "p-42");
     assert_eq!(body["encounter"], "enc-9");
@@ -623,18 +591,7 @@ async fn standalone_launch_with_the_patient_picker(backend: Backend) {
         "patient in context shown"
     );
     let callback = approve(&browser, &consent, &[]).await.callback();
-    let (status, body) = token(
-        &app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &callback["code"]),
-            ("redirect_uri", CALLBACK),
-            ("code_verifier", &verifier),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, body) = redeem(&app, &callback["code"], &verifier, &app_id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["patient"], "p2");
     assert_eq!(body["need_patient_banner"], true);
@@ -669,18 +626,7 @@ async fn consent_choices_narrow_the_grant_and_deny_redirects(backend: Backend) {
         body.push_str(&format!("&include={t}"));
     }
     let callback = submit_consent(&browser, &body).await.callback();
-    let (status, tokens) = token(
-        &app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &callback["code"]),
-            ("redirect_uri", CALLBACK),
-            ("code_verifier", &verifier),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, tokens) = redeem(&app, &callback["code"], &verifier, &app_id).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     let granted: Vec<&str> = tokens["scope"].as_str().unwrap().split(' ').collect();
     assert!(granted.contains(&"patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory"), "{granted:?}");
@@ -838,26 +784,6 @@ async fn prompt_max_age_and_remembered_consent(backend: Backend) {
     assert!(next.location.unwrap().starts_with("/login"));
 }
 
-async fn redeem_form(
-    app: &TestApp,
-    code: &str,
-    verifier: &str,
-    client_id: &str,
-) -> (StatusCode, Value) {
-    token(
-        app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", CALLBACK),
-            ("code_verifier", verifier),
-            ("client_id", client_id),
-        ],
-        None,
-    )
-    .await
-}
-
 async fn authorization_codes_are_single_use_under_concurrency(backend: Backend) {
     let Some(app) = smart_app(backend).await else {
         return;
@@ -875,7 +801,7 @@ async fn authorization_codes_are_single_use_under_concurrency(backend: Backend) 
     .await
     .consent();
     let code = approve(&browser, &consent, &[]).await.callback()["code"].clone();
-    let attempts = (0..20).map(|_| redeem_form(&app, &code, &verifier, &app_id));
+    let attempts = (0..20).map(|_| redeem(&app, &code, &verifier, &app_id));
     let results = futures_util::future::join_all(attempts).await;
     let winners: Vec<&Value> = results
         .iter()
@@ -1541,7 +1467,7 @@ async fn rejects_bad_token_requests(backend: Backend) {
     assert!(refusals >= cases.len(), "{refusals}");
     assert!(!audit_actions(&app, "client.authentication_failed").is_empty());
     // The code survived every refused attempt and still works once.
-    let (status, body) = redeem_form(&app, &code, &verifier, &app_id).await;
+    let (status, body) = redeem(&app, &code, &verifier, &app_id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // An expired code (60 s) is refused.
     let (verifier, challenge) = pkce();
@@ -1561,7 +1487,7 @@ async fn rejects_bad_token_requests(backend: Backend) {
             .execute(&mut *app.conn())
             .unwrap();
     }
-    let (status, body) = redeem_form(&app, &code, &verifier, &app_id).await;
+    let (status, body) = redeem(&app, &code, &verifier, &app_id).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_grant")),
@@ -1910,7 +1836,7 @@ async fn refreshes_follow_todays_roles_and_offline_access_can_be_declined(backen
     )
     .await
     .callback();
-    let (status, body) = redeem_form(&app, &callback["code"], &verifier, &app_id).await;
+    let (status, body) = redeem(&app, &callback["code"], &verifier, &app_id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.get("refresh_token").is_none(), "{body}");
     assert!(!body["scope"].as_str().unwrap().contains("offline_access"));

@@ -45,6 +45,14 @@ fn is_form(req: &HttpRequest) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(FORM))
 }
 
+/// A protocol endpoint's answer: the JSON body, or the RFC 6749 error.
+fn respond(result: Result<Value, OAuthError>) -> HttpResponse {
+    match result {
+        Ok(v) => json_response(&v),
+        Err(e) => e.response(),
+    }
+}
+
 fn json_response(body: &Value) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -830,10 +838,7 @@ pub async fn launch(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    match launch_inner(&req, &state, &body).await {
-        Ok(v) => json_response(&v),
-        Err(e) => e.response(),
-    }
+    respond(launch_inner(&req, &state, &body).await)
 }
 
 async fn launch_inner(
@@ -982,10 +987,7 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 /// `openid`.
 pub async fn userinfo(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let mut response = match userinfo_inner(&req, &state).await {
-        Ok(v) => json_response(&v),
-        Err(e) => e.response(),
-    };
+    let mut response = respond(userinfo_inner(&req, &state).await);
     if let Some(origin) = origin {
         // Bearer-token endpoint: no cookies involved, any origin may read its own answer.
         response
@@ -1394,10 +1396,7 @@ pub async fn introspect(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    match introspect_inner(&req, &state, &body).await {
-        Ok(v) => json_response(&v),
-        Err(e) => e.response(),
-    }
+    respond(introspect_inner(&req, &state, &body).await)
 }
 
 async fn introspect_inner(
@@ -1552,10 +1551,7 @@ pub async fn policy_check(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    match policy_inner(&req, &state, &body).await {
-        Ok(v) => json_response(&v),
-        Err(e) => e.response(),
-    }
+    respond(policy_inner(&req, &state, &body).await)
 }
 
 async fn policy_inner(

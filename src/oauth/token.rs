@@ -52,10 +52,6 @@ impl From<OAuthError> for Refusal {
     }
 }
 
-fn required<'p>(params: &'p Params, name: &str) -> Result<&'p str, OAuthError> {
-    params.require(name)
-}
-
 /// `grant_type=authorization_code`.
 pub fn authorization_code(
     conn: &mut DbConnection,
@@ -65,8 +61,8 @@ pub fn authorization_code(
     params: &Params,
 ) -> Result<Value, OAuthError> {
     allowed(client, GrantType::AuthorizationCode)?;
-    let code = required(params, "code")?;
-    let redirect_uri = required(params, "redirect_uri")?;
+    let code = params.require("code")?;
+    let redirect_uri = params.require("redirect_uri")?;
     let verifier = params
         .get("code_verifier")
         .ok_or_else(|| OAuthError::invalid_request("code_verifier is required (PKCE)"))?;
@@ -258,7 +254,7 @@ pub fn refresh_token(
     params: &Params,
 ) -> Result<Value, OAuthError> {
     allowed(client, GrantType::RefreshToken)?;
-    let presented = required(params, "refresh_token")?;
+    let presented = params.require("refresh_token")?;
     let now = iss.clock.now_secs();
     let hash = sha256_b64(presented.as_bytes());
     let Some(row) = grants::find_refresh(conn, &hash)? else {

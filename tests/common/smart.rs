@@ -364,3 +364,56 @@ pub fn oidc_http() -> impl Fn(openidconnect::HttpRequest) -> OidcFuture {
         }) as OidcFuture
     }
 }
+
+/// Redeems a code for a public client: (status, token response).
+pub async fn redeem(
+    app: &TestApp,
+    code: &str,
+    verifier: &str,
+    client_id: &str,
+) -> (StatusCode, Value) {
+    token(
+        app,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", CALLBACK),
+            ("code_verifier", verifier),
+            ("client_id", client_id),
+        ],
+        None,
+    )
+    .await
+}
+
+/// A whole standalone launch for a public client: authorize (signing in with `login` when
+/// asked), approve everything on the consent page (or use remembered consent), redeem the code;
+/// returns the token response.
+pub async fn code_flow(
+    app: &TestApp,
+    browser: &Browser,
+    client_id: &str,
+    scope: &str,
+    login: Option<(&str, &str)>,
+) -> Value {
+    let (verifier, challenge) = pkce();
+    let params = [
+        ("response_type", "code"),
+        ("client_id", client_id),
+        ("redirect_uri", CALLBACK),
+        ("scope", scope),
+        ("state", "st-123"),
+        ("aud", FHIR),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    let callback = match follow(browser, &authorize_url(app, &params), login).await {
+        Landing::Consent(page) => approve(browser, &page, &[]).await.callback(),
+        other => other.callback(),
+    };
+    assert_eq!(callback["state"], "st-123");
+    assert_eq!(callback["iss"], app.base);
+    let (status, body) = redeem(app, &callback["code"], &verifier, client_id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
