@@ -494,28 +494,12 @@ pub async fn consent_post(
                 Err(e) => return bad_request_page(&e.to_string()),
             };
             if !form.offline {
-                granted = without_refresh(&granted);
+                granted = authorize::without_refresh(&granted);
             }
             approve(&req, &state, &flow, granted, patient, form.remember, false).await
         }
         _ => bad_request_page("Choose Allow or Deny."),
     }
-}
-
-/// The grant without `offline_access` and `online_access` (the person unticked the box).
-fn without_refresh(granted: &ScopeSet) -> ScopeSet {
-    granted
-        .iter()
-        .filter(|s| {
-            !matches!(
-                s,
-                crate::smart::scopes::Scope::Identity(
-                    IdentityScope::OfflineAccess | IdentityScope::OnlineAccess
-                )
-            )
-        })
-        .cloned()
-        .collect()
 }
 
 /// The consent form: repeated `include` and `category.<Type>` fields, so parsed by hand.

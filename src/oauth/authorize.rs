@@ -293,20 +293,25 @@ pub fn candidate(pending: &Pending, subject: &Subject) -> ScopeSet {
         .grant_types
         .contains(&GrantType::RefreshToken)
     {
-        granted = granted
-            .iter()
-            .filter(|s| {
-                !matches!(
-                    s,
-                    crate::smart::scopes::Scope::Identity(
-                        IdentityScope::OfflineAccess | IdentityScope::OnlineAccess
-                    )
-                )
-            })
-            .cloned()
-            .collect();
+        granted = without_refresh(&granted);
     }
     granted
+}
+
+/// The scopes without `offline_access` and `online_access`: no refresh token will come of them.
+pub fn without_refresh(scopes: &ScopeSet) -> ScopeSet {
+    scopes
+        .iter()
+        .filter(|s| {
+            !matches!(
+                s,
+                crate::smart::scopes::Scope::Identity(
+                    IdentityScope::OfflineAccess | IdentityScope::OnlineAccess
+                )
+            )
+        })
+        .cloned()
+        .collect()
 }
 
 /// The patient in context: the EHR's, or the patient user's own record, or the one picked (by
