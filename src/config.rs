@@ -62,6 +62,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub clients: ClientSettingsConfig,
     pub login: LoginSettings,
+    pub audit: AuditSettings,
     /// Insecure switches for tests and development only; each is logged loudly at start.
     pub danger: DangerSettings,
     /// Only ever read from `WARD_MASTER_KEY`; a secret does not belong in a config file.
@@ -176,6 +177,23 @@ impl Default for LoginSettings {
             hash_queue_limit: 64,
         }
     }
+}
+
+/// Which introspections are audited (each is a disclosure to a resource server).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectionAudit {
+    /// The first introspection of each token (and every one for AI-tool clients' tokens).
+    #[default]
+    First,
+    /// Every introspection.
+    All,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    pub introspection: IntrospectionAudit,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -295,6 +313,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc { section: "login", key: "lockout_threshold", env: "WARD_LOGIN_LOCKOUT_THRESHOLD", flag: None, kind: Kind::Integer, default: "100", doc: "Consecutive failures (from anywhere) that lock an account until `ward user unlock`." },
     SettingDoc { section: "login", key: "max_concurrent_hashes", env: "WARD_LOGIN_MAX_CONCURRENT_HASHES", flag: None, kind: Kind::Integer, default: "0 (one per core)", doc: "Password hashes computed at once." },
     SettingDoc { section: "login", key: "hash_queue_limit", env: "WARD_LOGIN_HASH_QUEUE_LIMIT", flag: None, kind: Kind::Integer, default: "64", doc: "Password checks allowed to wait; beyond it logins get a quick 503." },
+    SettingDoc { section: "audit", key: "introspection", env: "WARD_AUDIT_INTROSPECTION", flag: None, kind: Kind::Text, default: "first", doc: "Which introspections are audited: `first` (the first of each token; every one for AI-tool clients' tokens) or `all`." },
     SettingDoc { section: "danger", key: "allow_http_public_url", env: "WARD_DANGER_ALLOW_HTTP_PUBLIC_URL", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: accept an `http://` public URL on a non-loopback host (tests only)." },
     SettingDoc { section: "danger", key: "allow_loopback_jwks_uri", env: "WARD_DANGER_ALLOW_LOOPBACK_JWKS_URI", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: let client JWKS URLs point at loopback addresses (tests only)." },
     SettingDoc { section: "danger", key: "disable_login_throttle", env: "WARD_DANGER_DISABLE_LOGIN_THROTTLE", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: no back-off or lockout (benchmarks only)." },

@@ -249,6 +249,7 @@ async fn housekeeping_purges_expired_grants_and_keeps_live_ones(backend: Backend
                 issued_at: expires_at - 300,
                 expires_at,
                 revoked_at: None,
+                introspected_at: None,
             },
         )
         .unwrap();

@@ -1390,34 +1390,74 @@ async fn introspect_inner(
 ) -> Result<Value, OAuthError> {
     let params = form_params(req, body, "introspection")?;
     let caller = resource_server_caller(req, state, &params, "introspect").await?;
-    let token = params.require("token")?;
-    let mut ctx = audit_context(req, state);
+    let token = params.require("token")?.to_owned();
+    let (keys, issuer, now, timeouts, bases) = (
+        state.keys.clone(),
+        state.issuer.clone(),
+        state.clock.now_secs(),
+        state.login.timeouts,
+        caller.settings.fhir_bases.clone(),
+    );
+    let audit_all = state.settings.audit.introspection == crate::config::IntrospectionAudit::All;
+    let (clock, mut ctx) = (state.clock.clone(), audit_context(req, state));
     ctx.actor_client = Some(caller.client_id.clone());
-    let answer = answer_for(
-        state,
-        &caller,
-        token,
-        |answer| match answer {
-            Answer::Live(l) => Some(AuditEvent::TokenIntrospected {
-                client_id: l.claims.client_id.clone(),
-                active: true,
-                family: Some(l.family.id.clone()),
-                patient: l.context.patient.clone(),
-            }),
-            Answer::Inactive { client_id, family } => Some(AuditEvent::TokenIntrospected {
-                client_id: client_id.clone(),
-                active: false,
-                family: family.clone(),
-                patient: None,
-            }),
-            Answer::Unknown => None,
-        },
-        ctx,
-    )
-    .await?;
-    Ok(match answer {
-        Answer::Live(live) => resource_server::introspection(&live),
-        _ => resource_server::inactive(),
+    let live = state
+        .db
+        .run(move |conn| {
+            let live = resource_server::live_access_token(
+                conn,
+                &keys,
+                &issuer,
+                &token,
+                now,
+                timeouts,
+                Some(&bases),
+            )?;
+            let Some(live) = live else {
+                return Ok::<_, StoreError>(None);
+            };
+            // The audit policy (DESIGN.md §8): the first introspection of each token is a
+            // disclosure worth a record; AI tools' tokens (and everything, with `all`) every
+            // time. Later introspections are reads only.
+            let every_time = audit_all || live.ai_tool;
+            if !every_time && live.row.introspected_at.is_some() {
+                return Ok(Some(live));
+            }
+            write_transaction(conn, |conn| {
+                // Decide again inside the transaction: the answer and its record commit together.
+                let Some(live) = resource_server::live_access_token(
+                    conn,
+                    &keys,
+                    &issuer,
+                    &token,
+                    now,
+                    timeouts,
+                    Some(&bases),
+                )?
+                else {
+                    return Ok(None);
+                };
+                let first = grants::mark_introspected(conn, &live.row.jti, now)?;
+                if every_time || first {
+                    crate::audit::append(
+                        conn,
+                        clock.as_ref(),
+                        &ctx,
+                        &AuditEvent::TokenIntrospected {
+                            client_id: live.claims.client_id.clone(),
+                            active: true,
+                            family: Some(live.family.id.clone()),
+                            patient: live.context.patient.clone(),
+                        },
+                    )?;
+                }
+                Ok(Some(live))
+            })
+        })
+        .await?;
+    Ok(match live {
+        Some(live) => resource_server::introspection(&live),
+        None => resource_server::inactive(),
     })
 }
 

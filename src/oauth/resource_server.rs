@@ -23,6 +23,8 @@ pub struct LiveToken {
     pub row: AccessTokenRow,
     pub family: FamilyRow,
     pub context: LaunchContext,
+    /// The token's client is an AI tool (every introspection of its tokens is audited).
+    pub ai_tool: bool,
 }
 
 /// Reads an access token back and checks it against the database (see the module docs).
@@ -51,11 +53,10 @@ pub fn live_access_token(
         return Ok(None);
     }
     // A disabled client's tokens die with it (an incident response must not wait for expiry).
-    let client_enabled =
-        crate::store::clients::find(conn, &row.client_id)?.is_some_and(|c| c.enabled);
-    if !client_enabled {
+    let Some(client) = crate::store::clients::find(conn, &row.client_id)?.filter(|c| c.enabled)
+    else {
         return Ok(None);
-    }
+    };
     if let Some(user_id) = &row.user_id {
         if !super::token::user_active(conn, user_id)? {
             return Ok(None);
@@ -77,6 +78,7 @@ pub fn live_access_token(
         row,
         family,
         context,
+        ai_tool: client.ai_tool,
     }))
 }
 

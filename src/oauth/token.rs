@@ -529,6 +529,7 @@ fn issue(
             issued_at: now,
             expires_at: now + lifetime,
             revoked_at: None,
+            introspected_at: None,
         },
     )?;
     let mut body = Map::new();

@@ -310,6 +310,7 @@ pub struct AccessTokenRow {
     pub issued_at: i64,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
+    pub introspected_at: Option<i64>,
 }
 
 pub fn insert_access_token(
@@ -483,4 +484,16 @@ pub fn consents_of_user(
         .filter(consents::user_id.eq(user_id))
         .select(ConsentRow::as_select())
         .load(conn)?)
+}
+
+/// Marks a token introspected; true for the first introspection only.
+pub fn mark_introspected(conn: &mut DbConnection, jti: &str, now: i64) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        access_tokens::table
+            .find(jti)
+            .filter(access_tokens::introspected_at.is_null()),
+    )
+    .set(access_tokens::introspected_at.eq(Some(now)))
+    .execute(conn)?;
+    Ok(n == 1)
 }

@@ -273,6 +273,7 @@ diesel::table! {
         issued_at -> BigInt,
         expires_at -> BigInt,
         revoked_at -> Nullable<BigInt>,
+        introspected_at -> Nullable<BigInt>,
     }
 }
 

@@ -103,7 +103,9 @@ CREATE TABLE access_tokens (
     aud TEXT NOT NULL,
     issued_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL,
-    revoked_at BIGINT
+    revoked_at BIGINT,
+    -- When a resource server first introspected it (the `first` audit policy).
+    introspected_at BIGINT
 );
 CREATE INDEX access_tokens_family ON access_tokens (family_id);
 CREATE INDEX access_tokens_expires ON access_tokens (expires_at);
