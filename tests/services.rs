@@ -1072,10 +1072,10 @@ async fn resource_server_questions_are_audited(backend: Backend) {
     assert_eq!(introspections.len(), 1, "{introspections:?}");
     assert_eq!(
         (
-            introspections[0]["active"].as_bool(),
+            introspections[0]["client_id"].as_str(),
             introspections[0]["patient"].as_str()
         ),
-        (Some(true), Some("123"))
+        (Some(app_id.as_str()), Some("123"))
     );
     post_form(
         &app,

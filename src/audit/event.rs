@@ -195,12 +195,11 @@ pub enum AuditEvent {
         family: String,
         kind: String,
     },
-    /// A resource server introspected one of Ward's tokens (the actor is the server): a
-    /// disclosure of who and which patient when active; a probe worth seeing when not.
+    /// A resource server introspected a live token (the actor is the server): a disclosure of
+    /// who and which patient, recorded per the introspection audit policy.
     #[serde(rename = "token.introspected")]
     TokenIntrospected {
         client_id: String,
-        active: bool,
         family: Option<String>,
         patient: Option<String>,
     },
@@ -546,7 +545,6 @@ mod tests {
             },
             AuditEvent::TokenIntrospected {
                 client_id: "c".into(),
-                active: true,
                 family: None,
                 patient: None,
             },

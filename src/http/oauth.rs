@@ -1445,7 +1445,6 @@ async fn introspect_inner(
                         &ctx,
                         &AuditEvent::TokenIntrospected {
                             client_id: live.claims.client_id.clone(),
-                            active: true,
                             family: Some(live.family.id.clone()),
                             patient: live.context.patient.clone(),
                         },
