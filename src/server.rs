@@ -59,6 +59,7 @@ pub fn start_on(
     };
     let addrs = http.addrs();
     spawn_key_refresh(state.clone());
+    spawn_audit_linker(state.clone());
     spawn_housekeeping(state);
     Ok(RunningServer {
         server: http.run(),
@@ -87,6 +88,26 @@ fn spawn_key_refresh(state: AppState) {
 
 /// Deletes expired rows in bounded batches every minute, off the request path. Each tick stops
 /// after a few batches so a large backlog is worked off gradually instead of in one long burst.
+/// Links new audit events into the tamper-evident chain about twice a second (one node at a
+/// time holds the chain lock; the others find nothing to do).
+fn spawn_audit_linker(state: AppState) {
+    actix_web::rt::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let sealer = state.sealer.clone();
+            let result = state
+                .db
+                .run(move |conn| crate::audit::chain::link(conn, &sealer))
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "linking the audit chain failed; will retry");
+            }
+        }
+    });
+}
+
 fn spawn_housekeeping(state: AppState) {
     const BATCH: i64 = 500;
     const MAX_BATCHES_PER_TICK: usize = 10;

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod audit_chain;
 mod chromium;
 
 mod housekeeping;

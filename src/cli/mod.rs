@@ -1,6 +1,7 @@
 //! The `ward` command line (DESIGN.md §11): every subcommand reads the same settings as
 //! `ward serve`, so it works against the same database. Exit codes: 0 ok, 1 failure, 2 usage.
 
+mod audit;
 mod directory;
 mod patients;
 
@@ -59,6 +60,9 @@ enum Command {
     /// The patient directory behind the standalone-launch patient picker.
     #[command(subcommand)]
     Patient(patients::PatientCommand),
+    /// The tamper-evident audit chain: verify, checkpoint.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +188,7 @@ fn run(cli: Cli) -> Result<(), StartError> {
         Command::Role(command) => directory::role(&settings, &clock, command),
         Command::User(command) => directory::user(&settings, &clock, command),
         Command::Patient(command) => patients::patient(&settings, &clock, command),
+        Command::Audit(command) => audit::audit(&settings, &clock, command),
     }
 }
 
@@ -247,7 +252,7 @@ fn migrate(settings: &Settings, clock: &SharedClock, json: bool) -> Result<(), S
 }
 
 /// The database with its schema current, the sealer, and the first keys present.
-fn key_store(
+pub(super) fn key_store(
     settings: &Settings,
     clock: &SharedClock,
 ) -> Result<(crate::store::Db, Sealer), StartError> {

@@ -1,4 +1,5 @@
-//! Rows of `audit_events`: insert and read only. Nothing in Ward updates or deletes them.
+//! Rows of `audit_events`: insert and read only, plus linking each into the tamper-evident
+//! chain once (its two chain columns go from empty to set). Nothing in Ward deletes them.
 
 use diesel::prelude::*;
 
@@ -38,6 +39,8 @@ pub struct AuditEventRow {
     pub target_patient: Option<String>,
     pub node: String,
     pub details: String,
+    pub chain_seq: Option<i64>,
+    pub chain_hash: Option<String>,
 }
 
 pub fn insert(conn: &mut DbConnection, row: &NewAuditEventRow) -> Result<(), StoreError> {
@@ -62,4 +65,65 @@ pub fn list(
         query = query.filter(audit_events::action.eq(action.to_owned()));
     }
     Ok(query.load(conn)?)
+}
+
+/// The last linked event's sequence number and hash, if any event is linked.
+pub fn chain_head(conn: &mut DbConnection) -> Result<Option<(i64, String)>, StoreError> {
+    let head: Option<(Option<i64>, Option<String>)> = audit_events::table
+        .filter(audit_events::chain_seq.is_not_null())
+        .order(audit_events::chain_seq.desc())
+        .select((audit_events::chain_seq, audit_events::chain_hash))
+        .first(conn)
+        .optional()?;
+    Ok(head.and_then(|(seq, hash)| Some((seq?, hash?))))
+}
+
+/// Events not linked yet, oldest insert first.
+pub fn unlinked(conn: &mut DbConnection, limit: i64) -> Result<Vec<AuditEventRow>, StoreError> {
+    Ok(audit_events::table
+        .filter(audit_events::chain_seq.is_null())
+        .order(audit_events::id)
+        .limit(limit)
+        .select(AuditEventRow::as_select())
+        .load(conn)?)
+}
+
+/// Links one event (only ever from empty to set).
+pub fn link(conn: &mut DbConnection, id: i64, seq: i64, hash: &str) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        audit_events::table
+            .find(id)
+            .filter(audit_events::chain_seq.is_null()),
+    )
+    .set((
+        audit_events::chain_seq.eq(Some(seq)),
+        audit_events::chain_hash.eq(Some(hash)),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Linked events with `chain_seq > after`, in chain order.
+pub fn chain_after(
+    conn: &mut DbConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<AuditEventRow>, StoreError> {
+    Ok(audit_events::table
+        .filter(audit_events::chain_seq.gt(after))
+        .order(audit_events::chain_seq)
+        .limit(limit)
+        .select(AuditEventRow::as_select())
+        .load(conn)?)
+}
+
+pub fn count_unlinked_before(
+    conn: &mut DbConnection,
+    occurred_before_ms: i64,
+) -> Result<i64, StoreError> {
+    Ok(audit_events::table
+        .filter(audit_events::chain_seq.is_null())
+        .filter(audit_events::occurred_at.lt(occurred_before_ms))
+        .count()
+        .get_result(conn)?)
 }

@@ -281,4 +281,5 @@ pub fn lock_for_transaction(conn: &mut DbConnection, lock: AdvisoryLock) -> Resu
 pub enum AdvisoryLock {
     Migrations = 0x5741_5244_0001,
     SigningKeys = 0x5741_5244_0002,
+    AuditChain = 0x5741_5244_0003,
 }

@@ -28,6 +28,8 @@ diesel::table! {
         target_patient -> Nullable<Text>,
         node -> Text,
         details -> Text,
+        chain_seq -> Nullable<BigInt>,
+        chain_hash -> Nullable<Text>,
     }
 }
 

@@ -1,0 +1,132 @@
+//! `ward audit`: the tamper-evident chain from the command line.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::key_store;
+use crate::audit::chain;
+use crate::clients::FieldError;
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::keys::{KeyAlg, KeyRing};
+use crate::startup::{self, StartError};
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Link any new events, then walk the whole chain and report the first broken link
+    /// (exit 1 when broken). With --checkpoint, also check the chain still reaches that head.
+    Verify {
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a signed statement of the chain's head; keep it outside the database.
+    Checkpoint {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn audit(
+    settings: &Settings,
+    clock: &SharedClock,
+    command: AuditCommand,
+) -> Result<(), StartError> {
+    let (db, sealer) = key_store(settings, clock)?;
+    let mut conn = db.conn()?;
+    let now = clock.now_secs();
+    let ring = KeyRing::load(
+        &mut conn,
+        sealer.clone(),
+        startup::key_timing(settings),
+        now,
+    )?;
+    chain::link(&mut conn, &sealer)?;
+    match command {
+        AuditCommand::Checkpoint { json } => {
+            let report = chain::verify(&mut conn, &sealer, None)?;
+            if let Some(problem) = report.first_break {
+                return Err(StartError::Server(format!(
+                    "the audit chain is broken ({problem:?}); not signing a checkpoint"
+                )));
+            }
+            let head = report.head.unwrap_or(chain::Head {
+                seq: 0,
+                hash: chain::GENESIS.to_owned(),
+            });
+            let signer = ring.signer(KeyAlg::Es256, now)?;
+            let jws = chain::sign_checkpoint(&signer, &head, &settings.issuer()?, now)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "seq": head.seq, "hash": head.hash, "checkpoint": jws })
+                );
+            } else {
+                println!("{jws}");
+            }
+            Ok(())
+        }
+        AuditCommand::Verify { checkpoint, json } => {
+            let head = match &checkpoint {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        StartError::Invalid(vec![FieldError::new(
+                            "checkpoint",
+                            format!("{}: {e}", path.display()),
+                        )])
+                    })?;
+                    let text = serde_json::from_str::<serde_json::Value>(&text)
+                        .ok()
+                        .and_then(|v| {
+                            v.get("checkpoint")
+                                .and_then(|c| c.as_str())
+                                .map(str::to_owned)
+                        })
+                        .unwrap_or(text);
+                    Some(chain::read_checkpoint(&ring, &text).ok_or_else(|| {
+                        StartError::Invalid(vec![FieldError::new(
+                            "checkpoint",
+                            "is not a checkpoint signed by this Ward's keys",
+                        )])
+                    })?)
+                }
+            };
+            let report = chain::verify(&mut conn, &sealer, head.as_ref())?;
+            if json {
+                println!("{}", json!(report));
+            } else {
+                match &report.first_break {
+                    None => println!("Audit chain intact: {} events verified.", report.verified),
+                    Some(problem) => println!(
+                        "AUDIT CHAIN BROKEN after {} good events: {}",
+                        report.verified,
+                        describe(problem)
+                    ),
+                }
+            }
+            match report.first_break {
+                None => Ok(()),
+                Some(_) => Err(StartError::Server("the audit chain is broken".into())),
+            }
+        }
+    }
+}
+
+fn describe(problem: &chain::Break) -> String {
+    match problem {
+        chain::Break::Altered { seq, event_id } => format!(
+            "event #{seq} (row {event_id}) was changed, or events were reordered"
+        ),
+        chain::Break::Missing { expected } => format!("event #{expected} is missing (deleted)"),
+        chain::Break::Truncated { checkpoint_seq, last_seq } => format!(
+            "the chain ends at #{last_seq} but the checkpoint saw #{checkpoint_seq}: events were removed from the end"
+        ),
+        chain::Break::CheckpointMismatch { seq } => {
+            format!("event #{seq} is not the one the checkpoint signed")
+        }
+    }
+}
