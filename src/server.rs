@@ -86,28 +86,39 @@ fn spawn_key_refresh(state: AppState) {
     });
 }
 
-/// Deletes expired rows in bounded batches every minute, off the request path. Each tick stops
-/// after a few batches so a large backlog is worked off gradually instead of in one long burst.
-/// Links new audit events into the tamper-evident chain about twice a second (one node at a
-/// time holds the chain lock; the others find nothing to do).
+/// Links new audit events into the tamper-evident chain about twice a second (on PostgreSQL one
+/// node at a time; the others skip the round). The node remembers the head it saw: a chain
+/// rewritten underneath is reported and not extended.
 fn spawn_audit_linker(state: AppState) {
     actix_web::rt::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seen: Option<crate::audit::chain::Head> = None;
         loop {
             ticker.tick().await;
-            let sealer = state.sealer.clone();
+            let (sealer, seen, now_ms) = (
+                state.sealer.clone(),
+                last_seen.clone(),
+                state.clock.now_millis(),
+            );
             let result = state
                 .db
-                .run(move |conn| crate::audit::chain::link(conn, &sealer))
+                .run(move |conn| crate::audit::chain::link(conn, &sealer, now_ms, seen.as_ref()))
                 .await;
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "linking the audit chain failed; will retry");
+            match result {
+                Ok(head) => last_seen = head.or(last_seen),
+                Err(crate::store::StoreError::Corrupt(problem)) => {
+                    tracing::error!(%problem, "AUDIT CHAIN: not linking");
+                    ticker = tokio::time::interval(Duration::from_secs(60));
+                }
+                Err(e) => tracing::warn!(error = %e, "linking the audit chain failed; will retry"),
             }
         }
     });
 }
 
+/// Deletes expired rows in bounded batches every minute, off the request path. Each tick stops
+/// after a few batches so a large backlog is worked off gradually instead of in one long burst.
 fn spawn_housekeeping(state: AppState) {
     const BATCH: i64 = 500;
     const MAX_BATCHES_PER_TICK: usize = 10;

@@ -161,6 +161,19 @@ async fn verify_names_the_first_broken_link(backend: Backend) {
         "{report}"
     );
 
+    // Events unlinked and back-dated (a rewrite attempt) are never linked again: verify says so.
+    diesel::update(audit_events)
+        .set((
+            chain_seq.eq(None::<i64>),
+            chain_hash.eq(None::<String>),
+            occurred_at.eq(occurred_at - 3_600_000),
+        ))
+        .execute(&mut *app.conn())
+        .unwrap();
+    let (code, report) = verify(&app, &[]);
+    assert_eq!(code, 1);
+    assert!(report.contains("\"unlinked\""), "{report}");
+
     // A checkpoint not signed by Ward is refused.
     std::fs::write(&file, "eyJhbGciOiJub25lIn0.e30.").unwrap();
     let (code, _, stderr) = app

@@ -15,9 +15,7 @@ use serde_json::json;
 use crate::crypto::constant_time_eq;
 use crate::crypto::seal::Sealer;
 use crate::store::audit_events::{self, AuditEventRow};
-use crate::store::{
-    lock_for_transaction, write_transaction, AdvisoryLock, DbConnection, StoreError,
-};
+use crate::store::{write_transaction, AdvisoryLock, DbConnection, StoreError};
 
 const PURPOSE: &str = "ward/audit-chain/v1";
 /// The hash the first event links to.
@@ -27,20 +25,38 @@ pub const LINK_BATCH: i64 = 500;
 /// Everything an event says, in a fixed order (the stored row id included, so a deleted and
 /// re-inserted event does not verify).
 fn content(row: &AuditEventRow) -> String {
+    // Destructured in full, so a column added later cannot silently escape the MAC.
+    let AuditEventRow {
+        id,
+        occurred_at,
+        action,
+        outcome,
+        severity,
+        actor_user,
+        actor_client,
+        source_ip,
+        user_agent,
+        request_id,
+        target_patient,
+        node,
+        details,
+        chain_seq: _,
+        chain_hash: _,
+    } = row;
     json!([
-        row.id,
-        row.occurred_at,
-        row.action,
-        row.outcome,
-        row.severity,
-        row.actor_user,
-        row.actor_client,
-        row.source_ip,
-        row.user_agent,
-        row.request_id,
-        row.target_patient,
-        row.node,
-        row.details,
+        id,
+        occurred_at,
+        action,
+        outcome,
+        severity,
+        actor_user,
+        actor_client,
+        source_ip,
+        user_agent,
+        request_id,
+        target_patient,
+        node,
+        details,
     ])
     .to_string()
 }
@@ -51,32 +67,81 @@ pub fn link_hash(sealer: &Sealer, previous: &str, seq: i64, row: &AuditEventRow)
     sealer.keyed_hash(PURPOSE, data.as_bytes())
 }
 
-/// Links every event inserted so far (in batches); returns how many were linked. On PostgreSQL
-/// one node at a time holds the chain lock; on SQLite the write lock serialises linkers.
-pub fn link(conn: &mut DbConnection, sealer: &Sealer) -> Result<usize, StoreError> {
-    let mut total = 0;
-    loop {
-        let linked = write_transaction(conn, |conn| {
-            lock_for_transaction(conn, AdvisoryLock::AuditChain)?;
-            let (mut seq, mut previous) =
-                audit_events::chain_head(conn)?.unwrap_or((0, GENESIS.to_owned()));
-            let rows = audit_events::unlinked(conn, LINK_BATCH)?;
-            for row in &rows {
-                seq += 1;
-                let hash = link_hash(sealer, &previous, seq, row);
-                if !audit_events::link(conn, row.id, seq, &hash)? {
-                    return Err(StoreError::Corrupt(format!(
-                        "audit event {} was linked by someone else",
-                        row.id
-                    )));
-                }
-                previous = hash;
+/// Events older than this are never linked: a row that appears unlinked in the past was not
+/// written by Ward's request path (which inserts in the action's transaction, linked within a
+/// second), so `verify` reports it instead of blessing it.
+pub const LINK_WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// Links the events inserted so far (one batch); returns the head afterwards. `last_seen` is the
+/// head this node saw last: if the chain no longer reaches it with the same hash, the chain was
+/// rewritten underneath and nothing is linked (an error, so the operator hears of it).
+/// On PostgreSQL a node that finds the chain lock taken skips this round.
+pub fn link(
+    conn: &mut DbConnection,
+    sealer: &Sealer,
+    now_ms: i64,
+    last_seen: Option<&Head>,
+) -> Result<Option<Head>, StoreError> {
+    if !audit_events::any_unlinked_since(conn, now_ms - LINK_WINDOW_MS)? {
+        return audit_events::chain_head(conn).map(|h| h.map(|(seq, hash)| Head { seq, hash }));
+    }
+    write_transaction(conn, |conn| {
+        if !lock_chain(conn)? {
+            return Ok(last_seen.cloned());
+        }
+        let head = audit_events::chain_head(conn)?;
+        if let Some(seen) = last_seen {
+            let still_there = audit_events::hash_at(conn, seen.seq)?;
+            let intact = still_there
+                .is_some_and(|h| constant_time_eq(h.as_bytes(), seen.hash.as_bytes()))
+                && head.as_ref().is_some_and(|(seq, _)| *seq >= seen.seq);
+            if !intact {
+                return Err(StoreError::Corrupt(format!(
+                    "the audit chain was rewritten: event #{} is not what this node linked; not linking until `ward audit verify` is run",
+                    seen.seq
+                )));
             }
-            Ok::<_, StoreError>(rows.len())
-        })?;
-        total += linked;
-        if linked < LINK_BATCH as usize {
-            return Ok(total);
+        }
+        let (mut seq, mut previous) = head.unwrap_or((0, GENESIS.to_owned()));
+        let rows = audit_events::unlinked_since(conn, now_ms - LINK_WINDOW_MS, LINK_BATCH)?;
+        for row in &rows {
+            seq += 1;
+            let hash = link_hash(sealer, &previous, seq, row);
+            if !audit_events::link(conn, row.id, seq, &hash)? {
+                return Err(StoreError::Corrupt(format!(
+                    "audit event {} was linked by someone else",
+                    row.id
+                )));
+            }
+            previous = hash;
+        }
+        Ok((seq > 0).then_some(Head {
+            seq,
+            hash: previous,
+        }))
+    })
+}
+
+/// Takes the chain lock for this transaction: PostgreSQL's advisory lock (without waiting, at
+/// READ COMMITTED so the head read after it is current), SQLite's write lock (already held).
+fn lock_chain(conn: &mut DbConnection) -> Result<bool, StoreError> {
+    use diesel::connection::SimpleConnection;
+    use diesel::RunQueryDsl;
+    match conn {
+        DbConnection::Sqlite(_) => Ok(true),
+        DbConnection::Postgres(pg) => {
+            pg.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")?;
+            #[derive(diesel::QueryableByName)]
+            struct Locked {
+                #[diesel(sql_type = diesel::sql_types::Bool)]
+                locked: bool,
+            }
+            let got: Locked = diesel::sql_query(format!(
+                "SELECT pg_try_advisory_xact_lock({}) AS locked",
+                AdvisoryLock::AuditChain as i64
+            ))
+            .get_result(pg)?;
+            Ok(got.locked)
         }
     }
 }
@@ -93,6 +158,9 @@ pub enum Break {
     Truncated { checkpoint_seq: i64, last_seq: i64 },
     /// The event at the checkpoint's position is not the one the checkpoint signed.
     CheckpointMismatch { seq: i64 },
+    /// Events older than the link window are not in the chain: written outside Ward's request
+    /// path, or the linker is stopped.
+    Unlinked { count: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -115,18 +183,29 @@ pub fn verify(
     conn: &mut DbConnection,
     sealer: &Sealer,
     checkpoint: Option<&Head>,
+    now_ms: i64,
 ) -> Result<Report, StoreError> {
     let (mut seq, mut previous) = (0_i64, GENESIS.to_owned());
     let mut first_break = None;
-    let mut at_checkpoint: Option<String> = None;
+    // A checkpoint of the empty chain is the genesis hash.
+    let mut at_checkpoint: Option<String> = checkpoint
+        .filter(|c| c.seq == 0)
+        .map(|_| GENESIS.to_owned());
     'walk: loop {
         let rows = audit_events::chain_after(conn, seq, 1000)?;
         if rows.is_empty() {
             break;
         }
         for row in rows {
-            let (Some(row_seq), Some(stored)) = (row.chain_seq, row.chain_hash.clone()) else {
+            let Some(row_seq) = row.chain_seq else {
                 continue;
+            };
+            let Some(stored) = row.chain_hash.clone() else {
+                first_break = Some(Break::Altered {
+                    seq: row_seq,
+                    event_id: row.id,
+                });
+                break 'walk;
             };
             if row_seq != seq + 1 {
                 first_break = Some(Break::Missing { expected: seq + 1 });
@@ -145,6 +224,12 @@ pub fn verify(
             if checkpoint.is_some_and(|c| c.seq == seq) {
                 at_checkpoint = Some(previous.clone());
             }
+        }
+    }
+    if first_break.is_none() {
+        let stale = audit_events::count_unlinked_before(conn, now_ms - LINK_WINDOW_MS)?;
+        if stale > 0 {
+            first_break = Some(Break::Unlinked { count: stale });
         }
     }
     if first_break.is_none() {

@@ -15,8 +15,8 @@ use crate::startup::{self, StartError};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Link any new events, then walk the whole chain and report the first broken link
-    /// (exit 1 when broken). With --checkpoint, also check the chain still reaches that head.
+    /// Walk the whole chain and report the first broken link (exit 1 when broken). With
+    /// --checkpoint, also check the chain still reaches that head. Reads only.
     Verify {
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
@@ -44,10 +44,11 @@ pub fn audit(
         startup::key_timing(settings),
         now,
     )?;
-    chain::link(&mut conn, &sealer)?;
+    // Read-only: verifying never links (a linker would bless whatever it finds unlinked).
+    let now_ms = clock.now_millis();
     match command {
         AuditCommand::Checkpoint { json } => {
-            let report = chain::verify(&mut conn, &sealer, None)?;
+            let report = chain::verify(&mut conn, &sealer, None, now_ms)?;
             if let Some(problem) = report.first_break {
                 return Err(StartError::Server(format!(
                     "the audit chain is broken ({problem:?}); not signing a checkpoint"
@@ -95,7 +96,7 @@ pub fn audit(
                     })?)
                 }
             };
-            let report = chain::verify(&mut conn, &sealer, head.as_ref())?;
+            let report = chain::verify(&mut conn, &sealer, head.as_ref(), now_ms)?;
             if json {
                 println!("{}", json!(report));
             } else {
@@ -128,5 +129,8 @@ fn describe(problem: &chain::Break) -> String {
         chain::Break::CheckpointMismatch { seq } => {
             format!("event #{seq} is not the one the checkpoint signed")
         }
+        chain::Break::Unlinked { count } => format!(
+            "{count} events older than ten minutes are not in the chain (written outside Ward, or the linker is stopped)"
+        ),
     }
 }

@@ -67,7 +67,8 @@ pub fn list(
     Ok(query.load(conn)?)
 }
 
-/// The last linked event's sequence number and hash, if any event is linked.
+/// The last linked event's sequence number and hash, if any event is linked. A head without
+/// a hash is corruption, not an empty chain.
 pub fn chain_head(conn: &mut DbConnection) -> Result<Option<(i64, String)>, StoreError> {
     let head: Option<(Option<i64>, Option<String>)> = audit_events::table
         .filter(audit_events::chain_seq.is_not_null())
@@ -75,13 +76,47 @@ pub fn chain_head(conn: &mut DbConnection) -> Result<Option<(i64, String)>, Stor
         .select((audit_events::chain_seq, audit_events::chain_hash))
         .first(conn)
         .optional()?;
-    Ok(head.and_then(|(seq, hash)| Some((seq?, hash?))))
+    match head {
+        None => Ok(None),
+        Some((Some(seq), Some(hash))) => Ok(Some((seq, hash))),
+        Some((seq, None)) => Err(StoreError::Corrupt(format!(
+            "audit event #{} has a sequence number but no chain hash",
+            seq.unwrap_or_default()
+        ))),
+        Some((None, _)) => Ok(None),
+    }
 }
 
-/// Events not linked yet, oldest insert first.
-pub fn unlinked(conn: &mut DbConnection, limit: i64) -> Result<Vec<AuditEventRow>, StoreError> {
+/// The chain hash stored at `seq`, if that event exists.
+pub fn hash_at(conn: &mut DbConnection, seq: i64) -> Result<Option<String>, StoreError> {
+    Ok(audit_events::table
+        .filter(audit_events::chain_seq.eq(seq))
+        .select(audit_events::chain_hash)
+        .first::<Option<String>>(conn)
+        .optional()?
+        .flatten())
+}
+
+/// Whether any event inserted since `since_ms` waits to be linked (a cheap read before the
+/// linker takes any lock).
+pub fn any_unlinked_since(conn: &mut DbConnection, since_ms: i64) -> Result<bool, StoreError> {
+    let n: i64 = audit_events::table
+        .filter(audit_events::chain_seq.is_null())
+        .filter(audit_events::occurred_at.ge(since_ms))
+        .count()
+        .get_result(conn)?;
+    Ok(n > 0)
+}
+
+/// Unlinked events that occurred since `since_ms`, oldest insert first.
+pub fn unlinked_since(
+    conn: &mut DbConnection,
+    since_ms: i64,
+    limit: i64,
+) -> Result<Vec<AuditEventRow>, StoreError> {
     Ok(audit_events::table
         .filter(audit_events::chain_seq.is_null())
+        .filter(audit_events::occurred_at.ge(since_ms))
         .order(audit_events::id)
         .limit(limit)
         .select(AuditEventRow::as_select())

@@ -5,3 +5,5 @@
 ALTER TABLE audit_events ADD COLUMN chain_seq BIGINT;
 ALTER TABLE audit_events ADD COLUMN chain_hash TEXT;
 CREATE UNIQUE INDEX audit_events_chain_seq ON audit_events (chain_seq);
+-- The linker's work list: only the few unlinked rows.
+CREATE INDEX audit_events_unlinked ON audit_events (id) WHERE chain_seq IS NULL;
