@@ -212,3 +212,42 @@ async fn two_nodes_append_at_once_and_the_chain_holds(backend: Backend) {
     let (code, report) = verify(&first, &[]);
     assert_eq!(code, 0, "{report}");
 }
+
+on_both_backends!(events_from_before_the_chain_are_linked_once);
+
+/// An upgrade: events written before the chain existed (marked by the migration) are linked
+/// whatever their age; a back-dated stranger is not.
+async fn events_from_before_the_chain_are_linked_once(backend: Backend) {
+    use ward::store::schema::audit_chain_state;
+    let Some(storage) = crate::common::Storage::new(backend) else {
+        return;
+    };
+    let storage = std::sync::Arc::new(storage);
+    // Old events, as a previous release left them: unlinked and hours old.
+    let (code, _, stderr) = storage.ward(&["migrate"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let db = storage.db();
+    let mut conn = db.conn().unwrap();
+    let max_id: i64 = audit_events
+        .select(diesel::dsl::max(id))
+        .first::<Option<i64>>(&mut *conn)
+        .unwrap()
+        .unwrap();
+    diesel::update(audit_events)
+        .set(occurred_at.eq(occurred_at - 7_200_000))
+        .execute(&mut *conn)
+        .unwrap();
+    diesel::update(audit_chain_state::table)
+        .set(audit_chain_state::legacy_max_event_id.eq(max_id))
+        .execute(&mut *conn)
+        .unwrap();
+    let app = TestApp::builder(backend)
+        .storage(storage.clone())
+        .env("WARD_FHIR_BASE", FHIR)
+        .start()
+        .await
+        .unwrap();
+    let total = all_linked(&app).await;
+    assert!(total > max_id);
+    assert_eq!(verify(&app, &[]).0, 0);
+}

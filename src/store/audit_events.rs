@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::audit_events;
+use super::schema::{audit_chain_state, audit_events};
 use super::{DbConnection, StoreError};
 
 #[derive(Debug, Clone, Insertable)]
@@ -97,26 +97,46 @@ pub fn hash_at(conn: &mut DbConnection, seq: i64) -> Result<Option<String>, Stor
         .flatten())
 }
 
-/// Whether any event inserted since `since_ms` waits to be linked (a cheap read before the
-/// linker takes any lock).
+/// Events written before the chain existed (linked once, whatever their age).
+fn legacy_max_id(conn: &mut DbConnection) -> Result<i64, StoreError> {
+    Ok(audit_chain_state::table
+        .find(1)
+        .select(audit_chain_state::legacy_max_event_id)
+        .first(conn)
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Whether any event waits to be linked: inserted since `since_ms`, or from before the chain
+/// (a cheap read before the linker takes any lock).
 pub fn any_unlinked_since(conn: &mut DbConnection, since_ms: i64) -> Result<bool, StoreError> {
+    let legacy = legacy_max_id(conn)?;
     let n: i64 = audit_events::table
         .filter(audit_events::chain_seq.is_null())
-        .filter(audit_events::occurred_at.ge(since_ms))
+        .filter(
+            audit_events::occurred_at
+                .ge(since_ms)
+                .or(audit_events::id.le(legacy)),
+        )
         .count()
         .get_result(conn)?;
     Ok(n > 0)
 }
 
-/// Unlinked events that occurred since `since_ms`, oldest insert first.
+/// Unlinked events that occurred since `since_ms` (or predate the chain), oldest insert first.
 pub fn unlinked_since(
     conn: &mut DbConnection,
     since_ms: i64,
     limit: i64,
 ) -> Result<Vec<AuditEventRow>, StoreError> {
+    let legacy = legacy_max_id(conn)?;
     Ok(audit_events::table
         .filter(audit_events::chain_seq.is_null())
-        .filter(audit_events::occurred_at.ge(since_ms))
+        .filter(
+            audit_events::occurred_at
+                .ge(since_ms)
+                .or(audit_events::id.le(legacy)),
+        )
         .order(audit_events::id)
         .limit(limit)
         .select(AuditEventRow::as_select())

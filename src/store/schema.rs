@@ -298,6 +298,13 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_chain_state (id) {
+        id -> BigInt,
+        legacy_max_event_id -> BigInt,
+    }
+}
+
 diesel::joinable!(client_secrets -> clients (client_id));
 diesel::joinable!(refresh_tokens -> token_families (family_id));
 diesel::joinable!(access_tokens -> token_families (family_id));
@@ -330,4 +337,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     access_tokens,
     consents,
     assertion_jtis,
+    audit_chain_state,
 );
