@@ -1316,19 +1316,6 @@ async fn answer_for(
     ctx: crate::audit::AuditContext,
 ) -> Result<Answer, OAuthError> {
     let now = state.clock.now_secs();
-    // A token that is not even Ward's: no database work, no audit row.
-    let claims = match tokens::read_access(&state.keys, token, &state.issuer, now) {
-        Ok(c) => c,
-        // Expired, but signed by Ward: read it again as of the beginning of time to get the
-        // claims (the signature has been checked either way).
-        Err(tokens::ReadError::Expired) => {
-            match tokens::read_access(&state.keys, token, &state.issuer, i64::MIN) {
-                Ok(c) => c,
-                Err(_) => return Ok(Answer::Unknown),
-            }
-        }
-        Err(_) => return Ok(Answer::Unknown),
-    };
     let (keys, issuer, timeouts, bases, clock, token) = (
         state.keys.clone(),
         state.issuer.clone(),
@@ -1340,6 +1327,20 @@ async fn answer_for(
     Ok(state
         .db
         .run(move |conn| {
+            // Signature first, on this blocking thread: a token that is not even Ward's gets no
+            // database work and no audit row.
+            let claims = match tokens::read_access(&keys, &token, &issuer, now) {
+                Ok(c) => c,
+                // Expired but signed by Ward: read again as of the beginning of time for the
+                // claims (the signature was checked either way).
+                Err(tokens::ReadError::Expired) => {
+                    match tokens::read_access(&keys, &token, &issuer, i64::MIN) {
+                        Ok(c) => c,
+                        Err(_) => return Ok(Answer::Unknown),
+                    }
+                }
+                Err(_) => return Ok(Answer::Unknown),
+            };
             write_transaction(conn, |conn| {
                 let live = resource_server::live_access_token(
                     conn,

@@ -258,10 +258,12 @@ async fn verify_assertion(
         now,
     };
     let keys = client_keys(state, client).await?;
-    let verified = match assertion::verify(jwt, &header, &keys, &expect) {
+    let verified = match verify_off_executor(jwt, &header, keys, &expect).await? {
         Err(e) if e.is_unknown_kid() => match &client.settings.jwks_uri {
             Some(url) => match state.client_keys.refetch_for_unknown_kid(url).await {
-                Ok(Some(fresh)) => assertion::verify(jwt, &header, &fresh, &expect),
+                Ok(Some(fresh)) => {
+                    verify_off_executor(jwt, &header, fresh.as_ref().clone(), &expect).await?
+                }
                 Ok(None) => Err(e),
                 Err(fetch) => return Err(Failure::Refused(fetch.to_string())),
             },
@@ -281,6 +283,39 @@ async fn verify_assertion(
         ));
     }
     Ok(())
+}
+
+/// Signature verification costs tens (RSA) to hundreds (P-384) of microseconds: it runs on a
+/// blocking thread, not the async executor.
+async fn verify_off_executor(
+    jwt: &str,
+    header: &assertion::AssertionHeader,
+    keys: Vec<ClientKey>,
+    expect: &Expectations<'_>,
+) -> Result<Result<assertion::VerifiedAssertion, assertion::AssertionError>, Failure> {
+    let (jwt, header, client_id, audiences, jku, now) = (
+        jwt.to_owned(),
+        header.clone(),
+        expect.client_id.to_owned(),
+        expect.audiences.to_vec(),
+        expect.registered_jku.map(str::to_owned),
+        expect.now,
+    );
+    tokio::task::spawn_blocking(move || {
+        let expect = Expectations {
+            client_id: &client_id,
+            audiences: &audiences,
+            registered_jku: jku.as_deref(),
+            now,
+        };
+        assertion::verify(&jwt, &header, &keys, &expect)
+    })
+    .await
+    .map_err(|e| {
+        Failure::Store(StoreError::Unavailable(format!(
+            "verification task failed: {e}"
+        )))
+    })
 }
 
 async fn client_keys(state: &AppState, client: &Client) -> Result<Vec<ClientKey>, Failure> {
