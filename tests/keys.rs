@@ -191,3 +191,40 @@ async fn rotation_publishes_the_next_key_before_it_signs(backend: Backend) {
     assert_eq!(last["reason"], "rotation");
     assert_eq!(last["kid"], new.as_str());
 }
+
+on_both_backends!(a_public_key_swapped_in_the_database_is_refused);
+
+/// The public half of a signing key is stored in clear; a row whose public key is not its sealed
+/// private key's own (someone swapped it to make Ward trust their signatures) stops the load.
+async fn a_public_key_swapped_in_the_database_is_refused(backend: Backend) {
+    use diesel::prelude::*;
+    use josekit::jwk::KeyPair;
+    use ward::store::schema::signing_keys::dsl::*;
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    let stranger = josekit::jws::ES256
+        .generate_key_pair()
+        .unwrap()
+        .to_jwk_public_key();
+    let (victim, _): (String, String) = signing_keys
+        .filter(alg.eq("ES256"))
+        .select((kid, public_jwk))
+        .first(&mut *app.conn())
+        .unwrap();
+    let mut forged = serde_json::to_value(&stranger).unwrap();
+    forged["kid"] = Value::String(victim.clone());
+    diesel::update(signing_keys.find(&victim))
+        .set(public_jwk.eq(forged.to_string()))
+        .execute(&mut *app.conn())
+        .unwrap();
+    // A node starting (or a key ring loading) after the swap refuses it.
+    let error = ward::keys::KeyRing::load(
+        &mut app.conn(),
+        app.state.sealer.clone(),
+        app.state.keys.timing(),
+        0,
+    )
+    .expect_err("a mismatched public key is refused");
+    assert!(error.to_string().contains("does not match"), "{error}");
+}

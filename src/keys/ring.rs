@@ -122,6 +122,29 @@ impl KeyRing {
         };
         let public: serde_json::Value = serde_json::from_str(&row.public_jwk)
             .map_err(|e| KeyError::Crypto(format!("public JWK of {}: {e}", row.kid)))?;
+        // The public half is stored in clear; it must be the sealed private key's own public
+        // half, or an edited row could make Ward trust a stranger's signatures.
+        let derived = match alg {
+            KeyAlg::Es256 => josekit::jwk::alg::ec::EcKeyPair::from_jwk(&jwk)?.to_jwk_public_key(),
+            KeyAlg::Rs256 => {
+                josekit::jwk::alg::rsa::RsaKeyPair::from_jwk(&jwk)?.to_jwk_public_key()
+            }
+        };
+        for member in ["kty", "crv", "x", "y", "n", "e"] {
+            let stored = public.get(member).and_then(|v| v.as_str());
+            let own = derived.parameter(member).and_then(|v| v.as_str());
+            let own = if member == "kty" {
+                Some(derived.key_type())
+            } else {
+                own
+            };
+            if stored != own {
+                return Err(KeyError::Crypto(format!(
+                    "public JWK of {} does not match its sealed private key",
+                    row.kid
+                )));
+            }
+        }
         let public_jwk = Jwk::from_bytes(row.public_jwk.as_bytes())?;
         let verifier: Arc<dyn JwsVerifier> = match alg {
             KeyAlg::Es256 => Arc::new(ES256.verifier_from_jwk(&public_jwk)?),
