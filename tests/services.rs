@@ -1201,3 +1201,117 @@ async fn ai_tools_and_the_all_policy_audit_every_introspection(backend: Backend)
     }
     assert_eq!(audit_actions(&app, "token.introspected").len(), 2);
 }
+
+on_both_backends!(a_whole_launch_alternates_between_two_nodes);
+
+/// Two nodes on one database behind a (simulated) load balancer: every request of a launch goes
+/// to the other node than the one before, and the flow works end to end.
+async fn a_whole_launch_alternates_between_two_nodes(backend: Backend) {
+    let Some(first) = smart_app(backend).await else {
+        return;
+    };
+    let second = TestApp::builder(backend)
+        .storage(first.storage.clone())
+        .env("WARD_FHIR_BASE", FHIR)
+        .env("WARD_PUBLIC_URL", &first.base)
+        .start()
+        .await
+        .unwrap();
+    let ((rs, rs_secret), _) = resource_servers(&first);
+    add_user(&first, "pat", &["patient"], Some("Patient/123"));
+    let app_id = user_flow_app(&first);
+    // One browser (one cookie jar: cookies ignore the port), two nodes.
+    let a = Browser::new(&first.base);
+    let b = Browser {
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_provider(a.jar.clone())
+            .build()
+            .unwrap(),
+        jar: a.jar.clone(),
+        base: second.base.clone(),
+    };
+    let (verifier, challenge) = pkce();
+    let params = [
+        ("response_type", "code"),
+        ("client_id", app_id.as_str()),
+        ("redirect_uri", CALLBACK),
+        (
+            "scope",
+            "openid launch/patient offline_access patient/Observation.rs",
+        ),
+        ("state", "s1"),
+        ("aud", FHIR),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let step1 = a.get(&format!("/authorize?{query}")).await;
+    let step2 = b.get(step1.location.as_deref().unwrap()).await;
+    let login_path = step2.location.clone().unwrap();
+    assert!(login_path.starts_with("/login"), "{login_path}");
+    let login = a.get(&login_path).await;
+    let signed_in = b
+        .post(
+            "/login",
+            &[
+                ("username", "pat"),
+                ("password", PASSWORD),
+                ("csrf", &login.csrf()),
+                (
+                    "return_to",
+                    &login.field("return_to").unwrap().replace("&amp;", "&"),
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_in.body
+    );
+    let consent = a.get(signed_in.location.as_deref().unwrap()).await;
+    assert!(consent.body.contains("consent-form"), "{}", consent.body);
+    let callback = submit_consent(&b, &consent_form(&consent, "approve", &[], true))
+        .await
+        .callback();
+    assert_eq!(callback["state"], "s1");
+    let (status, tokens) = redeem(&first, &callback["code"], &verifier, &app_id).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (status, refreshed) = token(
+        &second,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &app_id),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    assert_eq!(
+        introspect(
+            &first,
+            (&rs, &rs_secret),
+            refreshed["access_token"].as_str().unwrap()
+        )
+        .await
+        .1["active"],
+        true
+    );
+    // The rotated refresh token is dead on either node.
+    let (status, _) = token(
+        &first,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &app_id),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
