@@ -202,14 +202,32 @@ async fn check(
     let Some(client_id) = claimed.map(str::to_owned) else {
         return Err(refuse("the client is not identified"));
     };
-    let lookup = client_id.clone();
-    let client = state
+    // One trip to the database: the registration and, for secret clients, the secret check
+    // (constant time over every stored hash), so the hot path pays one blocking hop.
+    let (lookup, secret, now) = (
+        client_id.clone(),
+        match presented {
+            Presented::SecretBasic { secret, .. } | Presented::SecretPost { secret, .. } => {
+                Some(secret.clone())
+            }
+            _ => None,
+        },
+        state.clock.now_secs(),
+    );
+    let (client, secret_ok) = state
         .db
-        .run(move |conn| match clients::get(conn, &lookup) {
-            Ok(c) => Ok(Some(c)),
-            Err(clients::RegistryError::NotFound(_)) => Ok(None),
-            Err(clients::RegistryError::Store(e)) => Err(e),
-            Err(other) => Err(StoreError::Corrupt(other.to_string())),
+        .run(move |conn| {
+            let client = match clients::get(conn, &lookup) {
+                Ok(c) => Some(c),
+                Err(clients::RegistryError::NotFound(_)) => None,
+                Err(clients::RegistryError::Store(e)) => return Err(e),
+                Err(other) => return Err(StoreError::Corrupt(other.to_string())),
+            };
+            let secret_ok = match &secret {
+                Some(s) => clients::verify_secret(conn, &lookup, s, now)?,
+                None => false,
+            };
+            Ok((client, secret_ok))
         })
         .await?;
     let Some(client) = client.filter(|c| c.enabled) else {
@@ -223,17 +241,9 @@ async fn check(
     }
     match presented {
         Presented::None { .. } => Ok(client),
-        Presented::SecretBasic { secret, .. } | Presented::SecretPost { secret, .. } => {
-            let (id, secret, now) = (client_id.clone(), secret.clone(), state.clock.now_secs());
-            let ok = state
-                .db
-                .run(move |conn| clients::verify_secret(conn, &id, &secret, now))
-                .await?;
-            if ok {
-                Ok(client)
-            } else {
-                Err(refuse("client secret is wrong or expired"))
-            }
+        Presented::SecretBasic { .. } | Presented::SecretPost { .. } if secret_ok => Ok(client),
+        Presented::SecretBasic { .. } | Presented::SecretPost { .. } => {
+            Err(refuse("client secret is wrong or expired"))
         }
         Presented::Assertion { assertion, .. } => {
             verify_assertion(state, &client, assertion, audiences).await?;
