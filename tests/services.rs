@@ -404,16 +404,7 @@ async fn resource_servers_introspect_tokens_of_every_flow(backend: Backend) {
         Some(("pat", PASSWORD)),
     )
     .await;
-    let (status, refreshed) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", code["refresh_token"].as_str().unwrap()),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, refreshed) = refresh(&app, code["refresh_token"].as_str().unwrap(), &app_id).await;
     assert_eq!(status, StatusCode::OK);
     let backend_client = rs384_backend(&app);
     let (status, service) = backend_token(
@@ -619,16 +610,7 @@ async fn revocation_of_each_token_kind(backend: Backend) {
         StatusCode::OK
     );
     assert!(!active(first["access_token"].as_str().unwrap().into()).await);
-    let (status, second) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", first["refresh_token"].as_str().unwrap()),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, second) = refresh(&app, first["refresh_token"].as_str().unwrap(), &app_id).await;
     assert_eq!(status, StatusCode::OK, "{second}");
     assert!(active(second["access_token"].as_str().unwrap().into()).await);
     // A refresh token: its whole family, access tokens included.
@@ -641,16 +623,7 @@ async fn revocation_of_each_token_kind(backend: Backend) {
         StatusCode::OK
     );
     assert!(!active(second["access_token"].as_str().unwrap().into()).await);
-    let (status, _) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", second["refresh_token"].as_str().unwrap()),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, _) = refresh(&app, second["refresh_token"].as_str().unwrap(), &app_id).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(audit_actions(&app, "token.revoked").len(), 2);
     // A backend service revokes its own access token.
@@ -745,16 +718,7 @@ async fn people_revoke_apps_on_the_connected_apps_page(backend: Backend) {
         .1,
         json!({"active": false})
     );
-    let (status, _) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, _) = refresh(&app, tokens["refresh_token"].as_str().unwrap(), &app_id).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(browser
         .get("/account/apps")
@@ -1000,16 +964,8 @@ async fn disabled_clients_lose_their_tokens_and_locked_users_keep_theirs(backend
         introspect(&app, (&rs, &rs_secret), access).await.1["active"],
         true
     );
-    let (status, refreshed) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, refreshed) =
+        refresh(&app, tokens["refresh_token"].as_str().unwrap(), &app_id).await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");
     // Disabling the app ends its tokens at once.
     ward::clients::set_enabled(
@@ -1281,16 +1237,8 @@ async fn a_whole_launch_alternates_between_two_nodes(backend: Backend) {
     assert_eq!(callback["state"], "s1");
     let (status, tokens) = redeem(&first, &callback["code"], &verifier, &app_id).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
-    let (status, refreshed) = token(
-        &second,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, refreshed) =
+        refresh(&second, tokens["refresh_token"].as_str().unwrap(), &app_id).await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");
     assert_eq!(
         introspect(
@@ -1303,15 +1251,6 @@ async fn a_whole_launch_alternates_between_two_nodes(backend: Backend) {
         true
     );
     // The rotated refresh token is dead on either node.
-    let (status, _) = token(
-        &first,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, _) = refresh(&first, tokens["refresh_token"].as_str().unwrap(), &app_id).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }

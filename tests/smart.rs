@@ -816,17 +816,8 @@ async fn authorization_codes_are_single_use_under_concurrency(backend: Backend) 
         );
     }
     // The second redemption revoked every token from that code: the refresh token is dead.
-    let refresh = winners[0]["refresh_token"].as_str().unwrap();
-    let (status, body) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let refresh_token = winners[0]["refresh_token"].as_str().unwrap();
+    let (status, body) = refresh(&app, refresh_token, &app_id).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_grant"))
@@ -938,32 +929,14 @@ async fn online_access_ends_with_the_session(backend: Backend) {
         .as_str()
         .expect("online access refresh token")
         .to_owned();
-    let (status, body) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &r1),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, body) = refresh(&app, &r1, &app_id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let r2 = body["refresh_token"].as_str().unwrap().to_owned();
     // Signing out of Ward ends online access.
     let account = browser.get("/account").await;
     let out = browser.post("/logout", &[("csrf", &account.csrf())]).await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
-    let (status, body) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &r2),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, body) = refresh(&app, &r2, &app_id).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_grant"))
@@ -1758,16 +1731,8 @@ async fn refreshes_follow_todays_roles_and_offline_access_can_be_declined(backen
         },
     )
     .unwrap();
-    let (status, refreshed) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", &app_id),
-        ],
-        None,
-    )
-    .await;
+    let (status, refreshed) =
+        refresh(&app, tokens["refresh_token"].as_str().unwrap(), &app_id).await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");
     let granted = refreshed["scope"].as_str().unwrap();
     assert!(

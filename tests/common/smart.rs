@@ -417,3 +417,17 @@ pub async fn code_flow(
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
+
+/// Refreshes a public client's token: (status, token response).
+pub async fn refresh(app: &TestApp, refresh_token: &str, client_id: &str) -> (StatusCode, Value) {
+    token(
+        app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", client_id),
+        ],
+        None,
+    )
+    .await
+}
