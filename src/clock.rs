@@ -60,3 +60,14 @@ pub fn format_secs(secs: i64) -> String {
         })
         .unwrap_or_else(|| secs.to_string())
 }
+
+/// RFC 3339 in UTC with milliseconds (audit event times).
+pub fn format_millis(millis: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| millis.to_string())
+}

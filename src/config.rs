@@ -63,6 +63,7 @@ pub struct Settings {
     pub clients: ClientSettingsConfig,
     pub login: LoginSettings,
     pub audit: AuditSettings,
+    pub admin: AdminSettings,
     /// Insecure switches for tests and development only; each is logged loudly at start.
     pub danger: DangerSettings,
     /// Only ever read from `WARD_MASTER_KEY`; a secret does not belong in a config file.
@@ -196,6 +197,24 @@ pub struct AuditSettings {
     pub introspection: IntrospectionAudit,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// How recent an admin's password + second factor must be for a sensitive action.
+    pub reauth_seconds: u64,
+    /// How long a one-time enrolment link stays usable.
+    pub enrolment_link_seconds: u64,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            reauth_seconds: 300,
+            enrolment_link_seconds: 72 * 3600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DangerSettings {
@@ -314,6 +333,8 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc { section: "login", key: "max_concurrent_hashes", env: "WARD_LOGIN_MAX_CONCURRENT_HASHES", flag: None, kind: Kind::Integer, default: "0 (one per core)", doc: "Password hashes computed at once." },
     SettingDoc { section: "login", key: "hash_queue_limit", env: "WARD_LOGIN_HASH_QUEUE_LIMIT", flag: None, kind: Kind::Integer, default: "64", doc: "Password checks allowed to wait; beyond it logins get a quick 503." },
     SettingDoc { section: "audit", key: "introspection", env: "WARD_AUDIT_INTROSPECTION", flag: None, kind: Kind::Text, default: "first", doc: "Which introspections are audited: `first` (the first of each token; every one for AI-tool clients' tokens) or `all`." },
+    SettingDoc { section: "admin", key: "reauth_seconds", env: "WARD_ADMIN_REAUTH_SECONDS", flag: None, kind: Kind::Integer, default: "300", doc: "Sensitive admin actions (creating an admin, rotating keys, revoking every token of a client) need a password and second factor at most this old; older sessions are asked to sign in again." },
+    SettingDoc { section: "admin", key: "enrolment_link_seconds", env: "WARD_ADMIN_ENROLMENT_LINK_SECONDS", flag: None, kind: Kind::Integer, default: "259200", doc: "How long a one-time enrolment link (a new user sets their own password) stays usable." },
     SettingDoc { section: "danger", key: "allow_http_public_url", env: "WARD_DANGER_ALLOW_HTTP_PUBLIC_URL", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: accept an `http://` public URL on a non-loopback host (tests only)." },
     SettingDoc { section: "danger", key: "allow_loopback_jwks_uri", env: "WARD_DANGER_ALLOW_LOOPBACK_JWKS_URI", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: let client JWKS URLs point at loopback addresses (tests only)." },
     SettingDoc { section: "danger", key: "disable_login_throttle", env: "WARD_DANGER_DISABLE_LOGIN_THROTTLE", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: no back-off or lockout (benchmarks only)." },
@@ -472,6 +493,18 @@ impl Settings {
         }
         if let Some(ca) = &self.danger.extra_ca_file {
             require_file("danger", "extra_ca_file", ca)?;
+        }
+        if !(30..=3600).contains(&self.admin.reauth_seconds) {
+            return Err(ConfigError::new(
+                setting_name("admin", "reauth_seconds"),
+                "must be between 30 and 3600",
+            ));
+        }
+        if !(300..=30 * 86_400).contains(&self.admin.enrolment_link_seconds) {
+            return Err(ConfigError::new(
+                setting_name("admin", "enrolment_link_seconds"),
+                "must be between 300 and 2592000 (30 days)",
+            ));
         }
         let login = &self.login;
         if !(60..=86_400).contains(&login.idle_timeout_seconds) {

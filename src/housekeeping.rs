@@ -7,7 +7,7 @@
 use diesel::prelude::*;
 
 use crate::store::schema::{
-    access_tokens, assertion_jtis, auth_requests, auth_throttle, authorization_codes,
+    access_tokens, enrolment_links, assertion_jtis, auth_requests, auth_throttle, authorization_codes,
     launch_contexts, refresh_tokens, sessions, token_families, totp_credentials,
     webauthn_challenges,
 };
@@ -151,6 +151,14 @@ fn sweep_grants(conn: &mut DbConnection, now: i64, batch: i64) -> Result<usize, 
     for (client_id, jti) in &jtis {
         deleted += diesel::delete(assertion_jtis::table.find((client_id, jti))).execute(conn)?;
     }
+    let links: Vec<String> = enrolment_links::table
+        .select(enrolment_links::token_hash)
+        .filter(enrolment_links::expires_at.lt(now - GRANT_RETENTION_SECONDS))
+        .limit(batch)
+        .load(conn)?;
+    deleted +=
+        diesel::delete(enrolment_links::table.filter(enrolment_links::token_hash.eq_any(&links)))
+            .execute(conn)?;
     // A family's tokens never outlive it, so an expired family goes with its tokens.
     let families: Vec<String> = token_families::table
         .select(token_families::id)

@@ -213,7 +213,15 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
     let mut conn = db.conn()?;
     let created_keys = keys::ensure_initial_keys(&mut conn, &sealer, clock.as_ref(), &ctx)?;
     let ring = KeyRing::load(&mut conn, sealer.clone(), timing, clock.now_secs())?;
-    let no_users = crate::store::users::list(&mut conn, None)?.is_empty();
+    let no_users = crate::store::users::list(
+        &mut conn,
+        None,
+        crate::store::Page {
+            limit: 1,
+            offset: 0,
+        },
+    )?
+    .is_empty();
     write_transaction(&mut conn, |conn| {
         audit::append(
             conn,

@@ -239,6 +239,38 @@ pub enum AuditEvent {
     /// A clinician chose the patient in context for an app.
     #[serde(rename = "patient.selected")]
     PatientSelected { client_id: String, patient: String },
+    /// An admin changed a patient's directory entry.
+    #[serde(rename = "patient.updated")]
+    PatientUpdated {
+        patient: String,
+        before: Value,
+        after: Value,
+    },
+    /// An admin removed a patient from the directory.
+    #[serde(rename = "patient.removed")]
+    PatientRemoved { patient: String, before: Value },
+    /// Someone without admin rights (or without a fresh enough sign-in) reached for the admin
+    /// console or API.
+    #[serde(rename = "admin.access_denied")]
+    AdminAccessDenied { path: String, reason: String },
+    /// An admin changed a user's display name or fhirUser.
+    #[serde(rename = "user.updated")]
+    UserUpdated {
+        user_id: String,
+        before: Value,
+        after: Value,
+    },
+    /// An admin created a one-time enrolment link for a user (the link itself is not recorded).
+    #[serde(rename = "user.enrolment_link_created")]
+    EnrolmentLinkCreated { user_id: String, expires_at: i64 },
+    /// Every grant of a client or of a user was revoked at once.
+    #[serde(rename = "token.revoked_all")]
+    TokensRevokedAll {
+        client_id: Option<String>,
+        user_id: Option<String>,
+        families: u64,
+        reason: String,
+    },
 }
 
 /// Why a sign-in step failed (audit detail only).
@@ -300,6 +332,12 @@ impl AuditEvent {
         "patient.imported",
         "patient.searched",
         "patient.selected",
+        "patient.updated",
+        "patient.removed",
+        "admin.access_denied",
+        "user.updated",
+        "user.enrolment_link_created",
+        "token.revoked_all",
     ];
 
     pub fn action(&self) -> &'static str {
@@ -344,6 +382,12 @@ impl AuditEvent {
             Self::PatientsImported { .. } => "patient.imported",
             Self::PatientSearched { .. } => "patient.searched",
             Self::PatientSelected { .. } => "patient.selected",
+            Self::PatientUpdated { .. } => "patient.updated",
+            Self::PatientRemoved { .. } => "patient.removed",
+            Self::AdminAccessDenied { .. } => "admin.access_denied",
+            Self::UserUpdated { .. } => "user.updated",
+            Self::EnrolmentLinkCreated { .. } => "user.enrolment_link_created",
+            Self::TokensRevokedAll { .. } => "token.revoked_all",
         }
     }
 
@@ -356,7 +400,8 @@ impl AuditEvent {
             | Self::AuthorizationRefused { .. }
             | Self::TokenRefused { .. }
             | Self::TokenReuseDetected { .. }
-            | Self::TokenRevocationRefused { .. } => Outcome::Failure,
+            | Self::TokenRevocationRefused { .. }
+            | Self::AdminAccessDenied { .. } => Outcome::Failure,
             _ => Outcome::Success,
         }
     }
@@ -375,7 +420,9 @@ impl AuditEvent {
             | Self::MfaReset { .. }
             | Self::WebauthnCounterRegression { .. }
             | Self::TokenReuseDetected { .. }
-            | Self::TokenRevocationRefused { .. } => Severity::High,
+            | Self::TokenRevocationRefused { .. }
+            | Self::AdminAccessDenied { .. }
+            | Self::TokensRevokedAll { .. } => Severity::High,
             Self::LoginSucceeded { .. } | Self::MfaUsed { .. } | Self::SessionEnded { .. } => {
                 Severity::Info
             }
@@ -391,7 +438,9 @@ impl AuditEvent {
             | Self::TokenIssued { patient, .. }
             | Self::TokenIntrospected { patient, .. }
             | Self::PolicyChecked { patient, .. } => patient.as_deref(),
-            Self::PatientSelected { patient, .. } => Some(patient),
+            Self::PatientSelected { patient, .. }
+            | Self::PatientUpdated { patient, .. }
+            | Self::PatientRemoved { patient, .. } => Some(patient),
             _ => None,
         }
     }
@@ -572,6 +621,34 @@ mod tests {
             AuditEvent::PatientSelected {
                 client_id: "c".into(),
                 patient: "p".into(),
+            },
+            AuditEvent::PatientUpdated {
+                patient: "p".into(),
+                before: Value::Null,
+                after: Value::Null,
+            },
+            AuditEvent::PatientRemoved {
+                patient: "p".into(),
+                before: Value::Null,
+            },
+            AuditEvent::AdminAccessDenied {
+                path: "/admin".into(),
+                reason: "r".into(),
+            },
+            AuditEvent::UserUpdated {
+                user_id: "u".into(),
+                before: Value::Null,
+                after: Value::Null,
+            },
+            AuditEvent::EnrolmentLinkCreated {
+                user_id: "u".into(),
+                expires_at: 0,
+            },
+            AuditEvent::TokensRevokedAll {
+                client_id: Some("c".into()),
+                user_id: None,
+                families: 1,
+                reason: "r".into(),
             },
         ];
         assert_eq!(samples.len(), AuditEvent::ACTIONS.len());

@@ -1,4 +1,4 @@
-//! Operator actions on accounts (the CLI today, the admin API later): set a password, disable
+//! Operator actions on accounts (the CLI and the admin console and API): set a password, disable
 //! or enable, unlock, reset second factors. Each is one transaction with its audit event, and
 //! each that reduces trust ends the user's sessions at once.
 
@@ -42,7 +42,7 @@ pub fn set_password(
     get_by_username(conn, username)
 }
 
-/// Disabling ends every session of the user at once (tokens follow when they exist).
+/// Disabling ends every session and revokes every grant of the user at once.
 pub fn set_enabled(
     conn: &mut DbConnection,
     clock: &dyn Clock,
@@ -55,7 +55,15 @@ pub fn set_enabled(
     write_transaction(conn, |conn| {
         if creds::set_enabled(conn, &user.id, enabled, now)? {
             if !enabled {
+                // Every session and every grant ends at once: a disabled person's apps stop
+                // too (introspection also checks the user, this makes it durable).
                 creds::end_sessions_of(conn, &user.id, None, now, "user_disabled")?;
+                crate::store::grants::revoke_all_of(
+                    conn,
+                    crate::store::grants::GrantOwner::User(&user.id),
+                    "user_disabled",
+                    now,
+                )?;
             }
             audit::append(
                 conn,

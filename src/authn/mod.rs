@@ -2,6 +2,7 @@
 //! Pure rules live in the small modules; `login` runs them against the store.
 
 pub mod accounts;
+pub mod enrolment;
 pub mod login;
 pub mod passkeys;
 pub mod password;

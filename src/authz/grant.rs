@@ -51,7 +51,7 @@ pub fn grantable(
     requested: &str,
 ) -> GrantDecision {
     let roles = union(role_ceilings);
-    decide(client, requested, |scope, client_allowed| {
+    decide(client, requested, false, |scope, client_allowed| {
         if scope.context == ScopeContext::System {
             return Err(
                 "system/ scopes are only granted to backend services (client_credentials)".into(),
@@ -69,9 +69,9 @@ pub fn grantable(
 }
 
 /// What a backend service may be granted (`client_credentials`): requested ∩ its allowance,
-/// `system/` scopes only.
+/// `system/` scopes and Ward's own admin-API scopes only.
 pub fn grantable_for_service(client: &ClientSettings, requested: &str) -> GrantDecision {
-    decide(client, requested, |scope, client_allowed| {
+    decide(client, requested, true, |scope, client_allowed| {
         if scope.context != ScopeContext::System {
             return Err("backend services are granted system/ scopes only".into());
         }
@@ -87,6 +87,7 @@ pub fn grantable_for_service(client: &ClientSettings, requested: &str) -> GrantD
 fn decide(
     client: &ClientSettings,
     requested: &str,
+    service: bool,
     resource_rule: impl Fn(
         &crate::smart::scopes::ResourceScope,
         &ScopeSet,
@@ -116,6 +117,17 @@ fn decide(
                 }
             }
             Scope::Identity(_) => refuse("not allowed for this client".into()),
+            Scope::Admin(_) if !service => refuse(
+                "admin API scopes are granted only to backend services (client_credentials)"
+                    .into(),
+            ),
+            Scope::Admin(_) if ceiling.contains(scope) => {
+                granted.insert(scope.clone());
+                Explanation::Granted {
+                    scope: text.clone(),
+                }
+            }
+            Scope::Admin(_) => refuse("outside the client's allowed scopes".into()),
             Scope::Resource(resource) => {
                 let client_allowed = intersect(&single(scope), &ceiling);
                 if client_allowed.is_empty() {

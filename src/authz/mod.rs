@@ -16,6 +16,9 @@ pub enum DirectoryError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The record changed since the version the caller read (a lost update was prevented).
+    #[error("{0}")]
+    Stale(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

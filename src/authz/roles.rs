@@ -56,6 +56,8 @@ pub struct RoleChanges {
     pub mfa_required: Option<bool>,
     pub break_glass: Option<bool>,
     pub passwordless: Option<bool>,
+    /// Refuse the change unless the role is still at this version (lost-update guard).
+    pub expected_version: Option<i64>,
 }
 
 pub fn valid_role_name(name: &str) -> bool {
@@ -189,6 +191,14 @@ pub fn update(
         let current = rows::find(conn, name)?
             .ok_or_else(|| DirectoryError::NotFound(format!("no role `{name}`")))?;
         let before = Role::from(current.clone());
+        if let Some(v) = changes.expected_version {
+            if v != current.version {
+                return Err(DirectoryError::Stale(format!(
+                    "role `{name}` changed since version {v} (now {})",
+                    current.version
+                )));
+            }
+        }
         let row = RoleRow {
             description: changes
                 .description
@@ -203,7 +213,7 @@ pub fn update(
             ..current.clone()
         };
         if !rows::update_if_version(conn, &row, current.version)? {
-            return Err(DirectoryError::Conflict(format!(
+            return Err(DirectoryError::Stale(format!(
                 "role `{name}` changed concurrently; retry"
             )));
         }
@@ -230,6 +240,11 @@ pub fn delete(
     ctx: &AuditContext,
     name: &str,
 ) -> Result<(), DirectoryError> {
+    if name == crate::admin::access::ADMIN_ROLE {
+        return Err(DirectoryError::Conflict(
+            "the admin role cannot be deleted: it is what opens the admin console".into(),
+        ));
+    }
     write_transaction(conn, |conn| {
         let before = get(conn, name)?;
         let holders = users::count_with_role(conn, name)?;

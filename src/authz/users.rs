@@ -187,8 +187,12 @@ pub fn get_by_username(conn: &mut DbConnection, username: &str) -> Result<User, 
     from_row(conn, row)
 }
 
-pub fn list(conn: &mut DbConnection, search: Option<&str>) -> Result<Vec<User>, DirectoryError> {
-    rows::list(conn, search)?
+pub fn list(
+    conn: &mut DbConnection,
+    search: Option<&str>,
+    page: crate::store::Page,
+) -> Result<Vec<User>, DirectoryError> {
+    rows::list(conn, search, page)?
         .into_iter()
         .map(|row| from_row(conn, row))
         .collect()

@@ -443,7 +443,7 @@ pub fn client(
             }
         }
         ClientCommand::List { search, json } => {
-            let list = clients::list(&mut conn, search.as_deref())?;
+            let list = clients::list(&mut conn, search.as_deref(), crate::store::Page::ALL)?;
             if json {
                 println!(
                     "{}",
@@ -578,6 +578,7 @@ pub fn role(
                     mfa_required: Some(mfa_required),
                     break_glass,
                     passwordless: None,
+                    expected_version: None,
                 },
             )?;
             print_role(&role, json);
@@ -623,6 +624,7 @@ pub fn role(
                     mfa_required,
                     break_glass,
                     passwordless,
+                    expected_version: None,
                 },
             )?;
             print_role(&role, json);
@@ -709,7 +711,7 @@ pub fn user(
             print_user(&user, json);
         }
         UserCommand::List { search, json } => {
-            let list = users::list(&mut conn, search.as_deref())?;
+            let list = users::list(&mut conn, search.as_deref(), crate::store::Page::ALL)?;
             if json {
                 println!("{}", serde_json::to_value(&list).unwrap_or(Value::Null));
             } else {

@@ -422,6 +422,10 @@ struct CacheEntry {
 const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
 
 impl JwksCache {
+    /// The fetcher behind the cache (the admin API validates new registrations with it).
+    pub fn fetcher(&self) -> &JwksFetcher {
+        &self.fetcher
+    }
     pub fn new(fetcher: JwksFetcher) -> Self {
         Self {
             fetcher,

@@ -522,6 +522,20 @@ pub fn validate(spec: &ClientSpec) -> Result<ClientSettings, Vec<FieldError>> {
             errors.push(FieldError::new("scope", format!("`{scope}`: AI-tool clients may not hold wildcard resource scopes; name each resource type")));
         }
     }
+    if scopes.admin_scopes().next().is_some() {
+        if !backend {
+            errors.push(FieldError::new(
+                "scope",
+                "admin API scopes need the client_credentials grant (a confidential-asymmetric client)",
+            ));
+        }
+        if spec.ai_tool {
+            errors.push(FieldError::new(
+                "scope",
+                "AI-tool clients may not hold admin API scopes",
+            ));
+        }
+    }
     let offline = scopes.contains(&Scope::Identity(IdentityScope::OfflineAccess));
     if offline && spec.ai_tool {
         errors.push(FieldError::new(
@@ -665,6 +679,24 @@ mod tests {
         assert_eq!(ok.grant_types, vec![GrantType::ClientCredentials]);
         assert_eq!(ok.auth_method, AuthMethod::PrivateKeyJwt);
         assert!(ok.access_token_lifetime <= 300);
+    }
+
+    #[test]
+    fn only_backend_services_hold_admin_api_scopes() {
+        let mut s = spec("public");
+        s.scope = "launch __ward.admin.read".into();
+        assert!(errors_of(&s)
+            .iter()
+            .any(|e| e.contains("admin API scopes need the client_credentials grant")));
+        let mut s = spec("confidential-asymmetric");
+        s.redirect_uris.clear();
+        s.jwks_uri = Some("https://keys.example.com/jwks.json".into());
+        s.scope = "__ward.admin.write".into();
+        assert!(validate(&s).unwrap().scope_set().admin_scopes().next().is_some());
+        s.ai_tool = true;
+        assert!(errors_of(&s)
+            .iter()
+            .any(|e| e.contains("AI-tool clients may not hold admin API scopes")));
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub enum RegistryError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The registration changed since the version the caller read.
+    #[error("{0}")]
+    Stale(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -235,8 +238,12 @@ pub fn get(conn: &mut DbConnection, client_id: &str) -> Result<Client, RegistryE
     Ok(from_row(row)?)
 }
 
-pub fn list(conn: &mut DbConnection, search: Option<&str>) -> Result<Vec<Client>, RegistryError> {
-    Ok(rows::list(conn, search)?
+pub fn list(
+    conn: &mut DbConnection,
+    search: Option<&str>,
+    page: crate::store::Page,
+) -> Result<Vec<Client>, RegistryError> {
+    Ok(rows::list(conn, search, page)?
         .into_iter()
         .map(from_row)
         .collect::<Result<_, _>>()?)
@@ -256,7 +263,7 @@ pub fn update(
         let before = get(conn, client_id)?;
         if let Some(v) = expected_version {
             if v != before.version {
-                return Err(RegistryError::Conflict(format!(
+                return Err(RegistryError::Stale(format!(
                     "client `{client_id}` changed since version {v} (now {})",
                     before.version
                 )));
@@ -277,7 +284,7 @@ pub fn update(
             before.version + 1,
         );
         if !rows::update_if_version(conn, &row, before.version)? {
-            return Err(RegistryError::Conflict(format!(
+            return Err(RegistryError::Stale(format!(
                 "client `{client_id}` changed concurrently; retry"
             )));
         }

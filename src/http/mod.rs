@@ -1,6 +1,7 @@
 //! The HTTP edge: every URL Ward answers is listed in [`routes`]. Handlers are thin: extract,
 //! call a service, map the result.
 
+pub mod admin;
 mod apps;
 pub mod client_ip;
 pub mod cookies;
@@ -134,5 +135,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/policy/check", web::post().to(oauth::policy_check))
         .route("/account/apps", web::get().to(apps::apps_get))
         .route("/account/apps/revoke", web::post().to(apps::revoke_post))
+        .configure(admin::api::routes)
+        .configure(admin::console::routes)
         .default_service(web::to(ops::not_found));
 }

@@ -959,7 +959,7 @@ async fn launch_inner(
 
 // ---------------------------------------------------------------- userinfo
 
-fn bearer(req: &HttpRequest) -> Option<&str> {
+pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = authorization_header(req)?;
     let (scheme, token) = value.split_once(' ')?;
     scheme

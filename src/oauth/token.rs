@@ -152,6 +152,14 @@ pub const BACKEND_TOKEN_MAX_LIFETIME: i64 = 300;
 
 /// `grant_type=client_credentials` (SMART Backend Services): `private_key_jwt` clients only;
 /// granted = requested ∩ the client's allowed scopes (`system/` scopes); no refresh token.
+/// The audience of tokens for Ward's own admin API (DESIGN.md §5).
+pub fn admin_api_audience(issuer: &str) -> String {
+    format!("{}{}", issuer.trim_end_matches('/'), ADMIN_API_PATH)
+}
+
+/// Where the admin API lives under the issuer.
+pub const ADMIN_API_PATH: &str = "/admin/api/v1";
+
 pub fn client_credentials(
     conn: &mut DbConnection,
     iss: &Issuer<'_>,
@@ -175,19 +183,28 @@ pub fn client_credentials(
             160,
         ))
     })?;
-    // system/ resource scopes only: identity, context and refresh scopes mean nothing without
-    // a person, so they are dropped even when the client's allowance lists them.
-    let granted: ScopeSet = crate::authz::grant::grantable_for_service(&client.settings, requested)
+    // system/ resource scopes, or Ward's own admin-API scopes: identity, context and refresh
+    // scopes mean nothing without a person, so they are dropped even when the client's
+    // allowance lists them.
+    let decision = crate::authz::grant::grantable_for_service(&client.settings, requested);
+    let granted: ScopeSet = decision
         .granted
         .iter()
-        .filter(|s| s.as_resource().is_some())
+        .filter(|s| s.as_resource().is_some() || s.as_admin().is_some())
         .cloned()
         .collect();
-    if granted.resource_scopes().next().is_none() {
+    let admin = granted.admin_scopes().next().is_some();
+    if admin && granted.resource_scopes().next().is_some() {
+        return Err(OAuthError::invalid_scope(
+            "admin API scopes and FHIR scopes are for different servers: ask for them in separate token requests",
+        ));
+    }
+    if granted.is_empty() {
         return Err(OAuthError::invalid_scope(
             "none of the requested scopes are allowed for this client",
         ));
     }
+    let admin_api = admin_api_audience(iss.issuer);
     let aud = match (params.get("aud"), params.get("resource")) {
         (Some(a), Some(r)) if a != r => {
             return Err(OAuthError::invalid_request(
@@ -195,6 +212,7 @@ pub fn client_credentials(
             ))
         }
         (Some(a), _) | (None, Some(a)) => a.to_owned(),
+        (None, None) if admin => admin_api.clone(),
         (None, None) if fhir_bases.len() == 1 => fhir_bases[0].clone(),
         (None, None) => {
             return Err(OAuthError::invalid_request(
@@ -202,7 +220,12 @@ pub fn client_credentials(
             ))
         }
     };
-    if !fhir_bases.contains(&aud) {
+    if admin && aud != admin_api {
+        return Err(OAuthError::invalid_request(
+            "a token with admin API scopes is for Ward's admin API only",
+        ));
+    }
+    if !admin && !fhir_bases.contains(&aud) {
         return Err(OAuthError::invalid_request(
             "aud is not a FHIR server this authorization server protects",
         ));

@@ -394,18 +394,52 @@ impl fmt::Display for IdentityScope {
     }
 }
 
+/// Access to Ward's own admin API (not FHIR data). Named per SMART's rule for scopes outside
+/// HL7's grammar: a `__` prefix. Granted only through `client_credentials` to a
+/// confidential-asymmetric client, in a token whose audience is the admin API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AdminScope {
+    /// Read every admin resource.
+    Read,
+    /// Read and change admin resources (never: create admins, change admin roles, rotate keys).
+    Write,
+}
+
+impl AdminScope {
+    pub const ALL: [AdminScope; 2] = [AdminScope::Read, AdminScope::Write];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminScope::Read => "__ward.admin.read",
+            AdminScope::Write => "__ward.admin.write",
+        }
+    }
+
+    fn from_token(token: &str) -> Option<AdminScope> {
+        AdminScope::ALL.into_iter().find(|s| s.as_str() == token)
+    }
+}
+
 /// Any scope Ward understands.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
     Identity(IdentityScope),
     Resource(ResourceScope),
+    Admin(AdminScope),
 }
 
 impl Scope {
     pub fn as_resource(&self) -> Option<&ResourceScope> {
         match self {
             Scope::Resource(scope) => Some(scope),
-            Scope::Identity(_) => None,
+            Scope::Identity(_) | Scope::Admin(_) => None,
+        }
+    }
+
+    pub fn as_admin(&self) -> Option<AdminScope> {
+        match self {
+            Scope::Admin(scope) => Some(*scope),
+            Scope::Identity(_) | Scope::Resource(_) => None,
         }
     }
 
@@ -422,6 +456,7 @@ impl fmt::Display for Scope {
         match self {
             Scope::Identity(scope) => scope.fmt(f),
             Scope::Resource(scope) => scope.fmt(f),
+            Scope::Admin(scope) => f.write_str(scope.as_str()),
         }
     }
 }
@@ -556,6 +591,9 @@ fn parse_token(token: &str) -> Result<Scope, ScopeErrorReason> {
     }
     if let Some(identity) = IdentityScope::from_token(token) {
         return Ok(Scope::Identity(identity));
+    }
+    if let Some(admin) = AdminScope::from_token(token) {
+        return Ok(Scope::Admin(admin));
     }
     let Some((prefix, rest)) = token.split_once('/') else {
         return Err(ScopeErrorReason::Unknown);
@@ -729,8 +767,12 @@ impl ScopeSet {
     pub fn identity_scopes(&self) -> impl Iterator<Item = IdentityScope> + '_ {
         self.scopes.iter().filter_map(|scope| match scope {
             Scope::Identity(identity) => Some(*identity),
-            Scope::Resource(_) => None,
+            Scope::Resource(_) | Scope::Admin(_) => None,
         })
+    }
+
+    pub fn admin_scopes(&self) -> impl Iterator<Item = AdminScope> + '_ {
+        self.scopes.iter().filter_map(Scope::as_admin)
     }
 
     pub fn contains(&self, scope: &Scope) -> bool {
@@ -968,6 +1010,7 @@ pub(crate) mod strategies {
     pub fn scope() -> impl Strategy<Value = Scope> {
         prop_oneof![
             1 => proptest::sample::select(IdentityScope::ALL.as_slice()).prop_map(Scope::Identity),
+            1 => proptest::sample::select(AdminScope::ALL.as_slice()).prop_map(Scope::Admin),
             4 => resource_scope().prop_map(Scope::Resource),
         ]
     }
@@ -1047,6 +1090,25 @@ mod tests {
                 ("status".to_string(), "final".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn parses_wards_admin_scopes_and_nothing_near_them() {
+        assert_eq!(
+            "__ward.admin.read".parse::<Scope>(),
+            Ok(Scope::Admin(AdminScope::Read))
+        );
+        assert_eq!(
+            "__ward.admin.write".parse::<Scope>(),
+            Ok(Scope::Admin(AdminScope::Write))
+        );
+        for near in ["__ward.admin", "__ward.admin.READ", "ward.admin.read", "__ward.admin.*"] {
+            assert!(near.parse::<Scope>().is_err(), "{near}");
+        }
+        let set = ScopeSet::parse_strict("__ward.admin.read system/Patient.rs").unwrap();
+        assert_eq!(set.admin_scopes().collect::<Vec<_>>(), vec![AdminScope::Read]);
+        assert_eq!(set.resource_scopes().count(), 1);
+        assert_eq!(set.identity_scopes().count(), 0);
     }
 
     #[test]

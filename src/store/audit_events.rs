@@ -182,3 +182,61 @@ pub fn count_unlinked_before(
         .count()
         .get_result(conn)?)
 }
+
+/// What an admin searches the audit trail for. Every filter is optional; results are newest
+/// first, `before_id` continues a previous page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// An exact action (`token.issued`) or a family of actions ending in `.` (`token.`).
+    pub action: Option<String>,
+    /// A user or client id, as actor.
+    pub actor: Option<String>,
+    pub patient: Option<String>,
+    pub outcome: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+pub fn search(conn: &mut DbConnection, q: &AuditQuery) -> Result<Vec<AuditEventRow>, StoreError> {
+    let mut query = audit_events::table
+        .select(AuditEventRow::as_select())
+        .order(audit_events::id.desc())
+        .limit(q.limit)
+        .into_boxed();
+    if let Some(action) = &q.action {
+        query = if action.ends_with('.') {
+            query.filter(
+                audit_events::action
+                    .like(format!("{}%", super::clients::escape_like(action)))
+                    .escape('\\'),
+            )
+        } else {
+            query.filter(audit_events::action.eq(action.clone()))
+        };
+    }
+    if let Some(actor) = &q.actor {
+        query = query.filter(
+            audit_events::actor_user
+                .eq(actor.clone())
+                .or(audit_events::actor_client.eq(actor.clone())),
+        );
+    }
+    if let Some(patient) = &q.patient {
+        query = query.filter(audit_events::target_patient.eq(patient.clone()));
+    }
+    if let Some(outcome) = &q.outcome {
+        query = query.filter(audit_events::outcome.eq(outcome.clone()));
+    }
+    if let Some(since) = q.since_ms {
+        query = query.filter(audit_events::occurred_at.ge(since));
+    }
+    if let Some(until) = q.until_ms {
+        query = query.filter(audit_events::occurred_at.lt(until));
+    }
+    if let Some(before) = q.before_id {
+        query = query.filter(audit_events::id.lt(before));
+    }
+    Ok(query.load(conn)?)
+}

@@ -50,7 +50,11 @@ pub fn find(conn: &mut DbConnection, client_id: &str) -> Result<Option<ClientRow
         .optional()?)
 }
 
-pub fn list(conn: &mut DbConnection, search: Option<&str>) -> Result<Vec<ClientRow>, StoreError> {
+pub fn list(
+    conn: &mut DbConnection,
+    search: Option<&str>,
+    page: super::Page,
+) -> Result<Vec<ClientRow>, StoreError> {
     let mut query = clients::table
         .select(ClientRow::as_select())
         .order(clients::client_id)
@@ -64,7 +68,7 @@ pub fn list(conn: &mut DbConnection, search: Option<&str>) -> Result<Vec<ClientR
                 .or(clients::name.like(pattern).escape('\\')),
         );
     }
-    Ok(query.load(conn)?)
+    Ok(query.limit(page.limit).offset(page.offset).load(conn)?)
 }
 
 /// `%` and `_` in a search term are literal characters, not wildcards.

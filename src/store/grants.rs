@@ -497,3 +497,49 @@ pub fn mark_introspected(conn: &mut DbConnection, jti: &str, now: i64) -> Result
     .execute(conn)?;
     Ok(n == 1)
 }
+
+/// A client's grants still in force, newest first (at most `limit`).
+pub fn live_families_of_client(
+    conn: &mut DbConnection,
+    client_id: &str,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<FamilyRow>, StoreError> {
+    Ok(token_families::table
+        .filter(token_families::client_id.eq(client_id))
+        .filter(token_families::revoked_at.is_null())
+        .filter(token_families::expires_at.gt(now))
+        .select(FamilyRow::as_select())
+        .order(token_families::created_at.desc())
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// Whose grants an admin revokes in bulk.
+#[derive(Debug, Clone, Copy)]
+pub enum GrantOwner<'a> {
+    Client(&'a str),
+    User(&'a str),
+}
+
+/// Revokes every unrevoked grant of a client or a user in one statement; returns how many.
+pub fn revoke_all_of(
+    conn: &mut DbConnection,
+    owner: GrantOwner<'_>,
+    reason: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    let mut query = diesel::update(token_families::table)
+        .filter(token_families::revoked_at.is_null())
+        .into_boxed();
+    query = match owner {
+        GrantOwner::Client(id) => query.filter(token_families::client_id.eq(id.to_owned())),
+        GrantOwner::User(id) => query.filter(token_families::user_id.eq(id.to_owned())),
+    };
+    Ok(query
+        .set((
+            token_families::revoked_at.eq(Some(now)),
+            token_families::revoked_reason.eq(Some(reason)),
+        ))
+        .execute(conn)?)
+}

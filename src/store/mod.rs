@@ -9,6 +9,7 @@
 pub mod audit_events;
 pub mod clients;
 pub mod credentials;
+pub mod enrolment;
 pub mod grants;
 pub mod migrate;
 pub mod passkeys;
@@ -237,6 +238,21 @@ fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
 ///
 /// On SQLite the transaction starts `BEGIN IMMEDIATE`, taking the write lock up front, so two
 /// writers never both read and then fail to upgrade their lock.
+/// A window of a listing: at most `limit` rows after skipping `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Page {
+    /// Everything (the CLI's listings).
+    pub const ALL: Page = Page {
+        limit: i64::MAX,
+        offset: 0,
+    };
+}
+
 pub fn write_transaction<T, E, F>(conn: &mut DbConnection, work: F) -> Result<T, E>
 where
     F: FnOnce(&mut DbConnection) -> Result<T, E>,

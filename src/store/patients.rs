@@ -105,3 +105,18 @@ pub fn by_identifier(
         .limit(limit)
         .load(conn)?)
 }
+
+/// Removes a patient from the directory; true when it was there.
+pub fn delete(conn: &mut DbConnection, id: &str) -> Result<bool, StoreError> {
+    Ok(diesel::delete(patients::table.find(id)).execute(conn)? == 1)
+}
+
+/// A page of the directory in id order.
+pub fn page(conn: &mut DbConnection, limit: i64, offset: i64) -> Result<Vec<PatientRow>, StoreError> {
+    Ok(patients::table
+        .select(PatientRow::as_select())
+        .order(patients::id)
+        .limit(limit)
+        .offset(offset)
+        .load(conn)?)
+}

@@ -305,7 +305,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    enrolment_links (token_hash) {
+        token_hash -> Text,
+        user_id -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(client_secrets -> clients (client_id));
+diesel::joinable!(enrolment_links -> users (user_id));
 diesel::joinable!(refresh_tokens -> token_families (family_id));
 diesel::joinable!(access_tokens -> token_families (family_id));
 diesel::joinable!(totp_credentials -> users (user_id));
@@ -338,4 +349,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     consents,
     assertion_jtis,
     audit_chain_state,
+    enrolment_links,
 );

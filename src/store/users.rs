@@ -29,7 +29,11 @@ pub fn find_by_username(
         .optional()?)
 }
 
-pub fn list(conn: &mut DbConnection, search: Option<&str>) -> Result<Vec<UserRow>, StoreError> {
+pub fn list(
+    conn: &mut DbConnection,
+    search: Option<&str>,
+    page: super::Page,
+) -> Result<Vec<UserRow>, StoreError> {
     let mut query = users::table
         .select(UserRow::as_select())
         .order(users::username)
@@ -43,7 +47,7 @@ pub fn list(conn: &mut DbConnection, search: Option<&str>) -> Result<Vec<UserRow
                 .or(users::display_name.like(pattern).escape('\\')),
         );
     }
-    Ok(query.load(conn)?)
+    Ok(query.limit(page.limit).offset(page.offset).load(conn)?)
 }
 
 pub fn insert(conn: &mut DbConnection, row: &UserRow) -> Result<(), StoreError> {
@@ -105,4 +109,37 @@ pub fn count_with_role(conn: &mut DbConnection, role: &str) -> Result<i64, Store
         .filter(user_roles::role_name.eq(role))
         .count()
         .get_result(conn)?)
+}
+
+/// Changes a user's display name and `fhirUser` if the row is still at `version`; false when
+/// someone else changed it first.
+pub fn update_profile(
+    conn: &mut DbConnection,
+    user_id: &str,
+    display_name: &str,
+    fhir_user: Option<&str>,
+    now: i64,
+    version: i64,
+) -> Result<bool, StoreError> {
+    Ok(diesel::update(
+        users::table
+            .find(user_id)
+            .filter(users::version.eq(version)),
+    )
+    .set((
+        users::display_name.eq(display_name),
+        users::fhir_user.eq(fhir_user),
+        users::updated_at.eq(now),
+        users::version.eq(version + 1),
+    ))
+    .execute(conn)?
+        == 1)
+}
+
+pub fn find_by_id(conn: &mut DbConnection, user_id: &str) -> Result<Option<UserRow>, StoreError> {
+    Ok(users::table
+        .find(user_id)
+        .select(UserRow::as_select())
+        .first(conn)
+        .optional()?)
 }

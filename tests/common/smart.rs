@@ -73,6 +73,7 @@ pub fn add_clinician_role(app: &TestApp) {
             mfa_required: Some(false),
             break_glass: Some(false),
             passwordless: Some(false),
+            expected_version: None,
         },
     )
     .expect("role created");

@@ -1,0 +1,1 @@
+//! Keeps the OpenAPI document true to the routes (written next).
