@@ -7,8 +7,8 @@
 use diesel::prelude::*;
 
 use crate::store::schema::{
-    access_tokens, enrolment_links, assertion_jtis, auth_requests, auth_throttle, authorization_codes,
-    launch_contexts, refresh_tokens, sessions, token_families, totp_credentials,
+    access_tokens, assertion_jtis, auth_requests, auth_throttle, authorization_codes,
+    enrolment_links, launch_contexts, refresh_tokens, sessions, token_families, totp_credentials,
     webauthn_challenges,
 };
 use crate::store::{DbConnection, StoreError};

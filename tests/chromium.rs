@@ -364,3 +364,228 @@ async fn a_clinician_launches_an_app_with_totp_picker_and_consent_in_chromium() 
     );
     assert!(!granted.contains(&"patient/Observation.rs"), "{granted:?}");
 }
+
+/// Issue 7's browser test: an admin (password + TOTP) registers a client and a user through the
+/// console; the new user sets a password through the one-time enrolment link, and the new
+/// client completes a standalone launch for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_registers_a_client_and_a_user_in_the_console_and_the_client_launches() {
+    use crate::common::smart::{pkce, FHIR};
+    let clock = Arc::new(ManualClock::at_secs(1_900_000_000));
+    let Some(app) = TestApp::builder(Backend::Sqlite)
+        .manual_clock(clock.clone())
+        .env("WARD_FHIR_BASE", FHIR)
+        .start()
+        .await
+    else {
+        return;
+    };
+    let Some(chrome) = Chromium::start().await else {
+        return;
+    };
+    users::create(
+        &mut app.conn(),
+        clock.as_ref(),
+        &AuditContext::cli(),
+        NewUser {
+            username: "ada.admin".into(),
+            display_name: Some("Ada Admin".into()),
+            roles: vec!["admin".into()],
+            password_hash: Some(ward::authn::password::hash_blocking(PASSWORD).unwrap()),
+            ..NewUser::default()
+        },
+    )
+    .unwrap();
+    ward::patients::import(
+        &mut app.conn(),
+        clock.as_ref(),
+        &AuditContext::cli(),
+        std::io::Cursor::new(
+            r#"{"resourceType":"Patient","id":"p9","name":[{"family":"Okafor","given":["Chidi"]}],"birthDate":"1990-02-03"}"#,
+        ),
+    )
+    .unwrap();
+
+    // The console sends a stranger to sign in; the admin role needs a second factor.
+    chrome.goto(&app.url("/admin")).await;
+    chrome.wait_for_path("/login").await;
+    chrome.type_into("#username", "ada.admin").await;
+    chrome.type_into("#password", PASSWORD).await;
+    chrome
+        .click("form[action='/login'] button[type=submit]")
+        .await;
+    chrome.wait_for_path("/account/mfa/totp").await;
+    let secret = base32_decode(&chrome.value_of("#secret").await);
+    let admin_totp = Totp::new(&secret).unwrap();
+    chrome
+        .type_into("#code", &admin_totp.code_at_step(clock.now_secs() / 30))
+        .await;
+    chrome
+        .click("form[action='/account/mfa/totp'] button[type=submit]")
+        .await;
+    chrome.find("ul.codes").await;
+    chrome.click("a.button").await;
+    chrome.wait_for_path("/admin").await;
+    chrome.screenshot("admin-home").await;
+
+    // Register a public SMART app.
+    let port = app_callback_server();
+    let callback = format!("http://127.0.0.1:{port}/callback");
+    chrome.goto(&app.url("/admin/clients")).await;
+    chrome
+        .type_into("#f-new-client-client_id", "console-app")
+        .await;
+    chrome
+        .type_into("#f-new-client-name", "Console-made app")
+        .await;
+    chrome
+        .type_into("#f-new-client-redirect_uris", &callback)
+        .await;
+    chrome
+        .type_into(
+            "#f-new-client-scope",
+            "openid fhirUser launch/patient patient/*.rs",
+        )
+        .await;
+    chrome.screenshot("admin-new-client").await;
+    chrome.click("#new-client-submit").await;
+    chrome.find("#created").await;
+    assert!(chrome
+        .source()
+        .await
+        .contains("Client console-app registered"));
+
+    // A bad registration is refused with the field named, and nothing is saved.
+    chrome.goto(&app.url("/admin/clients")).await;
+    chrome.type_into("#f-new-client-name", "Bad app").await;
+    chrome
+        .type_into("#f-new-client-redirect_uris", "javascript:alert(1)")
+        .await;
+    chrome.click("#new-client-submit").await;
+    chrome.find("#field-errors").await;
+    assert!(chrome.source().await.contains("redirect_uris"));
+
+    // Create a physician with a one-time enrolment link.
+    chrome.goto(&app.url("/admin/users")).await;
+    chrome.type_into("#f-new-user-username", "dr.new").await;
+    chrome
+        .type_into("#f-new-user-display_name", "Dr. New")
+        .await;
+    chrome
+        .type_into("#f-new-user-fhir_user", "Practitioner/77")
+        .await;
+    chrome.type_into("#f-new-user-roles", "physician").await;
+    chrome.click("#f-new-user-enrolment_link").await;
+    chrome.click("#new-user-submit").await;
+    chrome.find("#secret-value").await;
+    let page = chrome.source().await;
+    let link = page
+        .split("id=\"secret-value\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(link.starts_with(&app.url("/enrol?token=")), "{link}");
+    chrome.screenshot("admin-new-user").await;
+    chrome.click("#sign-out").await;
+    chrome.wait_for_path("/login").await;
+
+    // The new user sets their password through the link (once).
+    chrome.goto(&link).await;
+    chrome
+        .type_into("#password", "copper kettle hums softly")
+        .await;
+    chrome
+        .type_into("#confirm", "copper kettle hums softly")
+        .await;
+    chrome.click("#enrol-submit").await;
+    chrome.wait_for_path("/login").await;
+    chrome.goto(&link).await;
+    assert!(chrome.source().await.contains("This link cannot be used"));
+
+    // The console-made client completes a standalone launch for the console-made user.
+    let (verifier, challenge) = pkce();
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("response_type", "code"),
+            ("client_id", "console-app"),
+            ("redirect_uri", callback.as_str()),
+            (
+                "scope",
+                "openid fhirUser launch/patient patient/Observation.rs",
+            ),
+            ("state", "s-9"),
+            ("aud", FHIR),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ])
+        .finish();
+    chrome.goto(&app.url(&format!("/authorize?{query}"))).await;
+    chrome.wait_for_path("/login").await;
+    chrome.type_into("#username", "dr.new").await;
+    chrome
+        .type_into("#password", "copper kettle hums softly")
+        .await;
+    chrome
+        .click("form[action='/login'] button[type=submit]")
+        .await;
+    chrome.wait_for_path("/account/mfa/totp").await;
+    let totp = Totp::new(&base32_decode(&chrome.value_of("#secret").await)).unwrap();
+    clock.advance_secs(30);
+    chrome
+        .type_into("#code", &totp.code_at_step(clock.now_secs() / 30))
+        .await;
+    chrome
+        .click("form[action='/account/mfa/totp'] button[type=submit]")
+        .await;
+    chrome.find("ul.codes").await;
+    chrome.click("a.button").await;
+    chrome.wait_for_path("/authorize/patients").await;
+    chrome.type_into("#q", "okafor").await;
+    chrome.click("form[role=search] button").await;
+    chrome.click("#patient-p9").await;
+    chrome.click("#choose-patient").await;
+    chrome.find("#consent-form").await;
+    chrome.click("#approve").await;
+    chrome.wait_for_path("/callback").await;
+    let landed = url::Url::parse(&chrome.url().await).unwrap();
+    let params: std::collections::HashMap<String, String> =
+        landed.query_pairs().into_owned().collect();
+    assert_eq!(params["state"], "s-9");
+    let response = app
+        .client
+        .post(app.url("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", params["code"].as_str()),
+            ("redirect_uri", callback.as_str()),
+            ("code_verifier", verifier.as_str()),
+            ("client_id", "console-app"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["patient"], "p9", "{body}");
+    assert_eq!(
+        body["scope"],
+        "openid fhirUser launch/patient patient/Observation.rs"
+    );
+
+    // Every console change was audited with the admin as actor.
+    let admin_id: String = users::get_by_username(&mut app.conn(), "ada.admin")
+        .unwrap()
+        .id;
+    for action in [
+        "client.registered",
+        "user.created",
+        "user.enrolment_link_created",
+    ] {
+        let rows = ward::store::audit_events::list(&mut app.conn(), Some(action), 100).unwrap();
+        assert!(
+            rows.iter()
+                .any(|r| r.actor_user.as_deref() == Some(admin_id.as_str())),
+            "{action}: {rows:?}"
+        );
+    }
+}

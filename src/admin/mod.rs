@@ -415,7 +415,11 @@ pub fn revoke_all(
 
 // --- Patients ----------------------------------------------------------------------------
 
-fn patient_row(record: &PatientRecord, created_at: i64, now: i64) -> Result<PatientRow, StoreError> {
+fn patient_row(
+    record: &PatientRecord,
+    created_at: i64,
+    now: i64,
+) -> Result<PatientRow, StoreError> {
     Ok(PatientRow {
         id: record.id.clone(),
         family: record.family.clone(),

@@ -10,8 +10,8 @@ use crate::audit::{self, AuditContext, AuditEvent};
 use crate::authz::users::User;
 use crate::clock::SharedClock;
 use crate::crypto::sha256_b64;
-use crate::store::{credentials as creds, enrolment, users, write_transaction, Db, DbConnection};
 use crate::store::StoreError;
+use crate::store::{credentials as creds, enrolment, users, write_transaction, Db, DbConnection};
 
 /// The user a still-usable link belongs to.
 pub fn holder(conn: &mut DbConnection, token: &str, now: i64) -> Result<Option<User>, StoreError> {

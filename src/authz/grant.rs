@@ -118,8 +118,7 @@ fn decide(
             }
             Scope::Identity(_) => refuse("not allowed for this client".into()),
             Scope::Admin(_) if !service => refuse(
-                "admin API scopes are granted only to backend services (client_credentials)"
-                    .into(),
+                "admin API scopes are granted only to backend services (client_credentials)".into(),
             ),
             Scope::Admin(_) if ceiling.contains(scope) => {
                 granted.insert(scope.clone());

@@ -692,7 +692,12 @@ mod tests {
         s.redirect_uris.clear();
         s.jwks_uri = Some("https://keys.example.com/jwks.json".into());
         s.scope = "__ward.admin.write".into();
-        assert!(validate(&s).unwrap().scope_set().admin_scopes().next().is_some());
+        assert!(validate(&s)
+            .unwrap()
+            .scope_set()
+            .admin_scopes()
+            .next()
+            .is_some());
         s.ai_tool = true;
         assert!(errors_of(&s)
             .iter()

@@ -6,6 +6,7 @@ mod apps;
 pub mod client_ip;
 pub mod cookies;
 pub mod csrf;
+mod enrol;
 pub mod metrics;
 pub mod middleware;
 pub(crate) mod oauth;
@@ -135,6 +136,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/policy/check", web::post().to(oauth::policy_check))
         .route("/account/apps", web::get().to(apps::apps_get))
         .route("/account/apps/revoke", web::post().to(apps::revoke_post))
+        .route("/enrol", web::get().to(enrol::enrol_get))
+        .route("/enrol", web::post().to(enrol::enrol_post))
         .configure(admin::api::routes)
         .configure(admin::console::routes)
         .default_service(web::to(ops::not_found));

@@ -1102,11 +1102,19 @@ mod tests {
             "__ward.admin.write".parse::<Scope>(),
             Ok(Scope::Admin(AdminScope::Write))
         );
-        for near in ["__ward.admin", "__ward.admin.READ", "ward.admin.read", "__ward.admin.*"] {
+        for near in [
+            "__ward.admin",
+            "__ward.admin.READ",
+            "ward.admin.read",
+            "__ward.admin.*",
+        ] {
             assert!(near.parse::<Scope>().is_err(), "{near}");
         }
         let set = ScopeSet::parse_strict("__ward.admin.read system/Patient.rs").unwrap();
-        assert_eq!(set.admin_scopes().collect::<Vec<_>>(), vec![AdminScope::Read]);
+        assert_eq!(
+            set.admin_scopes().collect::<Vec<_>>(),
+            vec![AdminScope::Read]
+        );
         assert_eq!(set.resource_scopes().count(), 1);
         assert_eq!(set.identity_scopes().count(), 0);
     }

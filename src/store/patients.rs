@@ -112,7 +112,11 @@ pub fn delete(conn: &mut DbConnection, id: &str) -> Result<bool, StoreError> {
 }
 
 /// A page of the directory in id order.
-pub fn page(conn: &mut DbConnection, limit: i64, offset: i64) -> Result<Vec<PatientRow>, StoreError> {
+pub fn page(
+    conn: &mut DbConnection,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<PatientRow>, StoreError> {
     Ok(patients::table
         .select(PatientRow::as_select())
         .order(patients::id)

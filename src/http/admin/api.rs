@@ -8,6 +8,10 @@
 //! accepted only with their current value. The routes are listed once, in [`ROUTES`], which a
 //! test checks against the OpenAPI document served at `/admin/api/v1/openapi.json`.
 
+// Helpers here return the ready problem response as their error, to be answered at once;
+// boxing it would only add noise to every handler.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 
 use actix_web::http::{header, StatusCode};
@@ -191,9 +195,10 @@ fn query_map(req: &HttpRequest) -> HashMap<String, String> {
 fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, HttpResponse> {
     match q.get(name) {
         None => Ok(None),
-        Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
-            invalid(vec![FieldError::new(name, "must be an integer")])
-        }),
+        Some(v) => v
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| invalid(vec![FieldError::new(name, "must be an integer")])),
     }
 }
 
@@ -205,7 +210,10 @@ fn page(q: &HashMap<String, String>) -> Result<Page, HttpResponse> {
     let offset = int_param(q, "offset")?.unwrap_or(0);
     let mut errors = Vec::new();
     if !(1..=MAX_LIMIT).contains(&limit) {
-        errors.push(FieldError::new("limit", format!("must be 1 to {MAX_LIMIT}")));
+        errors.push(FieldError::new(
+            "limit",
+            format!("must be 1 to {MAX_LIMIT}"),
+        ));
     }
     if !(0..=1_000_000).contains(&offset) {
         errors.push(FieldError::new("offset", "must be 0 to 1000000"));
@@ -242,7 +250,8 @@ fn path_param(req: &HttpRequest, name: &str) -> String {
 }
 
 fn stale_header(req: &HttpRequest) -> Result<Option<i64>, HttpResponse> {
-    if_match(req).map_err(|()| bad_request("If-Match must be an ETag this API issued, such as \"v3\""))
+    if_match(req)
+        .map_err(|super::BadIfMatch| bad_request("If-Match must be an ETag this API issued, such as \"v3\""))
 }
 
 // --- OpenAPI -----------------------------------------------------------------------------
@@ -262,9 +271,18 @@ pub async fn clients_list(req: HttpRequest, state: web::Data<AppState>) -> HttpR
     let page = try_answer!(page(&q));
     let search = q.get("search").cloned();
     let list = try_answer!(
-        db(&state, move |conn| Ok(clients::list(conn, search.as_deref(), page)?)).await
+        db(&state, move |conn| Ok(clients::list(
+            conn,
+            search.as_deref(),
+            page
+        )?))
+        .await
     );
-    listing(&req, list.iter().map(clients::Client::public_view).collect(), page)
+    listing(
+        &req,
+        list.iter().map(clients::Client::public_view).collect(),
+        page,
+    )
 }
 
 /// A registration body: the client view's fields, `allowed_scopes` also spelled `scope`.
@@ -344,7 +362,13 @@ pub async fn clients_put(
     try_answer!(strip_read_only(
         &mut map,
         &current.public_view(),
-        &["client_id", "created_at", "updated_at", "version", "enabled"],
+        &[
+            "client_id",
+            "created_at",
+            "updated_at",
+            "version",
+            "enabled"
+        ],
     ));
     let mut spec = try_answer!(client_spec(map));
     spec.client_id = None;
@@ -419,7 +443,12 @@ pub async fn clients_grants(req: HttpRequest, state: web::Data<AppState>) -> Htt
     let id = path_param(&req, "client_id");
     let clock = state.clock.clone();
     let grants = try_answer!(
-        db(&state, move |conn| admin::grants_of_client(conn, clock.as_ref(), &id)).await
+        db(&state, move |conn| admin::grants_of_client(
+            conn,
+            clock.as_ref(),
+            &id
+        ))
+        .await
     );
     ok(&json!({ "items": grants }))
 }
@@ -462,9 +491,15 @@ async fn admit_for_user(
         .await
         .map_err(from_refused)?;
     let user = load_user(state, &path_param(req, "username")).await?;
-    check(state, &a.ctx, &a.actor, need_for_user(&user.roles, base), req.path())
-        .await
-        .map_err(from_refused)?;
+    check(
+        state,
+        &a.ctx,
+        &a.actor,
+        need_for_user(&user.roles, base),
+        req.path(),
+    )
+    .await
+    .map_err(from_refused)?;
     Ok((a, user))
 }
 
@@ -473,24 +508,30 @@ pub async fn users_list(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
     let q = query_map(&req);
     let page = try_answer!(page(&q));
     let search = q.get("search").cloned();
-    let list =
-        try_answer!(db(&state, move |conn| Ok(users::list(conn, search.as_deref(), page)?)).await);
+    let list = try_answer!(
+        db(&state, move |conn| Ok(users::list(
+            conn,
+            search.as_deref(),
+            page
+        )?))
+        .await
+    );
     listing(&req, list.iter().map(user_view).collect(), page)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewUserBody {
-    username: String,
-    display_name: Option<String>,
-    fhir_user: Option<String>,
+pub(super) struct NewUserBody {
+    pub username: String,
+    pub display_name: Option<String>,
+    pub fhir_user: Option<String>,
     #[serde(default)]
-    roles: Vec<String>,
+    pub roles: Vec<String>,
     /// An initial password (the user should change it), or…
-    password: Option<String>,
+    pub password: Option<String>,
     /// …a one-time link with which the user sets their own.
     #[serde(default)]
-    enrolment_link: bool,
+    pub enrolment_link: bool,
 }
 
 pub async fn users_create(
@@ -511,7 +552,7 @@ pub async fn users_create(
 
 /// Creates a user (shared with the console); returns the view (with the enrolment link when
 /// one was asked for) and the version.
-async fn create_user(
+pub(super) async fn create_user(
     state: &AppState,
     a: &Admitted,
     body: NewUserBody,
@@ -648,7 +689,8 @@ pub async fn users_status(
 
 async fn change_role(req: HttpRequest, state: web::Data<AppState>, add: bool) -> HttpResponse {
     let role = path_param(&req, "role");
-    let (a, user) = try_answer!(admit_for_user(&req, &state, need_for_role(&role, Need::Write)).await);
+    let (a, user) =
+        try_answer!(admit_for_user(&req, &state, need_for_role(&role, Need::Write)).await);
     if let Err(r) = check(
         &state,
         &a.ctx,
@@ -741,7 +783,11 @@ pub async fn users_sessions(req: HttpRequest, state: web::Data<AppState>) -> Htt
     ok(&json!({ "items": sessions }))
 }
 
-async fn end_sessions(req: HttpRequest, state: web::Data<AppState>, only: Option<String>) -> HttpResponse {
+async fn end_sessions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    only: Option<String>,
+) -> HttpResponse {
     let (a, user) = try_answer!(admit_for_user(&req, &state, Need::Write).await);
     let (clock, ctx) = (state.clock.clone(), a.ctx);
     let n = try_answer!(
@@ -872,9 +918,11 @@ pub async fn roles_delete(req: HttpRequest, state: web::Data<AppState>) -> HttpR
     let a = admit_or_answer!(req, state, need_for_role(&name, Need::Write));
     let (clock, ctx) = (state.clock.clone(), a.ctx);
     try_answer!(
-        db(&state, move |conn| match roles::delete(conn, clock.as_ref(), &ctx, &name) {
-            Ok(()) | Err(crate::authz::DirectoryError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e.into()),
+        db(&state, move |conn| {
+            match roles::delete(conn, clock.as_ref(), &ctx, &name) {
+                Ok(()) | Err(crate::authz::DirectoryError::NotFound(_)) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
         })
         .await
     );
@@ -892,7 +940,13 @@ pub async fn explain(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
     };
     let scope = q.get("scope").cloned();
     let e = try_answer!(
-        db(&state, move |conn| admin::explain(conn, &user, &client, scope.as_deref())).await
+        db(&state, move |conn| admin::explain(
+            conn,
+            &user,
+            &client,
+            scope.as_deref()
+        ))
+        .await
     );
     ok(&json!(e))
 }
@@ -995,7 +1049,15 @@ pub async fn patients_delete(req: HttpRequest, state: web::Data<AppState>) -> Ht
     let a = admit_or_answer!(req, state, Need::Write);
     let id = path_param(&req, "id");
     let (clock, ctx) = (state.clock.clone(), a.ctx);
-    try_answer!(db(&state, move |conn| admin::remove_patient(conn, clock.as_ref(), &ctx, &id)).await);
+    try_answer!(
+        db(&state, move |conn| admin::remove_patient(
+            conn,
+            clock.as_ref(),
+            &ctx,
+            &id
+        ))
+        .await
+    );
     no_content()
 }
 
@@ -1013,7 +1075,14 @@ pub async fn keys_list(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
     admit_or_answer!(req, state, Need::Read);
     let (clock, timing) = (state.clock.clone(), key_timing(&state));
     let now = state.clock.now_secs();
-    let list = try_answer!(db(&state, move |conn| Ok(keys::list(conn, clock.as_ref(), timing)?)).await);
+    let list = try_answer!(
+        db(&state, move |conn| Ok(keys::list(
+            conn,
+            clock.as_ref(),
+            timing
+        )?))
+        .await
+    );
     ok(&json!({ "items": list.iter().map(|k| key_view(k, now)).collect::<Vec<_>>() }))
 }
 
@@ -1097,7 +1166,11 @@ fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Ht
 
 /// The audit search's query, from request parameters (shared with the console).
 pub fn audit_query(q: &HashMap<String, String>, limit: i64) -> Result<AuditQuery, HttpResponse> {
-    let text = |k: &str| q.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let text = |k: &str| {
+        q.get(k)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
     Ok(AuditQuery {
         action: text("action"),
         actor: text("actor"),
@@ -1115,7 +1188,10 @@ pub async fn audit_search(req: HttpRequest, state: web::Data<AppState>) -> HttpR
     let q = query_map(&req);
     let limit = try_answer!(int_param(&q, "limit")).unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return invalid(vec![FieldError::new("limit", format!("must be 1 to {MAX_LIMIT}"))]);
+        return invalid(vec![FieldError::new(
+            "limit",
+            format!("must be 1 to {MAX_LIMIT}"),
+        )]);
     }
     let query = try_answer!(audit_query(&q, limit));
     let rows = try_answer!(db(&state, move |conn| admin::search_audit(conn, &query)).await);

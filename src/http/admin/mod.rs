@@ -217,12 +217,16 @@ async fn machine(state: &AppState, token: String) -> Result<Actor, Refused> {
     })
 }
 
+/// An `If-Match` header this API could not have issued.
+#[derive(Debug)]
+pub struct BadIfMatch;
+
 /// `If-Match: "v3"` → `Some(3)`; absent or `*` → `None`.
-pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ()> {
+pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, BadIfMatch> {
     let Some(value) = req.headers().get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let text = value.to_str().map_err(|_| ())?.trim();
+    let text = value.to_str().map_err(|_| BadIfMatch)?.trim();
     if text == "*" {
         return Ok(None);
     }
@@ -231,8 +235,8 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ()> {
         .unwrap_or(text)
         .trim_matches('"')
         .strip_prefix('v')
-        .ok_or(())?;
-    inner.parse::<i64>().map(Some).map_err(|_| ())
+        .ok_or(BadIfMatch)?;
+    inner.parse::<i64>().map(Some).map_err(|_| BadIfMatch)
 }
 
 pub fn etag(version: i64) -> String {

@@ -11,7 +11,12 @@ use crate::clients::FieldError;
 
 const TYPE_BASE: &str = "https://ward.invalid/problems/";
 
-pub fn problem(status: StatusCode, kind: &str, detail: &str, errors: &[FieldError]) -> HttpResponse {
+pub fn problem(
+    status: StatusCode,
+    kind: &str,
+    detail: &str,
+    errors: &[FieldError],
+) -> HttpResponse {
     let mut body = json!({
         "type": format!("{TYPE_BASE}{kind}"),
         "title": status.canonical_reason().unwrap_or("Error"),
