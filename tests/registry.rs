@@ -600,6 +600,20 @@ async fn roles_have_validated_ceilings_and_protect_their_holders(backend: Backen
         &[],
     );
     assert_eq!(created["mfa_required"], true);
+    let relaxed = storage.ward_json(
+        &[
+            "role",
+            "add",
+            "kiosk",
+            "--scope",
+            "user/Patient.r",
+            "--mfa-required",
+            "false",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(relaxed["mfa_required"], false, "{relaxed}");
     let before = counts(&storage);
     for (args, expected) in [
         (

@@ -199,7 +199,7 @@ pub enum RoleCommand {
         description: Option<String>,
         #[arg(long = "scope", value_name = "SCOPES")]
         scopes: Vec<String>,
-        #[arg(long, value_name = "BOOL", default_value = "true")]
+        #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
         mfa_required: bool,
         #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
         break_glass: Option<bool>,
@@ -295,6 +295,26 @@ pub enum UserCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change a user's display name or fhirUser (an empty --fhir-user removes it).
+    Update {
+        username: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long, value_name = "Practitioner/123")]
+        fhir_user: Option<String>,
+        /// Refuse the update unless the stored version is still this (lost-update guard).
+        #[arg(long, value_name = "N")]
+        if_version: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a one-time link with which the user sets their own password (earlier links stop
+    /// working; it expires after admin.enrolment_link_seconds).
+    EnrolmentLink {
+        username: String,
+        #[arg(long)]
+        json: bool,
+    },
     List {
         #[arg(long)]
         search: Option<String>,
@@ -318,6 +338,13 @@ pub enum UserCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn admin_error(e: crate::admin::AdminError) -> StartError {
+    match e {
+        crate::admin::AdminError::Invalid(errors) => StartError::Invalid(errors),
+        other => StartError::Server(other.to_string()),
+    }
 }
 
 impl From<RegistryError> for StartError {
@@ -769,6 +796,49 @@ pub fn user(
             &accounts::reset_mfa(&mut conn, clock, &ctx, &username)?,
             json,
         ),
+        UserCommand::Update {
+            username,
+            display_name,
+            fhir_user,
+            if_version,
+            json,
+        } => {
+            let current = users::get_by_username(&mut conn, &username)?;
+            let display = display_name.unwrap_or(current.display_name);
+            let fhir = fhir_user.or(current.fhir_user);
+            let user = crate::admin::update_user(
+                &mut conn,
+                clock,
+                &ctx,
+                &username,
+                &display,
+                fhir.as_deref(),
+                if_version,
+            )
+            .map_err(admin_error)?;
+            print_user(&user, json);
+        }
+        UserCommand::EnrolmentLink { username, json } => {
+            let issuer = settings
+                .issuer()
+                .map_err(|e| StartError::Server(e.to_string()))?;
+            let seconds = i64::try_from(settings.admin.enrolment_link_seconds).unwrap_or(3600);
+            let (token, expires_at) =
+                crate::admin::create_enrolment_link(&mut conn, clock, &ctx, &username, seconds)
+                    .map_err(admin_error)?;
+            let link = format!("{issuer}/enrol?token={token}");
+            if json {
+                println!(
+                    "{}",
+                    json!({ "enrolment_link": link, "expires_at": expires_at })
+                );
+            } else {
+                println!(
+                    "One-time enrolment link for {username} (expires {}):\n{link}",
+                    crate::clock::format_secs(expires_at)
+                );
+            }
+        }
     }
     Ok(())
 }

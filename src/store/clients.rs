@@ -60,12 +60,12 @@ pub fn list(
         .order(clients::client_id)
         .into_boxed();
     if let Some(term) = search.filter(|t| !t.is_empty()) {
-        let pattern = format!("%{}%", escape_like(term));
+        let pattern = format!("%{}%", escape_like(&term.to_lowercase()));
         query = query.filter(
-            clients::client_id
+            super::lower(clients::client_id)
                 .like(pattern.clone())
                 .escape('\\')
-                .or(clients::name.like(pattern).escape('\\')),
+                .or(super::lower(clients::name).like(pattern).escape('\\')),
         );
     }
     Ok(query.limit(page.limit).offset(page.offset).load(conn)?)

@@ -234,10 +234,12 @@ fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))
 }
 
-/// Run `work` in one write transaction: all of it commits, or none of it does.
-///
-/// On SQLite the transaction starts `BEGIN IMMEDIATE`, taking the write lock up front, so two
-/// writers never both read and then fail to upgrade their lock.
+diesel::define_sql_function! {
+    /// SQL `lower()`: searches compare case-insensitively on both backends (PostgreSQL's
+    /// `LIKE` is case-sensitive, SQLite's is not for ASCII).
+    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
 /// A window of a listing: at most `limit` rows after skipping `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Page {
@@ -253,6 +255,10 @@ impl Page {
     };
 }
 
+/// Run `work` in one write transaction: all of it commits, or none of it does.
+///
+/// On SQLite the transaction starts `BEGIN IMMEDIATE`, taking the write lock up front, so two
+/// writers never both read and then fail to upgrade their lock.
 pub fn write_transaction<T, E, F>(conn: &mut DbConnection, work: F) -> Result<T, E>
 where
     F: FnOnce(&mut DbConnection) -> Result<T, E>,

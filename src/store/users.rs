@@ -39,12 +39,12 @@ pub fn list(
         .order(users::username)
         .into_boxed();
     if let Some(term) = search.filter(|t| !t.is_empty()) {
-        let pattern = format!("%{}%", super::clients::escape_like(term));
+        let pattern = format!("%{}%", super::clients::escape_like(&term.to_lowercase()));
         query = query.filter(
             users::username
                 .like(pattern.clone())
                 .escape('\\')
-                .or(users::display_name.like(pattern).escape('\\')),
+                .or(super::lower(users::display_name).like(pattern).escape('\\')),
         );
     }
     Ok(query.limit(page.limit).offset(page.offset).load(conn)?)

@@ -3,6 +3,7 @@
 //! `PgDatabase` (a database created per test and dropped after).
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod browser;
 pub mod https_server;
 pub mod pg;

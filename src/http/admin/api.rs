@@ -203,6 +203,8 @@ fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Htt
 }
 
 pub const DEFAULT_LIMIT: i64 = 50;
+/// Patient searches page within their first results only.
+pub const MAX_SEARCH_OFFSET: i64 = 1000;
 pub const MAX_LIMIT: i64 = 200;
 
 fn page(q: &HashMap<String, String>) -> Result<Page, HttpResponse> {
@@ -249,9 +251,20 @@ fn path_param(req: &HttpRequest, name: &str) -> String {
     req.match_info().get(name).unwrap_or_default().to_owned()
 }
 
+/// Refuses a write whose `If-Match` names another version.
+fn check_version(expected: Option<i64>, current: i64, what: &str) -> Result<(), AdminError> {
+    match expected {
+        Some(v) if v != current => Err(AdminError::Stale(format!(
+            "`{what}` changed since version {v} (now {current})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn stale_header(req: &HttpRequest) -> Result<Option<i64>, HttpResponse> {
-    if_match(req)
-        .map_err(|super::BadIfMatch| bad_request("If-Match must be an ETag this API issued, such as \"v3\""))
+    if_match(req).map_err(|super::BadIfMatch| {
+        bad_request("If-Match must be an ETag this API issued, such as \"v3\"")
+    })
 }
 
 // --- OpenAPI -----------------------------------------------------------------------------
@@ -405,16 +418,20 @@ pub async fn clients_status(
 ) -> HttpResponse {
     let a = admit_or_answer!(req, state, Need::Write);
     let id = path_param(&req, "client_id");
+    let expected = try_answer!(stale_header(&req));
     let StatusBody { enabled } = try_answer!(from_object(try_answer!(body_object(&body))));
     let (clock, ctx) = (state.clock.clone(), a.ctx);
     let client = try_answer!(
-        db(&state, move |conn| Ok(clients::set_enabled(
-            conn,
-            clock.as_ref(),
-            &ctx,
-            &id,
-            enabled
-        )?))
+        db(&state, move |conn| {
+            check_version(expected, clients::get(conn, &id)?.version, &id)?;
+            Ok(clients::set_enabled(
+                conn,
+                clock.as_ref(),
+                &ctx,
+                &id,
+                enabled,
+            )?)
+        })
         .await
     );
     json_response(StatusCode::OK, &client.public_view(), Some(client.version))
@@ -672,7 +689,11 @@ pub async fn users_status(
     body: web::Bytes,
 ) -> HttpResponse {
     let (a, user) = try_answer!(admit_for_user(&req, &state, Need::Write).await);
+    let expected = try_answer!(stale_header(&req));
     let StatusBody { enabled } = try_answer!(from_object(try_answer!(body_object(&body))));
+    if let Err(e) = check_version(expected, user.version, &user.username) {
+        return from_admin(e);
+    }
     let (clock, ctx) = (state.clock.clone(), a.ctx);
     let updated = try_answer!(
         db(&state, move |conn| Ok(accounts::set_enabled(
@@ -916,9 +937,13 @@ pub async fn roles_put(
 pub async fn roles_delete(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let name = path_param(&req, "name");
     let a = admit_or_answer!(req, state, need_for_role(&name, Need::Write));
+    let expected = try_answer!(stale_header(&req));
     let (clock, ctx) = (state.clock.clone(), a.ctx);
     try_answer!(
         db(&state, move |conn| {
+            if let Ok(current) = roles::get(conn, &name) {
+                check_version(expected, current.version, &name)?;
+            }
             match roles::delete(conn, clock.as_ref(), &ctx, &name) {
                 Ok(()) | Err(crate::authz::DirectoryError::NotFound(_)) => Ok(()),
                 Err(e) => Err(e.into()),
@@ -960,7 +985,14 @@ pub async fn patients_list(req: HttpRequest, state: web::Data<AppState>) -> Http
     let search = q.get("search").cloned().filter(|s| !s.trim().is_empty());
     let list = try_answer!(
         db(&state, move |conn| Ok(match &search {
-            Some(s) => crate::patients::search(conn, s, page.limit)?,
+            // The picker's search has no offset: fetch up to the window's end and skip.
+            Some(s) if page.offset <= MAX_SEARCH_OFFSET => {
+                crate::patients::search(conn, s, page.limit + page.offset)?
+                    .into_iter()
+                    .skip(usize::try_from(page.offset).unwrap_or(0))
+                    .collect()
+            }
+            Some(_) => Vec::new(),
             None => crate::store::patients::page(conn, page.limit, page.offset)?
                 .into_iter()
                 .map(crate::patients::PatientSummary::from)

@@ -119,6 +119,11 @@ pub async fn admit(
             };
             if unsafe_method(req) && !presented.is_some_and(|p| session_csrf_ok(state, &session, p))
             {
+                let ctx = AuditContext {
+                    actor_user: Some(session.user_id.clone()),
+                    ..base
+                };
+                deny(state, ctx, req.path(), "missing or wrong CSRF token").await?;
                 return Err(Refused::Csrf);
             }
             (
