@@ -661,9 +661,8 @@ async fn clients_over_the_admin_api(backend: Backend) {
     // Search finds the same clients on both backends, whatever the case of the term.
     let lower = ids(&api.get("/clients?search=growth").await, "client_id");
     let upper = ids(&api.get("/clients?search=GROWTH").await, "client_id");
-    // GET /clients?search= uses SQL LIKE (store::clients::list; store::users::list does
-    // the same for GET /users?search=), which is case-insensitive on SQLite but case-sensitive
-    // on PostgreSQL: `growth` finds "Growth Chart 1".."5" on SQLite and nothing on PostgreSQL.
+    // Regression: SQL LIKE is case-sensitive on PostgreSQL and not on SQLite; the searches
+    // compare lower(…) so `growth` finds "Growth Chart 1".."5" on both.
     assert_eq!(
         (lower.len(), upper.len()),
         (5, 5),
@@ -1421,9 +1420,8 @@ async fn patients_keys_and_audit_over_the_admin_api(backend: Backend) {
     assert!(next.contains("offset=1"), "{next}");
     let second = api.get(next.strip_prefix(API).unwrap()).await;
     let second_ids = ids(&second, "id");
-    // GET /patients?search=…&offset=N ignores the offset (patients_list passes only
-    // page.limit to patients::search), so following `next` returns the first page again and a
-    // client paging by `next` never ends.
+    // Regression: following `next` of a patient search must move on (the offset once was
+    // dropped and a client paging by `next` never ended).
     assert_ne!(
         second_ids, first_ids,
         "the second page of a patient search repeats the first"
@@ -1801,9 +1799,8 @@ async fn concurrent_edits_are_detected_with_if_match(backend: Backend) {
     )
     .await;
     let statuses = [stale_client.status, stale_user.status, stale_role.status];
-    // PUT /clients/{id}/status, PUT /users/{u}/status and DELETE /roles/{name} ignore
-    // If-Match: with a stale `If-Match: "v1"` they answer 200/200/204 and apply the change,
-    // instead of 412 with nothing changed.
+    // Regression: status writes and role deletion honour If-Match too: a stale one is 412
+    // with nothing changed.
     assert_eq!(
         statuses,
         [StatusCode::PRECONDITION_FAILED; 3],
