@@ -41,6 +41,8 @@ pub struct AppState {
     pub ehr_origins: Arc<Vec<String>>,
     /// Client key sets fetched from JWKS URLs, cached per Cache-Control.
     pub client_keys: Arc<crate::clients::jwks::JwksCache>,
+    /// Caps how many refused admin requests per actor are audited.
+    pub admin_denials: Arc<crate::admin::DenialBudget>,
 }
 
 impl AppState {

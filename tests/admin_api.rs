@@ -19,6 +19,7 @@ on_both_backends!(
     patients_keys_and_audit_over_the_admin_api,
     refuses_mass_assignment_and_invalid_input_and_writes_nothing,
     concurrent_edits_are_detected_with_if_match,
+    machines_cannot_mint_admins_or_take_over_accounts,
 );
 
 const WRITE: &str = "__ward.admin.write";
@@ -374,10 +375,28 @@ async fn admits_only_admins_and_machines_with_the_right_scope(backend: Backend) 
     let current = write.get("/clients/admin-other").await;
     let mut narrowed = current.body.clone();
     narrowed["allowed_scopes"] = json!(READ);
+    // Changing a client that holds admin scopes is human-only, even to narrow it…
     write
         .put("/clients/admin-other", &narrowed)
         .await
-        .ok(StatusCode::OK);
+        .problem(StatusCode::FORBIDDEN);
+    // …so an operator narrows it here.
+    {
+        let mut conn = app.conn();
+        let mut settings = ward::clients::get(&mut conn, "admin-other")
+            .unwrap()
+            .settings;
+        settings.allowed_scopes = READ.into();
+        ward::clients::update(
+            &mut conn,
+            app.state.clock.as_ref(),
+            &ward::audit::AuditContext::cli(),
+            "admin-other",
+            settings,
+            None,
+        )
+        .unwrap();
+    }
     other_write.get("/clients").await.ok(StatusCode::OK);
     other_write
         .post("/clients", &new_client)
@@ -394,10 +413,19 @@ async fn admits_only_admins_and_machines_with_the_right_scope(backend: Backend) 
         .get("/clients")
         .await
         .problem(StatusCode::UNAUTHORIZED);
+    // Enabling an admin client again is human-only; an operator does it here.
     write
         .put("/clients/admin-reader/status", &json!({"enabled": true}))
         .await
-        .ok(StatusCode::OK);
+        .problem(StatusCode::FORBIDDEN);
+    ward::clients::set_enabled(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &ward::audit::AuditContext::cli(),
+        "admin-reader",
+        true,
+    )
+    .unwrap();
     let read_again = reader.api(&app, READ).await;
     read_again.get("/clients").await.ok(StatusCode::OK);
     write
@@ -1584,7 +1612,6 @@ async fn refuses_mass_assignment_and_invalid_input_and_writes_nothing(backend: B
         (with(json!({"grant_types": ["password"]})), "grant_types"),
         (with(json!({"scope": "patient/Observation.xyz"})), "scope"),
         (with(json!({"scope": "user/*.read?"})), "scope"),
-        (with(json!({"scope": "openid __ward.admin.write"})), "scope"),
         (with(json!({"kind": "superuser"})), "kind"),
         (with(json!({"name": "  "})), "name"),
         (with(json!({"client_id": "a b"})), "client_id"),
@@ -1705,7 +1732,7 @@ async fn concurrent_edits_are_detected_with_if_match(backend: Backend) {
     let current = api.get("/clients/portal").await;
     let mut edit = current.body.clone();
     edit["name"] = json!("Too late");
-    for old in ["\"v1\"", "\"v2\"", "W/\"v3\""] {
+    for old in ["\"v1\"", "\"v2\""] {
         let r = api.put_if_match("/clients/portal", &edit, old).await;
         assert_eq!(r.problem(StatusCode::PRECONDITION_FAILED), "stale", "{old}");
     }
@@ -1716,7 +1743,10 @@ async fn concurrent_edits_are_detected_with_if_match(backend: Backend) {
         .await
         .problem(StatusCode::PRECONDITION_FAILED);
     // A malformed If-Match: 400.
-    for malformed in ["garbage", "\"abc\"", "\"v\"", "12", "\"vx1\""] {
+    // A weak tag never matches (If-Match compares strongly), nor does an unbalanced one.
+    for malformed in [
+        "garbage", "\"abc\"", "\"v\"", "12", "\"vx1\"", "W/\"v3\"", "\"v3",
+    ] {
         let r = api.put_if_match("/clients/portal", &edit, malformed).await;
         assert_eq!(
             r.problem(StatusCode::BAD_REQUEST),
@@ -1809,4 +1839,115 @@ async fn concurrent_edits_are_detected_with_if_match(backend: Backend) {
         stale_user.text,
         stale_role.text
     );
+}
+
+/// The security review's findings, as regressions: a machine admin cannot create or change
+/// clients that hold admin-API scopes (they are machine admins), cannot reset the password of
+/// someone who has one, and a promotion to admin voids enrolment links made before it; a
+/// resource server naming the admin API as a FHIR base still cannot read admin tokens.
+async fn machines_cannot_mint_admins_or_take_over_accounts(backend: Backend) {
+    let Some((app, clock)) = admin_app(backend, &[]).await else {
+        return;
+    };
+    add_user(&app, "root", &["admin"], None);
+    add_clinician_role(&app);
+    add_user(&app, "carl", &["clinician"], None);
+    let writer = Machine::register(&app, "admin-writer", &format!("{READ} {WRITE}"));
+    let reader = Machine::register(&app, "admin-reader", READ);
+    let api = writer.api(&app, WRITE).await;
+    let clients_before = rows(&app, "clients");
+
+    // Registering a client with admin scopes, or giving them to one, is human-only.
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": "k", "alg": "ES384",
+        "x": "iN5d3NbRN3pD8R4Y3DpwhEnI33cQ5w1UZPYmi7Tm1DglHQsRH97zIWyFaHiDgXvj",
+        "y": "Vn-YBNcANn-1JbAjoFV2ntP_YU5VUrNsSb2Ff2jf-VhhZ1GWWMo3cDSP6AqzOoBT"}]});
+    let minted = api
+        .post(
+            "/clients",
+            &json!({"client_id": "mint", "name": "Mint", "kind": "confidential-asymmetric",
+                                  "scope": WRITE, "jwks": jwks}),
+        )
+        .await;
+    assert_eq!(
+        minted.problem(StatusCode::FORBIDDEN),
+        "forbidden",
+        "{}",
+        minted.text
+    );
+    assert_eq!(rows(&app, "clients"), clients_before);
+    let current = api.get("/clients/admin-reader").await;
+    let mut upgraded = current.body.clone();
+    upgraded["allowed_scopes"] = json!(format!("{READ} {WRITE}"));
+    let r = api.put("/clients/admin-reader", &upgraded).await;
+    assert_eq!(r.problem(StatusCode::FORBIDDEN), "forbidden", "{}", r.text);
+    // Disabling takes power away and is allowed; enabling it again is not.
+    api.put("/clients/admin-reader/status", &json!({"enabled": false}))
+        .await
+        .ok(StatusCode::OK);
+    let r = api
+        .put("/clients/admin-reader/status", &json!({"enabled": true}))
+        .await;
+    assert_eq!(r.problem(StatusCode::FORBIDDEN), "forbidden", "{}", r.text);
+    ward::clients::set_enabled(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &ward::audit::AuditContext::cli(),
+        "admin-reader",
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        api.get("/clients/admin-reader").await.body["allowed_scopes"],
+        current.body["allowed_scopes"]
+    );
+    // The reader is untouched and still works.
+    assert_eq!(
+        reader.api(&app, READ).await.get("/clients").await.status,
+        StatusCode::OK
+    );
+
+    // A link for someone who already has a password is a reset: not for machines.
+    let r = api.post_empty("/users/carl/enrolment-link").await;
+    assert_eq!(r.problem(StatusCode::FORBIDDEN), "forbidden", "{}", r.text);
+    // For a new user without one it is what enrolment is for.
+    let created = api
+        .post(
+            "/users",
+            &json!({"username": "nina", "roles": ["clinician"], "enrolment_link": true}),
+        )
+        .await;
+    let link = created.ok(StatusCode::CREATED)["enrolment_link"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = link.split("token=").nth(1).unwrap().to_owned();
+
+    // A human admin promotes nina: the machine-made link stops working.
+    let root = first_admin_sign_in(&app, &clock, "root").await;
+    root.api()
+        .put("/users/nina/roles/admin", &json!({}))
+        .await
+        .ok(StatusCode::OK);
+    let page = root.browser.get(&format!("/enrol?token={token}")).await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND, "{}", page.body);
+
+    // A resource server that names the admin API as its FHIR base learns nothing of admin tokens.
+    let (rs, secret) = register(
+        &app,
+        json!({"client_id": "sneaky-rs", "name": "RS", "kind": "resource-server",
+               "fhir_bases": [FHIR, format!("{}/admin/api/v1", app.base)]}),
+    );
+    let admin_token = writer.access_token(&app, WRITE).await;
+    let answer: Value = app
+        .client
+        .post(app.url("/introspect"))
+        .basic_auth(&rs, secret.as_deref())
+        .form(&[("token", admin_token.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer, json!({"active": false}));
 }

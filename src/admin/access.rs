@@ -104,6 +104,29 @@ pub fn need_for_user(roles: &[String], base: Need) -> Need {
     }
 }
 
+/// Whether a client's scope string holds admin-API scopes: such a client is a machine admin.
+pub fn admin_client(scope: &str) -> bool {
+    crate::smart::scopes::ScopeSet::parse(scope)
+        .0
+        .admin_scopes()
+        .next()
+        .is_some()
+}
+
+/// What changing a client needs: registering, changing, enabling or re-keying a client that
+/// holds (or would hold) admin-API scopes is creating or changing an admin, so human-only.
+pub fn need_for_client(
+    scopes_before: Option<&str>,
+    scopes_after: Option<&str>,
+    base: Need,
+) -> Need {
+    if scopes_before.is_some_and(admin_client) || scopes_after.is_some_and(admin_client) {
+        Need::HumanOnly
+    } else {
+        base
+    }
+}
+
 /// What giving or taking a role needs.
 pub fn need_for_role(role: &str, base: Need) -> Need {
     if role == ADMIN_ROLE {
@@ -171,6 +194,26 @@ mod tests {
             authorize(&write, Need::HumanOnly, now, 300),
             Err(Denied::Forbidden(_))
         ));
+    }
+
+    #[test]
+    fn clients_with_admin_scopes_are_admins() {
+        assert_eq!(
+            need_for_client(
+                Some("system/Patient.rs"),
+                Some("__ward.admin.read"),
+                Need::Write
+            ),
+            Need::HumanOnly
+        );
+        assert_eq!(
+            need_for_client(Some("__ward.admin.write"), None, Need::Write),
+            Need::HumanOnly
+        );
+        assert_eq!(
+            need_for_client(Some("system/Patient.rs"), Some("system/*.rs"), Need::Write),
+            Need::Write
+        );
     }
 
     #[test]

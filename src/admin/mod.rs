@@ -90,6 +90,37 @@ pub fn audit_context(base: AuditContext, actor: &access::Actor) -> AuditContext 
     }
 }
 
+/// How many refusals per actor per minute are recorded: a signed-in user hammering the admin
+/// URLs cannot flood the audit trail (the first ones, which matter, are kept).
+pub const DENIALS_RECORDED_PER_MINUTE: u32 = 30;
+const DENIAL_MEMORY: usize = 10_000;
+
+/// A per-actor, per-minute budget of recorded admin refusals (per process).
+#[derive(Debug, Default)]
+pub struct DenialBudget {
+    windows: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32)>>,
+}
+
+impl DenialBudget {
+    /// Whether this refusal by `actor` is still within its minute's budget.
+    pub fn allow(&self, actor: &str) -> bool {
+        let minute = std::time::Duration::from_secs(60);
+        let now = std::time::Instant::now();
+        let Ok(mut windows) = self.windows.lock() else {
+            return true;
+        };
+        if windows.len() >= DENIAL_MEMORY {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < minute);
+        }
+        let window = windows.entry(actor.to_owned()).or_insert((now, 0));
+        if now.duration_since(window.0) >= minute {
+            *window = (now, 0);
+        }
+        window.1 = window.1.saturating_add(1);
+        window.1 <= DENIALS_RECORDED_PER_MINUTE
+    }
+}
+
 /// Records a refused admin request (its own committed transaction: the refusal is the action).
 pub fn record_denied(
     conn: &mut DbConnection,
@@ -177,6 +208,13 @@ pub fn update_user(
         )?;
         Ok(after)
     })
+}
+
+/// Whether the user already has a password (a link for them is then a password reset, a
+/// sensitive action).
+pub fn has_password(conn: &mut DbConnection, username: &str) -> Result<bool, AdminError> {
+    let user = users::get_by_username(conn, username)?;
+    Ok(credentials::login_user_by_id(conn, &user.id)?.is_some_and(|u| u.password_hash.is_some()))
 }
 
 /// A one-time link with which a user sets their own password. Earlier unused links of the
@@ -459,16 +497,12 @@ pub fn put_patient(
         let row = patient_row(&record, created_at, now)?;
         patient_rows::upsert(conn, &row)?;
         let after = PatientSummary::from(row);
-        let event = match &before {
-            Some(b) => AuditEvent::PatientUpdated {
-                patient: id.to_owned(),
-                before: json!(PatientSummary::from(b.clone())),
-                after: json!(after),
-            },
-            None => AuditEvent::PatientsImported {
-                created: 1,
-                updated: 0,
-            },
+        let event = AuditEvent::PatientUpdated {
+            patient: id.to_owned(),
+            before: before
+                .as_ref()
+                .map_or(Value::Null, |b| json!(PatientSummary::from(b.clone()))),
+            after: json!(after),
         };
         audit::append(conn, clock, ctx, &event)?;
         Ok((after, before.is_none()))
@@ -533,4 +567,19 @@ pub fn search_audit(
         ..query.clone()
     };
     Ok(audit_events::search(conn, &query)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_actor_has_its_own_budget_of_recorded_refusals() {
+        let budget = DenialBudget::default();
+        for _ in 0..DENIALS_RECORDED_PER_MINUTE {
+            assert!(budget.allow("mallory"));
+        }
+        assert!(!budget.allow("mallory"));
+        assert!(budget.allow("carl"));
+    }
 }

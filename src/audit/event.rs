@@ -121,7 +121,7 @@ pub enum AuditEvent {
     #[serde(rename = "account.locked")]
     AccountLocked { consecutive_failures: i64 },
     #[serde(rename = "account.unlocked")]
-    AccountUnlocked {},
+    AccountUnlocked { user_id: String },
     #[serde(rename = "user.status_changed")]
     UserStatusChanged { user_id: String, enabled: bool },
     #[serde(rename = "mfa.enrolled")]
@@ -519,7 +519,9 @@ mod tests {
             AuditEvent::AccountLocked {
                 consecutive_failures: 100,
             },
-            AuditEvent::AccountUnlocked {},
+            AuditEvent::AccountUnlocked {
+                user_id: "u".into(),
+            },
             AuditEvent::UserStatusChanged {
                 user_id: "u".into(),
                 enabled: false,

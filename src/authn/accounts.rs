@@ -58,6 +58,7 @@ pub fn set_enabled(
                 // Every session and every grant ends at once: a disabled person's apps stop
                 // too (introspection also checks the user, this makes it durable).
                 creds::end_sessions_of(conn, &user.id, None, now, "user_disabled")?;
+                crate::store::enrolment::invalidate_of_user(conn, &user.id, now)?;
                 crate::store::grants::revoke_all_of(
                     conn,
                     crate::store::grants::GrantOwner::User(&user.id),
@@ -91,11 +92,14 @@ pub fn unlock(
     write_transaction(conn, |conn| {
         let was_locked = creds::unlock(conn, &user.id)?;
         if was_locked {
-            let ctx = AuditContext {
-                actor_user: ctx.actor_user.clone(),
-                ..ctx.clone()
-            };
-            audit::append(conn, clock, &ctx, &AuditEvent::AccountUnlocked {})?;
+            audit::append(
+                conn,
+                clock,
+                ctx,
+                &AuditEvent::AccountUnlocked {
+                    user_id: user.id.clone(),
+                },
+            )?;
         }
         Ok(was_locked)
     })
@@ -116,6 +120,7 @@ pub fn reset_mfa(
         creds::delete_recovery_codes(conn, &user.id)?;
         crate::store::passkeys::delete_all_of(conn, &user.id)?;
         creds::end_sessions_of(conn, &user.id, None, now, "mfa_reset")?;
+        crate::store::enrolment::invalidate_of_user(conn, &user.id, now)?;
         audit::append(
             conn,
             clock,

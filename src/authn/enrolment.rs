@@ -61,7 +61,8 @@ pub async fn complete(
     let clock = clock.clone();
     db.run(move |conn| {
         write_transaction(conn, |conn| {
-            if !enrolment::take(conn, &token_hash, now)? {
+            let still_enabled = users::find_by_id(conn, &user.id)?.is_some_and(|u| u.enabled);
+            if !still_enabled || !enrolment::take(conn, &token_hash, now)? {
                 return Ok(false);
             }
             creds::set_password(conn, &user.id, &hash, now)?;

@@ -219,6 +219,20 @@ pub fn change_role(
         };
         if changed {
             rows::touch(conn, &user.id, clock.now_secs())?;
+            if add && role == crate::admin::access::ADMIN_ROLE {
+                // A new admin starts clean: enrolment links made before the promotion (by
+                // anyone) stop working, and their sessions end, so admin access begins with
+                // a fresh sign-in they completed themselves.
+                let now = clock.now_secs();
+                crate::store::enrolment::invalidate_of_user(conn, &user.id, now)?;
+                crate::store::credentials::end_sessions_of(
+                    conn,
+                    &user.id,
+                    None,
+                    now,
+                    "promoted_to_admin",
+                )?;
+            }
             let event = if add {
                 AuditEvent::UserRoleAdded {
                     user_id: user.id.clone(),

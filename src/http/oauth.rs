@@ -959,6 +959,13 @@ async fn launch_inner(
 
 // ---------------------------------------------------------------- userinfo
 
+/// The audiences a resource server may learn about: its FHIR bases, never Ward's own admin API
+/// (a registration naming it must not let a resource server read admin tokens).
+fn resource_audiences(state: &AppState, bases: &[String]) -> Vec<String> {
+    let admin = crate::oauth::token::admin_api_audience(&state.issuer);
+    bases.iter().filter(|b| **b != admin).cloned().collect()
+}
+
 pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = authorization_header(req)?;
     let (scheme, token) = value.split_once(' ')?;
@@ -1320,7 +1327,7 @@ async fn answer_for(
         state.keys.clone(),
         state.issuer.clone(),
         state.login.timeouts,
-        caller.settings.fhir_bases.clone(),
+        resource_audiences(state, &caller.settings.fhir_bases),
         state.clock.clone(),
         token.to_owned(),
     );
@@ -1397,7 +1404,7 @@ async fn introspect_inner(
         state.issuer.clone(),
         state.clock.now_secs(),
         state.login.timeouts,
-        caller.settings.fhir_bases.clone(),
+        resource_audiences(state, &caller.settings.fhir_bases),
     );
     let audit_all = state.settings.audit.introspection == crate::config::IntrospectionAudit::All;
     let (clock, mut ctx) = (state.clock.clone(), audit_context(req, state));

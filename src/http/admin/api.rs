@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 
 use super::problem::{self, bad_request, from_admin, from_refused, invalid};
 use super::{admit, check, etag, if_match, Admitted};
-use crate::admin::access::{need_for_role, need_for_user, Need, ADMIN_ROLE};
+use crate::admin::access::{need_for_client, need_for_role, need_for_user, Need, ADMIN_ROLE};
 use crate::admin::{self, AdminError};
 use crate::app::AppState;
 use crate::authn::accounts;
@@ -320,6 +320,10 @@ pub async fn clients_create(
     let a = admit_or_answer!(req, state, Need::Write);
     let map = try_answer!(body_object(&body));
     let mut spec = try_answer!(client_spec(map));
+    let need = need_for_client(None, Some(&spec.scope), Need::Write);
+    if let Err(r) = check(&state, &a.ctx, &a.actor, need, req.path()).await {
+        return from_refused(r);
+    }
     let client_id = spec.client_id.take();
     let settings = match clients::validate_spec(&spec, state.client_keys.fetcher()).await {
         Ok(s) => s,
@@ -350,6 +354,24 @@ pub async fn clients_create(
         .unwrap_or(header::HeaderValue::from_static("/admin/api/v1/clients")),
     );
     r
+}
+
+/// Admits a change to an existing client: human-only when it holds admin-API scopes.
+async fn admit_for_client(
+    req: &HttpRequest,
+    state: &AppState,
+    base: Need,
+) -> Result<(Admitted, clients::Client), HttpResponse> {
+    let a = admit(req, state, base, true, None)
+        .await
+        .map_err(from_refused)?;
+    let id = path_param(req, "client_id");
+    let client = db(state, move |conn| Ok(clients::get(conn, &id)?)).await?;
+    let need = need_for_client(Some(&client.settings.allowed_scopes), None, base);
+    check(state, &a.ctx, &a.actor, need, req.path())
+        .await
+        .map_err(from_refused)?;
+    Ok((a, client))
 }
 
 pub async fn clients_get(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -385,6 +407,14 @@ pub async fn clients_put(
     ));
     let mut spec = try_answer!(client_spec(map));
     spec.client_id = None;
+    let need = need_for_client(
+        Some(&current.settings.allowed_scopes),
+        Some(&spec.scope),
+        Need::Write,
+    );
+    if let Err(r) = check(&state, &a.ctx, &a.actor, need, req.path()).await {
+        return from_refused(r);
+    }
     let settings = match clients::validate_spec(&spec, state.client_keys.fetcher()).await {
         Ok(s) => s,
         Err(e) => return from_admin(e.into()),
@@ -420,6 +450,16 @@ pub async fn clients_status(
     let id = path_param(&req, "client_id");
     let expected = try_answer!(stale_header(&req));
     let StatusBody { enabled } = try_answer!(from_object(try_answer!(body_object(&body))));
+    if enabled {
+        // Disabling only takes power away (incident response may be automated); enabling an
+        // admin client gives it back, which is human-only.
+        let id = id.clone();
+        let current = try_answer!(db(&state, move |conn| Ok(clients::get(conn, &id)?)).await);
+        let need = need_for_client(Some(&current.settings.allowed_scopes), None, Need::Write);
+        if let Err(r) = check(&state, &a.ctx, &a.actor, need, req.path()).await {
+            return from_refused(r);
+        }
+    }
     let (clock, ctx) = (state.clock.clone(), a.ctx);
     let client = try_answer!(
         db(&state, move |conn| {
@@ -438,7 +478,7 @@ pub async fn clients_status(
 }
 
 pub async fn clients_secret(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let a = admit_or_answer!(req, state, Need::Write);
+    let (a, _) = try_answer!(admit_for_client(&req, &state, Need::Write).await);
     let id = path_param(&req, "client_id");
     let grace = i64::try_from(state.settings.clients.secret_grace_seconds).unwrap_or(0);
     let (clock, ctx) = (state.clock.clone(), a.ctx);
@@ -778,6 +818,14 @@ pub async fn users_reset_mfa(req: HttpRequest, state: web::Data<AppState>) -> Ht
 
 pub async fn users_enrolment_link(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let (a, user) = try_answer!(admit_for_user(&req, &state, Need::Write).await);
+    // For someone who already has a password, a link is a password reset: sensitive.
+    let name = user.username.clone();
+    if try_answer!(db(&state, move |conn| admin::has_password(conn, &name)).await) {
+        let need = need_for_user(&user.roles, Need::HumanOnly);
+        if let Err(r) = check(&state, &a.ctx, &a.actor, need, req.path()).await {
+            return from_refused(r);
+        }
+    }
     let (clock, ctx) = (state.clock.clone(), a.ctx);
     let seconds = i64::try_from(state.settings.admin.enrolment_link_seconds).unwrap_or(3600);
     let (token, expires_at) = try_answer!(

@@ -13,7 +13,7 @@ use askama::Template;
 use serde_json::Value;
 
 use super::{admit, check, Admitted, Refused};
-use crate::admin::access::{need_for_role, need_for_user, Need, ADMIN_ROLE};
+use crate::admin::access::{need_for_client, need_for_role, need_for_user, Need, ADMIN_ROLE};
 use crate::admin::{self, AdminError};
 use crate::app::AppState;
 use crate::authn::accounts;
@@ -290,6 +290,32 @@ async fn further(
     check(state, &a.ctx, &a.actor, need, path)
         .await
         .map_err(|r| refused(r, back))
+}
+
+/// Changing a client that holds or would hold admin-API scopes is human-only with a fresh
+/// second factor (such a client is a machine admin).
+async fn further_for_client(
+    state: &AppState,
+    a: &Admitted,
+    id: Option<&str>,
+    new_scope: Option<&str>,
+    path: &str,
+) -> Result<(), HttpResponse> {
+    let current = match id {
+        Some(id) => {
+            let id = id.to_owned();
+            db(state, move |conn| Ok(clients::get(conn, &id)?))
+                .await
+                .ok()
+                .map(|c| c.settings.allowed_scopes)
+        }
+        None => None,
+    };
+    let back = id.map_or("/admin/clients".to_owned(), |i| {
+        format!("/admin/clients/{i}")
+    });
+    let need = need_for_client(current.as_deref(), new_scope, Need::Write);
+    further(state, a, need, path, &back).await
 }
 
 fn form_map(body: &[u8]) -> HashMap<String, String> {
@@ -660,6 +686,9 @@ pub async fn client_create(
         Ok(s) => s,
         Err(errors) => return redisplay(AdminError::Invalid(errors)),
     };
+    if let Err(r) = further_for_client(&state, &a, None, Some(&spec.scope), req.path()).await {
+        return r;
+    }
     let client_id = spec.client_id.take();
     let settings = match clients::validate_spec(&spec, state.client_keys.fetcher()).await {
         Ok(s) => s,
@@ -854,6 +883,10 @@ pub async fn client_edit(
         f.get("csrf").map(String::as_str),
         &back
     );
+    let new_scope = get(&f, "scope");
+    if let Err(r) = further_for_client(&state, &a, Some(&id), Some(&new_scope), req.path()).await {
+        return r;
+    }
     let outcome = async {
         let spec = spec_from_form(&f).map_err(AdminError::Invalid)?;
         let settings = clients::validate_spec(&spec, state.client_keys.fetcher()).await?;
@@ -892,6 +925,12 @@ pub async fn client_status(
         &back
     );
     let enabled = get(&query_map(&req), "enabled") == "true";
+    // Disabling only takes power away; enabling an admin client is human-only.
+    if enabled {
+        if let Err(r) = further_for_client(&state, &a, Some(&id), None, req.path()).await {
+            return r;
+        }
+    }
     let (clock, ctx, id2) = (state.clock.clone(), a.ctx.clone(), id.clone());
     let outcome = db(&state, move |conn| {
         Ok(clients::set_enabled(
@@ -928,6 +967,9 @@ pub async fn client_secret(
         f.get("csrf").map(String::as_str),
         &back
     );
+    if let Err(r) = further_for_client(&state, &a, Some(&id), None, req.path()).await {
+        return r;
+    }
     let grace = i64::try_from(state.settings.clients.secret_grace_seconds).unwrap_or(0);
     let (clock, ctx, id2) = (state.clock.clone(), a.ctx.clone(), id.clone());
     match db(&state, move |conn| {
@@ -1457,6 +1499,21 @@ pub async fn user_action(
         Ok(x) => x,
         Err(r) => return r,
     };
+    if action == "enrolment-link" {
+        // For someone who already has a password, a link is a password reset: sensitive.
+        let name = user.username.clone();
+        let back = format!("/admin/users/{}", encode(&user.username));
+        match db(&state, move |conn| admin::has_password(conn, &name)).await {
+            Ok(true) => {
+                let need = need_for_user(&user.roles, Need::HumanOnly);
+                if let Err(r) = further(&state, &a, need, req.path(), &back).await {
+                    return r;
+                }
+            }
+            Ok(false) => {}
+            Err(e) => return failed(&a, Screen::new("User", "/admin/users"), e),
+        }
+    }
     let (clock, ctx, name) = (state.clock.clone(), a.ctx.clone(), user.username.clone());
     let link_seconds = i64::try_from(state.settings.admin.enrolment_link_seconds).unwrap_or(3600);
     let action2 = action.clone();

@@ -92,9 +92,11 @@ pub async fn admit(
                 .db
                 .run(move |conn| crate::store::users::roles_of(conn, &user_id))
                 .await?;
-            let refusal = if session.stage != Stage::Active {
-                Some("the sign-in is not complete")
-            } else if !roles.iter().any(|r| r == ADMIN_ROLE) {
+            if session.stage != Stage::Active {
+                // Half signed in: not yet anyone to hold to account (nor to let flood the trail).
+                return Err(Refused::Forbidden("the sign-in is not complete".into()));
+            }
+            let refusal = if !roles.iter().any(|r| r == ADMIN_ROLE) {
                 Some("the user does not hold the admin role")
             } else if session.mfa_at.is_none() {
                 Some("the admin console needs a sign-in with a second factor")
@@ -167,6 +169,14 @@ async fn deny(
     path: &str,
     reason: &str,
 ) -> Result<(), StoreError> {
+    let actor = ctx
+        .actor_user
+        .as_deref()
+        .or(ctx.actor_client.as_deref())
+        .unwrap_or_default();
+    if !state.admin_denials.allow(actor) {
+        return Ok(());
+    }
     let (clock, path, reason) = (state.clock.clone(), path.to_owned(), reason.to_owned());
     state
         .db
@@ -235,11 +245,11 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, BadIfMatch> {
     if text == "*" {
         return Ok(None);
     }
+    // If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never matches.
     let inner = text
-        .strip_prefix("W/")
-        .unwrap_or(text)
-        .trim_matches('"')
-        .strip_prefix('v')
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .and_then(|t| t.strip_prefix('v'))
         .ok_or(BadIfMatch)?;
     inner.parse::<i64>().map(Some).map_err(|_| BadIfMatch)
 }
