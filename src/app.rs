@@ -43,6 +43,8 @@ pub struct AppState {
     pub client_keys: Arc<crate::clients::jwks::JwksCache>,
     /// Caps how many refused admin requests per actor are audited.
     pub admin_denials: Arc<crate::admin::DenialBudget>,
+    /// Demo mode's pages and credentials (`ward serve --demo` only).
+    pub demo: Option<Arc<crate::demo::DemoState>>,
 }
 
 impl AppState {

@@ -272,6 +272,7 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
             ehr_origins: Arc::new(ehr_origins),
             client_keys: Arc::new(crate::clients::jwks::JwksCache::new(client_key_fetcher)),
             admin_denials: Arc::default(),
+            demo: None,
         },
         master_key_source,
         created_keys,

@@ -6,6 +6,7 @@ mod common;
 mod admin_api;
 mod audit_chain;
 mod chromium;
+mod demo;
 
 mod housekeeping;
 mod keys;

@@ -97,6 +97,10 @@ struct ServeArgs {
     /// HTTP worker threads. Env: WARD_WORKERS.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Demo mode: on an empty database (loopback only), seed demo people, patients and apps,
+    /// print their demo-only credentials and serve a sample SMART app and a mini-EHR.
+    #[arg(long)]
+    demo: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,7 +180,7 @@ fn run(cli: Cli) -> Result<(), StartError> {
     let settings = Settings::load(&sources)?;
     let clock: SharedClock = Arc::new(SystemClock);
     match cli.command {
-        Command::Serve(_) => serve(settings, clock),
+        Command::Serve(args) => serve(settings, clock, args.demo),
         Command::Migrate { json } => migrate(&settings, &clock, json),
         Command::Keys(KeysCommand::List { json }) => keys_list(&settings, &clock, json),
         Command::Keys(KeysCommand::Rotate {
@@ -192,8 +196,23 @@ fn run(cli: Cli) -> Result<(), StartError> {
     }
 }
 
-fn serve(settings: Settings, clock: SharedClock) -> Result<(), StartError> {
+fn serve(mut settings: Settings, clock: SharedClock, demo: bool) -> Result<(), StartError> {
     crate::telemetry::init(&settings);
+    let demo_origin = if demo {
+        let origin = crate::demo::app_origin(&settings.server.listen).map_err(demo_error)?;
+        // The demo keeps to its own file unless told otherwise, so it never mixes with (or is
+        // mistaken for) a real installation's `ward.db`.
+        if settings.database.url == crate::config::DatabaseSettings::default().url {
+            settings.database.url = crate::demo::DEFAULT_DATABASE.into();
+        }
+        if settings.fhir.base.is_empty() {
+            let base = crate::demo::fhir_base(&settings.issuer()?);
+            settings.fhir.base.push(base);
+        }
+        Some(origin)
+    } else {
+        None
+    };
     for switch in settings.danger_switches() {
         tracing::warn!(
             setting = switch,
@@ -213,12 +232,37 @@ fn serve(settings: Settings, clock: SharedClock) -> Result<(), StartError> {
     for kid in &prepared.created_keys {
         tracing::info!(kid = %kid, "created signing key");
     }
-    if prepared.no_users {
-        tracing::warn!(
-            "No users yet. Create the first admin (you will be asked to enrol a second factor at first sign-in):\n\n    ward user add admin --role admin --password-stdin\n"
-        );
+    let mut state = prepared.state;
+    let issuer = state.settings.issuer()?;
+    let mut conn = state.db.conn()?;
+    if let Some(origin) = demo_origin {
+        let (demo, seeded) = crate::demo::open(
+            &mut conn,
+            state.clock.as_ref(),
+            &state.sealer,
+            &issuer,
+            &origin,
+        )
+        .map_err(demo_error)?;
+        match seeded {
+            Some(seeded) => println!("{}", crate::demo::banner(&issuer, &demo, &seeded)),
+            None => println!(
+                "Ward demo mode: sample app {}, mini-EHR {issuer}/demo/ehr (demo accounts as printed at first start and in README.md)",
+                demo.app_url()
+            ),
+        }
+        state.demo = Some(Arc::new(demo));
+    } else {
+        if crate::demo::is_demo_database(&mut conn)? {
+            return Err(demo_error(crate::demo::DemoError::DemoDatabase));
+        }
+        if prepared.no_users {
+            tracing::warn!(
+                "No users yet. Create the first admin (you will be asked to enrol a second factor at first sign-in):\n\n    ward user add admin --role admin --password-stdin\n"
+            );
+        }
     }
-    let state = prepared.state;
+    drop(conn);
     actix_web::rt::System::new().block_on(async move {
         let issuer = state.settings.issuer()?;
         let running = crate::server::start(state)?;
@@ -230,6 +274,13 @@ fn serve(settings: Settings, clock: SharedClock) -> Result<(), StartError> {
             .await
             .map_err(|e| StartError::Server(e.to_string()))
     })
+}
+
+fn demo_error(e: crate::demo::DemoError) -> StartError {
+    match e {
+        crate::demo::DemoError::Store(s) => StartError::Store(s),
+        other => StartError::Server(other.to_string()),
+    }
 }
 
 fn print_json(value: &serde_json::Value) {

@@ -6,6 +6,7 @@ mod apps;
 pub mod client_ip;
 pub mod cookies;
 pub mod csrf;
+mod demo;
 mod enrol;
 pub mod metrics;
 pub mod middleware;
@@ -138,6 +139,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/account/apps/revoke", web::post().to(apps::revoke_post))
         .route("/enrol", web::get().to(enrol::enrol_get))
         .route("/enrol", web::post().to(enrol::enrol_post))
+        .configure(demo::routes)
         .configure(admin::api::routes)
         .configure(admin::console::routes)
         .default_service(web::to(ops::not_found));

@@ -11,6 +11,7 @@ pub mod clients;
 pub mod credentials;
 pub mod enrolment;
 pub mod grants;
+pub mod meta;
 pub mod migrate;
 pub mod passkeys;
 pub mod patients;

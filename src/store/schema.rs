@@ -315,6 +315,13 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    ward_meta (key) {
+        key -> Text,
+        value -> Text,
+    }
+}
+
 diesel::joinable!(client_secrets -> clients (client_id));
 diesel::joinable!(enrolment_links -> users (user_id));
 diesel::joinable!(refresh_tokens -> token_families (family_id));
@@ -350,4 +357,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     assertion_jtis,
     audit_chain_state,
     enrolment_links,
+    ward_meta,
 );

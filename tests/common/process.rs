@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 pub const WARD: &str = env!("CARGO_BIN_EXE_ward");
@@ -42,17 +42,34 @@ impl WardProcess {
     }
 
     pub async fn try_spawn(dir: &Path, env: &[(String, String)]) -> Result<Self, String> {
+        Self::try_spawn_with(dir, &[], env).await
+    }
+
+    /// `ward serve ARGS…` (for example `--demo`); standard output goes to `ward-PORT.out`.
+    pub async fn spawn_with(dir: &Path, args: &[&str], env: &[(String, String)]) -> Self {
+        Self::try_spawn_with(dir, args, env)
+            .await
+            .unwrap_or_else(|log| panic!("ward serve did not come up:\n{log}"))
+    }
+
+    pub async fn try_spawn_with(
+        dir: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Self, String> {
         let port = free_port();
         let log_path = dir.join(format!("ward-{port}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
+        let out = std::fs::File::create(dir.join(format!("ward-{port}.out"))).expect("out file");
         let child = Command::new(WARD)
             .arg("serve")
+            .args(args)
             .current_dir(dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("WARD_LISTEN", format!("127.0.0.1:{port}"))
             .envs(env.iter().cloned())
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(log)
             .spawn()
             .expect("spawn ward serve");
@@ -75,6 +92,11 @@ impl WardProcess {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(process.log())
+    }
+
+    /// What the process printed on standard output.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.log_path.with_extension("out")).unwrap_or_default()
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,1 @@
+DROP TABLE ward_meta;
