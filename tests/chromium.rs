@@ -589,3 +589,111 @@ async fn an_admin_registers_a_client_and_a_user_in_the_console_and_the_client_la
         );
     }
 }
+
+/// Issue 11's newcomer walkthrough, as the README tells it: `ward serve --demo`, the sample
+/// app's standalone launch as dr.demo (TOTP enrolment, picker, consent) ending in decoded
+/// tokens and an active introspection, the mini-EHR's launch, and the admin console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough_works_in_chromium() {
+    crate::common::install_crypto_provider();
+    let Some(chrome) = Chromium::start().await else {
+        return;
+    };
+    let demo = crate::demo::Demo::start().await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let wait_for_text = |needle: &'static str| {
+        let chrome = &chrome;
+        async move {
+            for _ in 0..100 {
+                if chrome.source().await.contains(needle) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("never saw {needle:?} in:\n{}", chrome.source().await);
+        }
+    };
+
+    // 1. The sample app's standalone launch.
+    chrome.goto(&demo.app()).await;
+    chrome.click("#standalone").await;
+    chrome.wait_for_path("/login").await;
+    chrome.type_into("#username", "dr.demo").await;
+    chrome
+        .type_into("#password", "demo clinician only: lighthouse orchard")
+        .await;
+    chrome.screenshot_for_readme("login").await;
+    chrome
+        .click("form[action='/login'] button[type=submit]")
+        .await;
+    chrome.wait_for_path("/account/mfa/totp").await;
+    let totp = Totp::new(&base32_decode(&chrome.value_of("#secret").await)).unwrap();
+    chrome
+        .type_into("#code", &totp.code_at_step(now() / 30))
+        .await;
+    chrome
+        .click("form[action='/account/mfa/totp'] button[type=submit]")
+        .await;
+    chrome.find("ul.codes").await;
+    chrome.click("a.button").await;
+    chrome.wait_for_path("/authorize/patients").await;
+    chrome.type_into("#q", "rivera").await;
+    chrome.click("form[role=search] button").await;
+    chrome.click("#patient-demo-pat-2").await;
+    chrome.click("#choose-patient").await;
+    chrome.find("#consent-form").await;
+    chrome.screenshot_for_readme("consent").await;
+    chrome.click("#approve").await;
+    chrome.wait_for_path("/demo/app").await;
+    wait_for_text("\"active\": true").await;
+    let page = chrome.source().await;
+    assert!(page.contains("demo-pat-2"), "{page}");
+    assert!(page.contains("Practitioner/demo-practitioner"), "{page}");
+    assert!(page.contains("at+jwt"), "{page}");
+    chrome.screenshot_for_readme("demo-app").await;
+
+    // 2. The mini-EHR launches the app for another patient.
+    chrome.goto(&format!("{}/demo/ehr", demo.public())).await;
+    chrome.click("#launch-demo-pat-3").await;
+    chrome.find("#consent-form").await;
+    assert!(chrome.source().await.contains("Okafor"));
+    chrome.click("#approve").await;
+    chrome.wait_for_path("/demo/app").await;
+    wait_for_text("\"active\": true").await;
+    assert!(chrome.source().await.contains("demo-pat-3"));
+
+    // 3. The admin console.
+    chrome.goto(&format!("{}/account", demo.public())).await;
+    chrome.click("header form button").await;
+    chrome.wait_for_path("/login").await;
+    chrome.goto(&format!("{}/admin", demo.public())).await;
+    chrome.wait_for_path("/login").await;
+    chrome.type_into("#username", "admin.demo").await;
+    chrome
+        .type_into("#password", "demo admin only: granite meadow")
+        .await;
+    chrome
+        .click("form[action='/login'] button[type=submit]")
+        .await;
+    chrome.wait_for_path("/account/mfa/totp").await;
+    let admin_totp = Totp::new(&base32_decode(&chrome.value_of("#secret").await)).unwrap();
+    chrome
+        .type_into("#code", &admin_totp.code_at_step(now() / 30))
+        .await;
+    chrome
+        .click("form[action='/account/mfa/totp'] button[type=submit]")
+        .await;
+    chrome.find("ul.codes").await;
+    chrome.click("a.button").await;
+    chrome.wait_for_path("/admin").await;
+    chrome
+        .goto(&format!("{}/admin/clients", demo.public()))
+        .await;
+    assert!(chrome.source().await.contains("demo-app"));
+    chrome.screenshot_for_readme("admin").await;
+}

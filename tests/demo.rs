@@ -21,6 +21,7 @@ pub struct Demo {
 
 impl Demo {
     pub async fn start() -> Self {
+        crate::common::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temp dir");
         let process = WardProcess::spawn_with(dir.path(), &["--demo"], &[]).await;
         let port = process

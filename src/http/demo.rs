@@ -105,12 +105,33 @@ pub async fn introspect_post(
         .json(answer))
 }
 
+/// The client the demo pages use to call Ward's own endpoints over HTTP, as an EHR or a FHIR
+/// server would (built once; rustls on ring, like every other TLS in Ward).
 fn http_client() -> Result<reqwest::Client, AppError> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(std::time::Duration::from_secs(5))
-        .build()
-        .map_err(|e| AppError::Internal(e.to_string()))
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            #[allow(deprecated)]
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(std::time::Duration::from_secs(5))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(AppError::Internal)
 }
 
 #[derive(Template)]

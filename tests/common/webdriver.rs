@@ -227,6 +227,23 @@ impl Chromium {
         std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
     }
 
+    /// A screenshot the README shows: saved like any other, and also to `docs/screenshots/`
+    /// when `WARD_UPDATE_SCREENSHOTS=1` (so the committed pictures are regenerated on purpose,
+    /// never as a side effect of running the tests).
+    pub async fn screenshot_for_readme(&self, name: &str) {
+        self.screenshot(name).await;
+        if std::env::var("WARD_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let dir = root.join("docs/screenshots");
+            std::fs::create_dir_all(&dir).expect("screenshot dir");
+            std::fs::copy(
+                root.join(format!("target/test-artifacts/{name}.png")),
+                dir.join(format!("{name}.png")),
+            )
+            .expect("copy screenshot");
+        }
+    }
+
     /// Adds a CTAP2 platform authenticator with resident keys and user verification
     /// (WebDriver WebAuthn extension); returns its id.
     pub async fn add_virtual_authenticator(&self) -> String {
