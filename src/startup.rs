@@ -122,7 +122,7 @@ pub fn default_key_path(db_path: &Path) -> PathBuf {
     db_path.with_file_name(format!("{stem}.master-key"))
 }
 
-fn read_key_file(path: &Path) -> Result<MasterKey, StartError> {
+pub(crate) fn read_key_file(path: &Path) -> Result<MasterKey, StartError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         StartError::MasterKey(format!(
             "cannot read master key file {}: {e}",

@@ -11,6 +11,7 @@ mod demo;
 mod housekeeping;
 mod keys;
 mod login;
+mod operations;
 mod ops;
 mod process;
 mod registry;

@@ -63,6 +63,29 @@ enum Command {
     /// The tamper-evident audit chain: verify, checkpoint.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Security self-assessment: findings by severity, each with its fix (exit 1 on high).
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A consistent, encrypted online copy of the SQLite database.
+    Backup {
+        #[arg(long, value_name = "FILE")]
+        to: std::path::PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a `ward backup` file as the configured SQLite database (Ward must be stopped).
+    Restore {
+        #[arg(long, value_name = "FILE")]
+        from: std::path::PathBuf,
+        /// Replace an existing database file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +216,30 @@ fn run(cli: Cli) -> Result<(), StartError> {
         Command::User(command) => directory::user(&settings, &clock, command),
         Command::Patient(command) => patients::patient(&settings, &clock, command),
         Command::Audit(command) => audit::audit(&settings, &clock, command),
+        Command::Doctor { json } => doctor(&settings, &clock, json),
+        Command::Backup { to, force, json } => {
+            let (db, sealer) = key_store(&settings, &clock)?;
+            let size = crate::backup::backup(&settings, &db, &sealer, clock.as_ref(), &to, force)?;
+            if json {
+                print_json(
+                    &serde_json::json!({ "backup": to.display().to_string(), "database_bytes": size }),
+                );
+            } else {
+                println!(
+                    "Backed up {size} bytes to {} (sealed with the master key; keep the key's own backup apart).",
+                    to.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Restore { from, force } => {
+            let target = crate::backup::restore(&settings, &from, force)?;
+            println!(
+                "Restored {}. Check it with `ward audit verify` before starting Ward.",
+                target.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -281,6 +328,39 @@ fn demo_error(e: crate::demo::DemoError) -> StartError {
         crate::demo::DemoError::Store(s) => StartError::Store(s),
         other => StartError::Server(other.to_string()),
     }
+}
+
+fn doctor(settings: &Settings, clock: &SharedClock, json: bool) -> Result<(), StartError> {
+    let (db, _) = key_store(settings, clock)?;
+    let facts = crate::doctor::gather(
+        &mut *db.conn()?,
+        settings,
+        startup::key_timing(settings),
+        clock.as_ref(),
+    )?;
+    let findings = crate::doctor::assess(&facts);
+    if json {
+        print_json(&serde_json::json!({ "findings": findings }));
+    } else if findings.is_empty() {
+        println!("No findings.");
+    } else {
+        for f in &findings {
+            let severity = format!("{:?}", f.severity).to_uppercase();
+            println!(
+                "{severity:<7} {:<28} {}\n        fix: {}",
+                f.id, f.what, f.fix
+            );
+        }
+    }
+    if findings
+        .iter()
+        .any(|f| f.severity == crate::doctor::Severity::High)
+    {
+        return Err(StartError::Server(
+            "high-severity findings (see above)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn print_json(value: &serde_json::Value) {

@@ -19,3 +19,19 @@ pub fn insert(conn: &mut DbConnection, key: &str, value: &str) -> Result<(), Sto
         .execute(conn)?;
     Ok(())
 }
+
+/// When `ward audit verify` last found the chain intact (Unix seconds).
+pub const AUDIT_VERIFIED_AT: &str = "audit.verified_at";
+/// When `ward backup` last wrote a backup (Unix seconds).
+pub const BACKUP_AT: &str = "backup.at";
+
+/// Sets a key's value, creating it when absent.
+pub fn set(conn: &mut DbConnection, key: &str, value: &str) -> Result<(), StoreError> {
+    let updated = diesel::update(ward_meta::table.find(key))
+        .set(ward_meta::value.eq(value))
+        .execute(conn)?;
+    if updated == 0 {
+        insert(conn, key, value)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Operators' tools on a real installation: `ward doctor`, `ward backup` and `ward restore`.
+
+use serde_json::Value;
+
+use crate::common::process::ward;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn doctor(dir: &std::path::Path, extra: &[(&str, &str)]) -> (bool, Vec<String>) {
+    let out = ward(dir, &["doctor", "--json"], &env(extra));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "doctor printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let ids = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert!(f["fix"].as_str().is_some_and(|x| !x.is_empty()), "{f}");
+            f["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    (out.status.success(), ids)
+}
+
+#[test]
+fn doctor_reports_findings_with_fixes_and_fails_on_high_severity() {
+    let dir = tempfile::tempdir().unwrap();
+    let add = ward(dir.path(), &["user", "add", "ada", "--role", "admin"], &[]);
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let (ok, ids) = doctor(dir.path(), &[]);
+    assert!(ok, "{ids:?}");
+    for expected in [
+        "audit.unverified",
+        "backup.none",
+        "master_key.beside_database",
+        "admins.passkey",
+        "roles.mfa",
+    ] {
+        assert!(ids.iter().any(|i| i == expected), "{expected} in {ids:?}");
+    }
+    // Verifying the chain and taking a backup clear their findings.
+    assert!(ward(dir.path(), &["audit", "verify"], &[]).status.success());
+    let backup = ward(dir.path(), &["backup", "--to", "b.ward"], &[]);
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    let (_, ids) = doctor(dir.path(), &[]);
+    assert!(
+        !ids.iter()
+            .any(|i| i == "audit.unverified" || i == "backup.none"),
+        "{ids:?}"
+    );
+    // An insecure switch is a high-severity finding: exit status 1.
+    let (ok, ids) = doctor(
+        dir.path(),
+        &[("WARD_DANGER_ALLOW_LOOPBACK_JWKS_URI", "true")],
+    );
+    assert!(!ok);
+    assert_eq!(ids.first().map(String::as_str), Some("danger.on"));
+}
+
+#[test]
+fn a_backup_is_sealed_and_restores_to_a_verifiable_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let add = ward(
+        dir.path(),
+        &["user", "add", "grace.hopper", "--role", "nurse"],
+        &[],
+    );
+    assert!(add.status.success());
+    assert!(ward(dir.path(), &["audit", "verify"], &[]).status.success());
+    let out = ward(
+        dir.path(),
+        &["backup", "--to", "nightly.ward", "--json"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = std::fs::read(dir.path().join("nightly.ward")).unwrap();
+    assert!(file.starts_with(b"WARD-BACKUP v1"));
+    let text = String::from_utf8_lossy(&file);
+    assert!(!text.contains("grace.hopper") && !text.contains("SQLite format"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("nightly.ward"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "backup readable by others: {mode:o}");
+    // It does not overwrite without --force.
+    assert!(!ward(dir.path(), &["backup", "--to", "nightly.ward"], &[])
+        .status
+        .success());
+
+    // Restore elsewhere with the same master key: the audit chain verifies and the data is there.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("nightly.ward"),
+        other.path().join("nightly.ward"),
+    )
+    .unwrap();
+    let without_key = ward(other.path(), &["restore", "--from", "nightly.ward"], &[]);
+    assert!(!without_key.status.success());
+    assert!(String::from_utf8_lossy(&without_key.stderr).contains("master key"));
+    std::fs::copy(
+        dir.path().join("ward.master-key"),
+        other.path().join("ward.master-key"),
+    )
+    .unwrap();
+    let restored = ward(other.path(), &["restore", "--from", "nightly.ward"], &[]);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let verify = ward(other.path(), &["audit", "verify", "--json"], &[]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let users = ward(other.path(), &["user", "list", "--json"], &[]);
+    assert!(String::from_utf8_lossy(&users.stdout).contains("grace.hopper"));
+    // Restoring over an existing database needs --force; a different key cannot open it.
+    assert!(
+        !ward(other.path(), &["restore", "--from", "nightly.ward"], &[])
+            .status
+            .success()
+    );
+    let third = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("nightly.ward"),
+        third.path().join("nightly.ward"),
+    )
+    .unwrap();
+    let wrong = ward(
+        third.path(),
+        &["restore", "--from", "nightly.ward"],
+        &env(&[(
+            "WARD_MASTER_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )]),
+    );
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("does not open"));
+}
