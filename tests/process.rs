@@ -338,3 +338,189 @@ async fn two_nodes_on_one_postgres_database_act_as_one() {
     );
     drop((a, b));
 }
+
+/// Issue 8's hygiene check over a whole real flow: the password, the client secret, the code,
+/// the access, refresh and ID tokens and the TOTP-free session cookie never appear in the log,
+/// in any audit row, or anywhere in the database files (SQLite file and write-ahead log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_audit_rows_or_the_database_file() {
+    use crate::common::browser::Browser;
+    use crate::common::smart::{approve, follow, pkce};
+    crate::common::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let fhir = "https://fhir.example.org/r4";
+    let fhir_env = env(&[("WARD_FHIR_BASE", fhir), ("WARD_LOG_LEVEL", "debug")]);
+    let password = "quartz pelican juggles seventeen";
+    let role = ward(
+        dir.path(),
+        &[
+            "role",
+            "add",
+            "reader",
+            "--scope",
+            "user/*.rs",
+            "--mfa-required",
+            "false",
+        ],
+        &fhir_env,
+    );
+    assert!(
+        role.status.success(),
+        "{}",
+        String::from_utf8_lossy(&role.stderr)
+    );
+    let add = std::process::Command::new(crate::common::process::WARD)
+        .args(["user", "add", "sam", "--role", "reader", "--password-stdin"])
+        .current_dir(dir.path())
+        .envs(fhir_env.iter().cloned())
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(password);
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let server = WardProcess::spawn(dir.path(), &fhir_env).await;
+    let base = server.base.clone();
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    let callback = "https://app.example.com/cb";
+    let created = ward(
+        dir.path(),
+        &[
+            "client",
+            "add",
+            "--client-id",
+            "chart",
+            "--name",
+            "Chart",
+            "--kind",
+            "confidential-symmetric",
+            "--redirect-uri",
+            callback,
+            "--scope",
+            "openid fhirUser offline_access launch/patient user/*.rs",
+            "--json",
+        ],
+        &fhir_env,
+    );
+    let created: Value = serde_json::from_slice(&created.stdout).unwrap();
+    let client_secret = created["client_secret"].as_str().unwrap().to_owned();
+
+    let browser = Browser::new(&format!("http://localhost:{port}"));
+    let (verifier, challenge) = pkce();
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("response_type", "code"),
+            ("client_id", "chart"),
+            ("redirect_uri", callback),
+            (
+                "scope",
+                "openid fhirUser offline_access user/Observation.rs",
+            ),
+            ("state", "s"),
+            ("aud", fhir),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ])
+        .finish();
+    let consent = follow(
+        &browser,
+        &format!("http://localhost:{port}/authorize?{query}"),
+        Some(("sam", password)),
+    )
+    .await
+    .consent();
+    let code = approve(&browser, &consent, &[]).await.callback()["code"].clone();
+    let session = browser.session_cookie().expect("session cookie");
+    let client = crate::common::http_client();
+    let tokens: Value = client
+        .post(format!("{base}/token"))
+        .basic_auth("chart", Some(&client_secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", callback),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let rotated: Value = client
+        .post(format!("{base}/token"))
+        .basic_auth("chart", Some(&client_secret))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(rotated["access_token"].is_string(), "{rotated}");
+    let log = server.stop();
+
+    let mut secrets = vec![
+        password.to_owned(),
+        client_secret,
+        code,
+        session,
+        refresh,
+        tokens["access_token"].as_str().unwrap().to_owned(),
+        tokens["id_token"].as_str().unwrap().to_owned(),
+        rotated["access_token"].as_str().unwrap().to_owned(),
+        rotated["refresh_token"].as_str().unwrap().to_owned(),
+    ];
+    // A JWT's signature alone must not be stored either.
+    let signatures: Vec<String> = secrets
+        .iter()
+        .filter(|s| s.matches('.').count() == 2)
+        .map(|jwt| jwt.rsplit('.').next().unwrap().to_owned())
+        .collect();
+    secrets.extend(signatures);
+    let mut database = Vec::new();
+    for name in ["ward.db", "ward.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join(name)) {
+            database.extend(bytes);
+        }
+    }
+    let database = String::from_utf8_lossy(&database);
+    assert!(
+        database.contains("token.issued"),
+        "the audit rows are in the file"
+    );
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "log holds a secret");
+        assert!(
+            !database.contains(secret.as_str()),
+            "the database file holds a secret"
+        );
+    }
+}
+
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output;
+}
+
+impl OutputWithStdin for std::process::Command {
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("wait")
+    }
+}
