@@ -71,3 +71,18 @@ pub fn format_millis(millis: i64) -> String {
         })
         .unwrap_or_else(|| millis.to_string())
 }
+
+/// An RFC 3339 time or a `YYYY-MM-DD` date (midnight UTC) as Unix milliseconds.
+pub fn parse_time_millis(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        return i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok();
+    }
+    time::Date::parse(
+        text,
+        &time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .ok()
+    .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
+}

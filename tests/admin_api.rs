@@ -20,6 +20,7 @@ on_both_backends!(
     refuses_mass_assignment_and_invalid_input_and_writes_nothing,
     concurrent_edits_are_detected_with_if_match,
     machines_cannot_mint_admins_or_take_over_accounts,
+    accounts_for_disclosures_of_a_patient,
 );
 
 const WRITE: &str = "__ward.admin.write";
@@ -1950,4 +1951,114 @@ async fn machines_cannot_mint_admins_or_take_over_accounts(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(answer, json!({"active": false}));
+}
+
+/// Accounting of disclosures (issue 8): a patient's approval, token and introspection show up,
+/// oldest first, over the API (JSON and CSV) and at the command line, with Ward's limits stated.
+async fn accounts_for_disclosures_of_a_patient(backend: Backend) {
+    let Some((app, _clock)) = admin_app(backend, &[]).await else {
+        return;
+    };
+    ward::patients::import(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &ward::audit::AuditContext::cli(),
+        std::io::Cursor::new(NDJSON),
+    )
+    .unwrap();
+    add_user(&app, "pam", &["patient"], Some("Patient/p1"));
+    let (app_id, _) = register(
+        &app,
+        json!({"client_id": "diary", "name": "Diary", "kind": "public",
+               "redirect_uris": [CALLBACK], "scope": "launch/patient patient/*.rs"}),
+    );
+    let (rs, rs_secret) = register(
+        &app,
+        json!({"client_id": "fhir-api", "name": "FHIR", "kind": "resource-server",
+               "fhir_bases": [FHIR]}),
+    );
+    let browser = Browser::new(&app.base);
+    let tokens = code_flow(
+        &app,
+        &browser,
+        &app_id,
+        "launch/patient patient/Observation.rs",
+        Some(("pam", PASSWORD)),
+    )
+    .await;
+    assert_eq!(tokens["patient"], "p1", "{tokens}");
+    let (status, answer) = post_form(
+        &app,
+        "/introspect",
+        &[("token", tokens["access_token"].as_str().unwrap())],
+        Some((&rs, rs_secret.as_deref().unwrap())),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["active"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+
+    let api = Machine::register(&app, "auditor", READ)
+        .api(&app, READ)
+        .await;
+    let report = api.get("/disclosures?patient=Patient/p1").await;
+    let body = report.ok(StatusCode::OK);
+    let actions: Vec<&str> = body["disclosures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "authorization.granted",
+        "token.issued",
+        "token.introspected",
+    ] {
+        assert!(actions.contains(&expected), "{expected} in {actions:?}");
+    }
+    let first = &body["disclosures"][0];
+    assert_eq!(
+        first["action"], "authorization.granted",
+        "oldest first: {body}"
+    );
+    assert_eq!(first["app"], "diary");
+    assert_eq!(first["user"], "pam");
+    assert!(body["limits"]
+        .as_str()
+        .unwrap()
+        .contains("FHIR server's own audit log"));
+    // Another patient has none; a missing patient is a field error.
+    let none = api.get("/disclosures?patient=p2").await;
+    assert_eq!(none.ok(StatusCode::OK)["disclosures"], json!([]));
+    api.get("/disclosures").await.invalid("patient");
+    api.get("/disclosures?patient=p1&since=yesterday")
+        .await
+        .invalid("since");
+    let csv = api
+        .request(Method::GET, "/disclosures?patient=p1&_format=csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        csv.starts_with("time,action,description,app,user,scope,event_id"),
+        "{csv}"
+    );
+    assert!(csv.contains("token.introspected,"), "{csv}");
+    // The same at the command line.
+    let out = app
+        .storage
+        .ward(&["audit", "disclosures", "--patient", "Patient/p1"], &[]);
+    assert_eq!(out.0, 0, "{}", out.2);
+    assert!(
+        out.1.contains("Accounting of disclosures for Patient/p1"),
+        "{}",
+        out.1
+    );
+    assert!(out
+        .1
+        .contains("An app received a token for this patient's data"));
 }

@@ -7,6 +7,7 @@
 //! layered on `append` later without changing its call sites.
 
 pub mod chain;
+pub mod disclosures;
 mod event;
 
 pub use event::{AuditEvent, KeyCreationReason, LoginFailure, Outcome, Severity};

@@ -28,6 +28,35 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Accounting of disclosures: who obtained access to one patient's data, as far as Ward knows.
+    Disclosures {
+        /// `Patient/123` or `123`.
+        #[arg(long)]
+        patient: String,
+        /// From this time (RFC 3339) or date (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until (excluding) this time or date.
+        #[arg(long)]
+        until: Option<String>,
+        /// text (default), csv or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+}
+
+fn time_arg(name: &str, value: Option<&str>) -> Result<Option<i64>, StartError> {
+    match value {
+        None => Ok(None),
+        Some(text) => crate::clock::parse_time_millis(text)
+            .map(Some)
+            .ok_or_else(|| {
+                StartError::Invalid(vec![FieldError::new(
+                    name,
+                    "must be an RFC 3339 time or a YYYY-MM-DD date (UTC)",
+                )])
+            }),
+    }
 }
 
 pub fn audit(
@@ -47,6 +76,40 @@ pub fn audit(
     // Read-only: verifying never links (a linker would bless whatever it finds unlinked).
     let now_ms = clock.now_millis();
     match command {
+        AuditCommand::Disclosures {
+            patient,
+            since,
+            until,
+            format,
+        } => {
+            use crate::audit::disclosures;
+            let rows = disclosures::events(
+                &mut conn,
+                &patient,
+                time_arg("since", since.as_deref())?,
+                time_arg("until", until.as_deref())?,
+            )?;
+            let items = disclosures::disclosures(&mut conn, &rows)?;
+            match format.as_str() {
+                "text" => print!("{}", disclosures::to_text(&patient, &items)),
+                "csv" => print!("{}", disclosures::to_csv(&items)),
+                "json" => println!(
+                    "{}",
+                    json!({
+                        "patient": format!("Patient/{}", disclosures::patient_id(&patient)),
+                        "disclosures": items,
+                        "limits": disclosures::LIMITS,
+                    })
+                ),
+                other => {
+                    return Err(StartError::Invalid(vec![FieldError::new(
+                        "format",
+                        format!("`{other}`: use text, csv or json"),
+                    )]))
+                }
+            }
+            Ok(())
+        }
         AuditCommand::Checkpoint { json } => {
             let report = chain::verify(&mut conn, &sealer, None, now_ms)?;
             if let Some(problem) = report.first_break {

@@ -85,6 +85,7 @@ admin_routes! {
     get "/keys" => keys_list,
     post "/keys/rotate" => keys_rotate,
     get "/audit" => audit_search,
+    get "/disclosures" => disclosures,
 }
 
 macro_rules! admit_or_answer {
@@ -1224,24 +1225,17 @@ pub async fn rotate_keys(
 }
 
 fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, HttpResponse> {
-    let Some(text) = q.get(name) else {
-        return Ok(None);
-    };
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map(|t| Some((t.unix_timestamp_nanos() / 1_000_000) as i64))
-        .or_else(|_| {
-            time::Date::parse(
-                text,
-                &time::macros::format_description!("[year]-[month]-[day]"),
-            )
-            .map(|d| Some(d.midnight().assume_utc().unix_timestamp() * 1000))
-        })
-        .map_err(|_| {
-            invalid(vec![FieldError::new(
-                name,
-                "must be an RFC 3339 time or a YYYY-MM-DD date (UTC)",
-            )])
-        })
+    match q.get(name) {
+        None => Ok(None),
+        Some(text) => crate::clock::parse_time_millis(text)
+            .map(Some)
+            .ok_or_else(|| {
+                invalid(vec![FieldError::new(
+                    name,
+                    "must be an RFC 3339 time or a YYYY-MM-DD date (UTC)",
+                )])
+            }),
+    }
 }
 
 /// The audit search's query, from request parameters (shared with the console).
@@ -1281,5 +1275,42 @@ pub async fn audit_search(req: HttpRequest, state: web::Data<AppState>) -> HttpR
     ok(&json!({
         "items": rows.iter().map(admin::event_view).collect::<Vec<_>>(),
         "next_before": next,
+    }))
+}
+
+/// Accounting of disclosures for one patient: JSON (default) or `_format=csv`.
+pub async fn disclosures(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    admit_or_answer!(req, state, Need::Read);
+    let q = query_map(&req);
+    let Some(patient) = q.get("patient").cloned().filter(|p| !p.trim().is_empty()) else {
+        return invalid(vec![FieldError::new(
+            "patient",
+            "is required: Patient/123 or 123",
+        )]);
+    };
+    let since = try_answer!(time_param(&q, "since"));
+    let until = try_answer!(time_param(&q, "until"));
+    let format = q.get("_format").cloned().unwrap_or_else(|| "json".into());
+    if !matches!(format.as_str(), "json" | "csv") {
+        return invalid(vec![FieldError::new("_format", "use json or csv")]);
+    }
+    let p = patient.clone();
+    let items = try_answer!(
+        db(&state, move |conn| {
+            let rows = crate::audit::disclosures::events(conn, &p, since, until)?;
+            Ok(crate::audit::disclosures::disclosures(conn, &rows)?)
+        })
+        .await
+    );
+    if format == "csv" {
+        return HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .body(crate::audit::disclosures::to_csv(&items));
+    }
+    ok(&json!({
+        "patient": format!("Patient/{}", crate::audit::disclosures::patient_id(&patient)),
+        "disclosures": items,
+        "limits": crate::audit::disclosures::LIMITS,
     }))
 }
