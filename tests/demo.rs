@@ -60,7 +60,7 @@ impl Demo {
 
 /// A token for the sample app, the way the README's reader gets one: pat.demo signs in,
 /// approves, and the app redeems the code (public client, PKCE).
-async fn patient_token(demo: &Demo) -> Value {
+pub async fn patient_token(demo: &Demo) -> Value {
     let browser = Browser::new(&demo.public());
     let (verifier, challenge) = pkce();
     let fhir = format!("{}/demo/fhir", demo.public());

@@ -161,3 +161,90 @@ fn a_backup_is_sealed_and_restores_to_a_verifiable_database() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("does not open"));
 }
+
+/// The FHIR AuditEvent export of a real trail (sign-in, approval, token, introspection, admin
+/// changes) parses with a FHIR model library (Python's fhir.resources, R4B models) and passes
+/// the BALP checks of tests/fhir/validate_audit.py, as NDJSON and as a Bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fhir_audit_export_validates_with_a_fhir_model_library() {
+    let python =
+        std::env::var("WARD_FHIR_PYTHON").unwrap_or_else(|_| "/opt/ward-fhir/bin/python".into());
+    if !std::path::Path::new(&python).exists() {
+        assert!(
+            !crate::common::in_ci(),
+            "{python} is missing: .ci/run installs fhir.resources into /opt/ward-fhir"
+        );
+        eprintln!("SKIPPED: no Python with fhir.resources at {python} (set WARD_FHIR_PYTHON)");
+        return;
+    }
+    let demo = crate::demo::Demo::start().await;
+    let tokens = crate::demo::patient_token(&demo).await;
+    let introspected: Value = crate::common::http_client()
+        .post(format!("{}/introspect", demo.public()))
+        .basic_auth("demo-ehr", Some(demo.ehr_secret()))
+        .form(&[("token", tokens["access_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(introspected["active"], true);
+    let db = env(&[("WARD_DATABASE_URL", "sqlite://ward-demo.db")]);
+    for (args, bundle) in [
+        (vec!["audit", "export", "--format", "fhir"], false),
+        (
+            vec![
+                "audit",
+                "export",
+                "--format",
+                "fhir",
+                "--bundle",
+                "--since",
+                "2020-01-01",
+            ],
+            true,
+        ),
+    ] {
+        let out = ward(demo.dir.path(), &args, &db);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        for action in [
+            "login.succeeded",
+            "token.issued",
+            "token.introspected",
+            "user.created",
+        ] {
+            assert!(text.contains(action), "{action} missing from the export");
+        }
+        if !bundle {
+            assert!(text.lines().count() >= 10, "{text}");
+        }
+        let mut child = std::process::Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fhir/validate_audit.py"
+            ))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(text.as_bytes()).unwrap();
+        }
+        let result = child.wait_with_output().unwrap();
+        assert!(
+            result.status.success(),
+            "FHIR validation failed:\n{}\n{}",
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+}

@@ -56,29 +56,15 @@ pub fn events(
     since_ms: Option<i64>,
     until_ms: Option<i64>,
 ) -> Result<Vec<AuditEventRow>, StoreError> {
-    let mut rows = Vec::new();
-    let mut before = None;
-    loop {
-        let page = audit_events::search(
-            conn,
-            &AuditQuery {
-                patient: Some(patient_id(patient).to_owned()),
-                since_ms,
-                until_ms,
-                before_id: before,
-                limit: 1000,
-                ..AuditQuery::default()
-            },
-        )?;
-        let done = page.len() < 1000;
-        before = page.last().map(|r| r.id);
-        rows.extend(page);
-        if done {
-            break;
-        }
-    }
-    rows.reverse();
-    Ok(rows)
+    audit_events::all_matching(
+        conn,
+        &AuditQuery {
+            patient: Some(patient_id(patient).to_owned()),
+            since_ms,
+            until_ms,
+            ..AuditQuery::default()
+        },
+    )
 }
 
 /// The rows as disclosures, with user ids resolved to usernames where the user still exists.

@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod disclosures;
 mod event;
+pub mod fhir;
 
 pub use event::{AuditEvent, KeyCreationReason, LoginFailure, Outcome, Severity};
 

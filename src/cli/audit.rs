@@ -28,6 +28,19 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Export events as FHIR R4 AuditEvent resources (IHE BALP codes): NDJSON, or a Bundle.
+    Export {
+        /// fhir (the only format).
+        #[arg(long, default_value = "fhir")]
+        format: String,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// One Bundle (type collection) instead of NDJSON.
+        #[arg(long)]
+        bundle: bool,
+    },
     /// Accounting of disclosures: who obtained access to one patient's data, as far as Ward knows.
     Disclosures {
         /// `Patient/123` or `123`.
@@ -76,6 +89,38 @@ pub fn audit(
     // Read-only: verifying never links (a linker would bless whatever it finds unlinked).
     let now_ms = clock.now_millis();
     match command {
+        AuditCommand::Export {
+            format,
+            since,
+            until,
+            bundle,
+        } => {
+            if format != "fhir" {
+                return Err(StartError::Invalid(vec![FieldError::new(
+                    "format",
+                    format!("`{format}`: the export format is fhir"),
+                )]));
+            }
+            let rows = crate::store::audit_events::all_matching(
+                &mut conn,
+                &crate::store::audit_events::AuditQuery {
+                    since_ms: time_arg("since", since.as_deref())?,
+                    until_ms: time_arg("until", until.as_deref())?,
+                    ..Default::default()
+                },
+            )?;
+            let issuer = settings.issuer()?;
+            let observer = crate::audit::fhir::Observer {
+                issuer: &issuer,
+                node_hint: None,
+            };
+            if bundle {
+                println!("{}", crate::audit::fhir::to_bundle(&rows, &observer));
+            } else {
+                print!("{}", crate::audit::fhir::to_ndjson(&rows, &observer));
+            }
+            Ok(())
+        }
         AuditCommand::Disclosures {
             patient,
             since,

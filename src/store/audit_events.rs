@@ -240,3 +240,31 @@ pub fn search(conn: &mut DbConnection, q: &AuditQuery) -> Result<Vec<AuditEventR
     }
     Ok(query.load(conn)?)
 }
+
+/// Every event matching `q` (its `limit` and `before_id` ignored), oldest first, read in pages.
+pub fn all_matching(
+    conn: &mut DbConnection,
+    q: &AuditQuery,
+) -> Result<Vec<AuditEventRow>, StoreError> {
+    const PAGE: i64 = 1000;
+    let mut rows = Vec::new();
+    let mut before = None;
+    loop {
+        let page = search(
+            conn,
+            &AuditQuery {
+                before_id: before,
+                limit: PAGE,
+                ..q.clone()
+            },
+        )?;
+        let done = (page.len() as i64) < PAGE;
+        before = page.last().map(|r| r.id);
+        rows.extend(page);
+        if done {
+            break;
+        }
+    }
+    rows.reverse();
+    Ok(rows)
+}

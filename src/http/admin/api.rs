@@ -1268,7 +1268,34 @@ pub async fn audit_search(req: HttpRequest, state: web::Data<AppState>) -> HttpR
         )]);
     }
     let query = try_answer!(audit_query(&q, limit));
+    let format = q.get("_format").cloned().unwrap_or_else(|| "json".into());
+    if !matches!(format.as_str(), "json" | "fhir" | "ndjson") {
+        return invalid(vec![FieldError::new(
+            "_format",
+            "use json, fhir (a Bundle) or ndjson",
+        )]);
+    }
     let rows = try_answer!(db(&state, move |conn| admin::search_audit(conn, &query)).await);
+    if format != "json" {
+        // FHIR R4 AuditEvent resources (IHE BALP codes), oldest first.
+        let mut oldest_first = rows.clone();
+        oldest_first.reverse();
+        let observer = crate::audit::fhir::Observer {
+            issuer: &state.issuer,
+            node_hint: Some(&state.node),
+        };
+        return if format == "fhir" {
+            HttpResponse::Ok()
+                .content_type("application/fhir+json")
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .body(crate::audit::fhir::to_bundle(&oldest_first, &observer).to_string())
+        } else {
+            HttpResponse::Ok()
+                .content_type("application/fhir+ndjson")
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .body(crate::audit::fhir::to_ndjson(&oldest_first, &observer))
+        };
+    }
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id))
         .flatten();
