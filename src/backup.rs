@@ -43,7 +43,67 @@ fn refuse_existing(path: &Path, force: bool) -> Result<(), StartError> {
     Ok(())
 }
 
+/// For `backup` and `doctor`: the configured SQLite file must exist (a mistyped path must not
+/// quietly create, and then back up or assess, an empty database).
+pub fn require_existing_database(settings: &Settings) -> Result<(), StartError> {
+    if let Ok(DatabaseTarget::Sqlite(path)) = settings.database_target() {
+        if !path.exists() {
+            return Err(StartError::Server(format!(
+                "no database at {} (check --database-url)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A private directory (0700) beside the database for the plaintext snapshot, removed with
+/// everything in it when dropped, on every path.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(database: &Path) -> Result<Self, StartError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let parent = database
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = parent.join(format!(".ward-backup-{}", crate::crypto::random_token(8)));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| StartError::Server(format!("{}: {e}", dir.display())))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    let canonical = |p: &Path| {
+        let parent = p
+            .parent()
+            .filter(|x| !x.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        parent
+            .canonicalize()
+            .ok()
+            .map(|dir| dir.join(p.file_name().unwrap_or_default()))
+    };
+    matches!((canonical(a), canonical(b)), (Some(x), Some(y)) if x == y)
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
+    let tmp = write_partial(path, bytes)?;
+    std::fs::rename(&tmp, path).map_err(|e| StartError::Server(format!("{}: {e}", path.display())))
+}
+
+/// Writes `bytes` to `PATH.partial` (mode 0600, synced); returns that path.
+fn write_partial(path: &Path, bytes: &[u8]) -> Result<PathBuf, StartError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e: std::io::Error| StartError::Server(format!("{}: {e}", path.display()));
     let tmp = path.with_extension("partial");
@@ -56,7 +116,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
         .map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    Ok(tmp)
 }
 
 /// Writes a sealed, consistent copy of the database to `to`; returns its size in bytes.
@@ -68,21 +128,38 @@ pub fn backup(
     to: &Path,
     force: bool,
 ) -> Result<u64, StartError> {
-    sqlite_path(settings)?;
-    refuse_existing(to, force)?;
-    // The plaintext snapshot exists only until it is sealed, beside the target.
-    let copy = to.with_extension("snapshot");
-    if copy.exists() {
-        std::fs::remove_file(&copy).map_err(|e| StartError::Server(e.to_string()))?;
+    let database = sqlite_path(settings)?;
+    for live in ["", "-wal", "-shm"] {
+        if same_file(to, Path::new(&format!("{}{live}", database.display()))) {
+            return Err(StartError::Server(
+                "the backup cannot replace the database it copies".into(),
+            ));
+        }
     }
-    let quoted = copy.display().to_string().replace('\'', "''");
+    refuse_existing(to, force)?;
+    // The plaintext snapshot lives in a private directory beside the database (never on the
+    // backup volume), in a file created 0600, and is removed on every path.
+    let scratch = Scratch::new(&database)?;
+    let copy = scratch.0.join("snapshot.db");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&copy)
+            .map_err(|e| StartError::Server(format!("{}: {e}", copy.display())))?;
+    }
+    let absolute = copy
+        .canonicalize()
+        .map_err(|e| StartError::Server(e.to_string()))?;
+    let quoted = absolute.display().to_string().replace('\'', "''");
     let mut conn = db.conn()?;
     diesel::sql_query(format!("VACUUM INTO '{quoted}'"))
         .execute(&mut *conn)
         .map_err(|e| StartError::Server(format!("snapshot failed: {e}")))?;
-    let bytes = std::fs::read(&copy).map_err(|e| StartError::Server(e.to_string()));
-    let _ = std::fs::remove_file(&copy);
-    let bytes = bytes?;
+    let bytes = std::fs::read(&copy).map_err(|e| StartError::Server(e.to_string()))?;
+    drop(scratch);
     let sealed = sealer
         .seal(aad(), &bytes)
         .map_err(|e| StartError::Server(e.to_string()))?;
@@ -130,13 +207,23 @@ pub fn restore(settings: &Settings, from: &Path, force: bool) -> Result<PathBuf,
                 .into(),
         )
     })?;
-    // The database's own write-ahead log belongs to the file being replaced.
+    // A write-ahead log with content means a database in use (or not cleanly closed): its
+    // transactions would be lost. Stop Ward first (or pass --force to discard them).
+    let wal = PathBuf::from(format!("{}-wal", target.display()));
+    if !force && std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return Err(StartError::Server(format!(
+            "{} has a non-empty write-ahead log: stop Ward before restoring (or pass --force)",
+            target.display()
+        )));
+    }
+    // New bytes first; only then retire the old file's log, and swap.
+    let partial = write_partial(&target, &bytes)?;
     for suffix in ["-wal", "-shm"] {
         let side = PathBuf::from(format!("{}{suffix}", target.display()));
         if side.exists() {
             std::fs::remove_file(&side).map_err(|e| StartError::Server(e.to_string()))?;
         }
     }
-    write_private(&target, &bytes)?;
+    std::fs::rename(&partial, &target).map_err(|e| StartError::Server(e.to_string()))?;
     Ok(target)
 }

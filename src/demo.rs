@@ -3,18 +3,17 @@
 //! on three demo pages: a sample SMART app (`/demo/app`), a mini-EHR that launches it
 //! (`/demo/ehr`) and what a FHIR server's introspection would say (`/demo/introspect`).
 //!
-//! Safety rails: demo mode listens on loopback only; it refuses a database holding anything it
-//! did not seed; and a database it seeded is marked, so plain `ward serve` refuses it (its
-//! accounts have published passwords).
+//! Safety rails: demo mode runs on loopback only (listen address, public URL, `Host` header,
+//! no TLS, proxies or cluster) on its own SQLite database; it refuses a database holding
+//! anything it did not seed; and a database it seeds is marked before the first row is written,
+//! so plain `ward serve` refuses it (its accounts have published passwords).
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::AuditContext;
 use crate::authz::users::{self, NewUser};
 use crate::clients::{self, ClientSpec};
 use crate::clock::Clock;
-use crate::crypto::seal::{Aad, Sealer};
 use crate::store::{meta, DbConnection, Page, StoreError};
 
 /// The sample SMART app (public, PKCE).
@@ -56,6 +55,9 @@ const PATIENTS: &str = r#"{"resourceType":"Patient","id":"demo-pat-1","name":[{"
 "#;
 
 const META_KEY: &str = "demo";
+/// The marker's value while seeding, and once seeded.
+const SEEDING: &str = "seeding";
+const SEEDED: &str = "seeded";
 
 /// Demo mode's database when none is configured.
 pub const DEFAULT_DATABASE: &str = "sqlite://ward-demo.db";
@@ -66,6 +68,10 @@ pub enum DemoError {
     NotLoopback(String),
     #[error("demo mode needs an empty database, and this one holds data it did not seed; point --database-url at a new file (for example sqlite://ward-demo.db)")]
     NotEmpty,
+    #[error("an earlier demo start was interrupted while seeding; delete the demo database (ward-demo.db and its -wal/-shm files) and start again")]
+    Interrupted,
+    #[error("demo mode runs on its own loopback SQLite database only: {0}")]
+    NotLocal(String),
     #[error("this database was seeded by `ward serve --demo`, whose accounts have published passwords; start it with --demo, or use a fresh database for real use")]
     DemoDatabase,
     #[error("seeding the demo failed: {0} (delete the demo database and start again)")]
@@ -81,19 +87,67 @@ pub struct DemoState {
     /// Where the sample app lives: the listen address's own origin, a different origin from
     /// Ward's public URL, as a third-party app would be.
     pub app_origin: String,
-    /// The demo EHR's client secret (launches and introspection).
+    /// The demo EHR's client secret (launches and introspection), issued afresh at each start.
     pub ehr_secret: String,
+    /// The only `Host` values demo mode answers (DNS-rebinding protection).
+    pub hosts: Vec<String>,
 }
 
 impl DemoState {
     pub fn app_url(&self) -> String {
         format!("{}/demo/app", self.app_origin)
     }
+
+    /// Whether a request's `Host` is one of the loopback names demo mode answers.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    ehr_secret_sealed: String,
+/// The loopback host names (with port) demo mode answers.
+pub fn loopback_hosts(port: u16) -> Vec<String> {
+    vec![
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ]
+}
+
+/// Demo mode is for one person on one machine: loopback public URL, no TLS or proxies, one
+/// node on SQLite. Anything else could publish its well-known passwords.
+pub fn check_local(settings: &crate::config::Settings) -> Result<(), DemoError> {
+    let issuer = settings
+        .issuer()
+        .map_err(|e| DemoError::NotLocal(e.to_string()))?;
+    let host = url::Url::parse(&issuer)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback_host = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let problem = if !loopback_host {
+        Some("the public URL must be a loopback URL such as http://localhost:8080")
+    } else if settings.tls.cert.is_some() || settings.server.behind_tls_proxy {
+        Some("no TLS or TLS proxy (it would be reachable from elsewhere)")
+    } else if !settings.server.trusted_proxies.is_empty() {
+        Some("no trusted proxies")
+    } else if settings.server.cluster {
+        Some("one node only")
+    } else if !matches!(
+        settings.database_target(),
+        Ok(crate::config::DatabaseTarget::Sqlite(_))
+    ) {
+        Some("SQLite only")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(DemoError::NotLocal(p.into())),
+        None => Ok(()),
+    }
 }
 
 /// The demo's FHIR base: under Ward itself, so discovery works without a FHIR server.
@@ -117,72 +171,56 @@ pub fn app_origin(listen: &str) -> Result<String, DemoError> {
     }
 }
 
-fn aad(column: &str) -> Aad<'_> {
-    Aad {
-        table: "ward_meta",
-        column,
-        row: META_KEY,
-    }
-}
-
 /// Whether this database was seeded by demo mode.
 pub fn is_demo_database(conn: &mut DbConnection) -> Result<bool, StoreError> {
     Ok(meta::get(conn, META_KEY)?.is_some())
 }
 
-/// Credentials to print once, right after seeding.
-pub struct Seeded {
-    pub ehr_secret: String,
-}
-
-/// Opens the demo (seeding it on an empty database). Returns the run-time state and, when it
-/// seeded just now, what to print once.
+/// Opens the demo (seeding it on an empty database) and issues the demo EHR a fresh secret
+/// (so the banner can show it at every start). The marker is written before anything else, so
+/// even an interrupted seeding leaves a database plain `ward serve` refuses.
 pub fn open(
     conn: &mut DbConnection,
     clock: &dyn Clock,
-    sealer: &Sealer,
     issuer: &str,
     app_origin: &str,
-) -> Result<(DemoState, Option<Seeded>), DemoError> {
-    let state = |ehr_secret: String| DemoState {
-        fhir_base: fhir_base(issuer),
-        app_origin: app_origin.to_owned(),
-        ehr_secret,
+    port: u16,
+) -> Result<(DemoState, bool), DemoError> {
+    let seeded = match meta::get(conn, META_KEY)? {
+        Some(value) if value == SEEDED => false,
+        Some(_) => return Err(DemoError::Interrupted),
+        None => {
+            let one = Page {
+                limit: 1,
+                offset: 0,
+            };
+            if !crate::store::users::list(conn, None, one)?.is_empty()
+                || !crate::store::clients::list(conn, None, one)?.is_empty()
+                || crate::store::patients::count(conn)? > 0
+            {
+                return Err(DemoError::NotEmpty);
+            }
+            meta::insert(conn, META_KEY, SEEDING)?;
+            seed(conn, clock, issuer, app_origin)?;
+            meta::set(conn, META_KEY, SEEDED)?;
+            true
+        }
     };
-    if let Some(stored) = meta::get(conn, META_KEY)? {
-        let stored: Stored = serde_json::from_str(&stored)
-            .map_err(|e| StoreError::Corrupt(format!("demo marker: {e}")))?;
-        let open = |column: &str, value: &str| {
-            sealer
-                .open(aad(column), value)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| StoreError::Corrupt("demo secrets do not open".into()))
-        };
-        return Ok((state(open("ehr_secret", &stored.ehr_secret_sealed)?), None));
-    }
-    let one = Page {
-        limit: 1,
-        offset: 0,
+    let ctx = AuditContext {
+        actor_user: Some("demo".into()),
+        ..AuditContext::cli()
     };
-    if !crate::store::users::list(conn, None, one)?.is_empty()
-        || !crate::store::clients::list(conn, None, one)?.is_empty()
-        || crate::store::patients::count(conn)? > 0
-    {
-        return Err(DemoError::NotEmpty);
-    }
-    let ehr_secret = seed(conn, clock, issuer, app_origin)?;
-    let stored = Stored {
-        ehr_secret_sealed: sealer
-            .seal(aad("ehr_secret"), ehr_secret.as_bytes())
-            .map_err(|e| DemoError::Seed(e.to_string()))?,
-    };
-    meta::insert(
-        conn,
-        META_KEY,
-        &serde_json::to_string(&stored).map_err(|e| DemoError::Seed(e.to_string()))?,
-    )?;
-    Ok((state(ehr_secret.clone()), Some(Seeded { ehr_secret })))
+    let ehr_secret = clients::rotate_secret(conn, clock, &ctx, EHR_CLIENT, 0)
+        .map_err(|e| DemoError::Seed(e.to_string()))?;
+    Ok((
+        DemoState {
+            fhir_base: fhir_base(issuer),
+            app_origin: app_origin.to_owned(),
+            ehr_secret,
+            hosts: loopback_hosts(port),
+        },
+        seeded,
+    ))
 }
 
 fn seed(
@@ -190,7 +228,7 @@ fn seed(
     clock: &dyn Clock,
     issuer: &str,
     app_origin: &str,
-) -> Result<String, DemoError> {
+) -> Result<(), DemoError> {
     let ctx = AuditContext {
         actor_user: Some("demo-seed".into()),
         ..AuditContext::cli()
@@ -222,13 +260,8 @@ fn seed(
         })?;
         checked.push((spec.client_id, settings));
     }
-    let mut secret = None;
     for (client_id, settings) in checked {
-        let created =
-            clients::register(conn, clock, &ctx, client_id, settings).map_err(|e| fail(&e))?;
-        if created.client.client_id == EHR_CLIENT {
-            secret = created.secret;
-        }
+        clients::register(conn, clock, &ctx, client_id, settings).map_err(|e| fail(&e))?;
     }
     for (username, display, role, fhir_user, password) in PEOPLE {
         let hash = crate::authn::password::hash_blocking(password).map_err(|e| fail(&e))?;
@@ -251,11 +284,12 @@ fn seed(
     if !report.errors.is_empty() {
         return Err(DemoError::Seed(report.errors.join("; ")));
     }
-    secret.ok_or_else(|| DemoError::Seed("the demo EHR got no secret".into()))
+    Ok(())
 }
 
-/// The block printed once after seeding.
-pub fn banner(issuer: &str, state: &DemoState, seeded: &Seeded) -> String {
+/// The block printed at every demo start (the passwords are published anyway; the EHR's
+/// secret is new each time).
+pub fn banner(issuer: &str, state: &DemoState) -> String {
     let mut lines = vec![
         "================ WARD DEMO MODE — demo-only credentials, never for real data ================".to_owned(),
         format!("  Sample SMART app:   {}", state.app_url()),
@@ -272,7 +306,7 @@ pub fn banner(issuer: &str, state: &DemoState, seeded: &Seeded) -> String {
     lines.push(String::new());
     lines.push(format!(
         "  Mini-EHR / FHIR server client (POST /launch, /introspect): {EHR_CLIENT}  secret: {}",
-        seeded.ehr_secret
+        state.ehr_secret
     ));
     lines.push("=============================================================================================".into());
     lines.join("\n")

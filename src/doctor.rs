@@ -41,6 +41,8 @@ pub struct Facts {
     /// The master key is a file in the database's own directory.
     pub master_key_beside_database: bool,
     pub danger_switches: Vec<String>,
+    /// The database was seeded by `ward serve --demo` (published passwords).
+    pub demo_database: bool,
     pub rotation_days: i64,
     /// (kid, alg, age in days) of each key that signs now.
     pub active_keys: Vec<(String, String, i64)>,
@@ -91,6 +93,14 @@ pub fn assess(f: &Facts) -> Vec<Finding> {
                 f.danger_switches.join(", ")
             ),
             "Remove every WARD_DANGER_* setting outside tests.",
+        );
+    }
+    if f.demo_database {
+        add(
+            Severity::High,
+            "demo.database",
+            "This database was seeded by demo mode: its accounts have published passwords.".into(),
+            "Never use a demo database for real data: start real use on a fresh database.",
         );
     }
     if f.sqlite && f.cluster {
@@ -156,7 +166,7 @@ pub fn assess(f: &Facts) -> Vec<Finding> {
         );
     }
     if !f.unused_clients.is_empty() {
-        add(Severity::Low, "clients.unused", format!("Clients never used in 90 days: {}.", f.unused_clients.join(", ")), "Disable clients nobody uses (`ward client disable ID`): least privilege includes fewer doors.");
+        add(Severity::Low, "clients.unused", format!("Apps registered over 90 days ago that never received a token: {}.", f.unused_clients.join(", ")), "Disable clients nobody uses (`ward client disable ID`): least privilege includes fewer doors.");
     }
     match f.audit_verified_days_ago {
         None => add(Severity::Medium, "audit.unverified", "The audit chain has never been verified.".into(), "Run `ward audit verify` (and keep `ward audit checkpoint` output elsewhere) regularly, e.g. daily."),
@@ -200,23 +210,21 @@ pub fn gather(
 ) -> Result<Facts, StoreError> {
     let now = clock.now_secs();
     let days = |at: i64| (now - at).max(0) / 86_400;
-    let listen_loopback = settings
-        .server
-        .listen
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .is_some_and(|h| {
-            h.eq_ignore_ascii_case("localhost")
-                || h.parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        });
+    let listen_loopback = settings.listen_addr().is_ok_and(|a| a.ip().is_loopback());
     let target = settings.database_target().ok();
     let sqlite_path = match &target {
         Some(DatabaseTarget::Sqlite(p)) => Some(p.clone()),
         _ => None,
     };
+    let directory = |p: &std::path::Path| {
+        p.parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .canonicalize()
+            .ok()
+    };
     let master_key_beside_database = match (&sqlite_path, &settings.keys.master_key_file) {
-        (Some(db), Some(key)) => db.parent() == key.parent(),
+        (Some(db), Some(key)) => directory(db).is_some() && directory(db) == directory(key),
         (Some(db), None) if settings.master_key.is_none() => {
             crate::startup::default_key_path(db).exists()
         }
@@ -280,9 +288,11 @@ pub fn gather(
         for uri in uris.into_iter().filter(|u| u.starts_with("http://")) {
             http_redirects.push((client.client_id.clone(), uri));
         }
-        let used = !crate::store::grants::live_families_of_client(conn, &client.client_id, 0, 1)?
-            .is_empty();
-        if !used && days(client.created_at) > 90 {
+        // Resource servers (FHIR APIs) never receive tokens; they are judged elsewhere.
+        if client.kind != "resource-server"
+            && days(client.created_at) > 90
+            && !crate::store::grants::client_ever_granted(conn, &client.client_id)?
+        {
             unused_clients.push(client.client_id);
         }
     }
@@ -304,6 +314,7 @@ pub fn gather(
         sqlite: sqlite_path.is_some(),
         cluster: settings.server.cluster,
         master_key_beside_database,
+        demo_database: crate::demo::is_demo_database(conn)?,
         danger_switches: settings
             .danger_switches()
             .into_iter()
@@ -368,6 +379,11 @@ mod tests {
             (
                 Box::new(|f| f.cluster = true),
                 "cluster.sqlite",
+                Severity::High,
+            ),
+            (
+                Box::new(|f| f.demo_database = true),
+                "demo.database",
                 Severity::High,
             ),
             (

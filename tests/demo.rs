@@ -265,14 +265,46 @@ async fn every_curl_example_in_the_readme_works_against_demo_mode() {
 async fn demo_mode_refuses_what_it_must() {
     let demo = Demo::start().await;
     let dir = demo.dir.path().to_owned();
-    let first = demo.banner();
+    let first_secret = demo.ehr_secret();
+    // Only loopback names are answered (a page rebinding its own domain gets nothing).
+    let rebound = crate::common::http_client()
+        .get(format!("{}/login", demo.process.base))
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
+    // The mini-EHR is for clinicians: the patient user is turned away.
+    let patient = Browser::new(&demo.public());
+    patient
+        .sign_in("pat.demo", "demo patient only: harbour lantern")
+        .await;
+    assert_eq!(patient.get("/demo/ehr").await.status, StatusCode::FORBIDDEN);
     demo.process.stop();
-    // A restart keeps the demo and does not print the credentials again.
+    // A restart keeps the demo, prints the banner again with a fresh EHR secret, and the old
+    // one stops working.
     let again = WardProcess::spawn_with(&dir, &["--demo"], &[]).await;
-    assert!(!again.stdout().contains("password:"), "{}", again.stdout());
-    assert!(again.stdout().contains("demo mode"), "{}", again.stdout());
+    let banner = again.stdout();
+    assert!(banner.contains("password:"), "{banner}");
+    let second_secret = banner
+        .split("secret: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert_ne!(first_secret, second_secret);
+    let public = again.base.replace("127.0.0.1", "localhost");
+    for (secret, status) in [(&first_secret, 401), (&second_secret, 200)] {
+        let r = crate::common::http_client()
+            .post(format!("{public}/introspect"))
+            .basic_auth("demo-ehr", Some(secret))
+            .form(&[("token", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status);
+    }
     drop(again);
-    assert!(first.contains("password:"));
     // Plain `ward serve` refuses the demo database: its passwords are published.
     let refused = WardProcess::try_spawn(
         &dir,

@@ -104,6 +104,26 @@ fn a_backup_is_sealed_and_restores_to_a_verifiable_database() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "backup readable by others: {mode:o}");
+    // It never replaces the database it copies, even with --force.
+    let onto_itself = ward(dir.path(), &["backup", "--to", "ward.db", "--force"], &[]);
+    assert!(!onto_itself.status.success());
+    assert!(String::from_utf8_lossy(&onto_itself.stderr).contains("cannot replace the database"));
+    // No plaintext snapshot is left behind.
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("backup-") || n.ends_with(".snapshot") || n.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A mistyped database path is an error, not an empty backup.
+    let typo = ward(
+        dir.path(),
+        &["backup", "--to", "other.ward"],
+        &env(&[("WARD_DATABASE_URL", "sqlite://wrad.db")]),
+    );
+    assert!(!typo.status.success());
+    assert!(!dir.path().join("wrad.db").exists());
     // It does not overwrite without --force.
     assert!(!ward(dir.path(), &["backup", "--to", "nightly.ward"], &[])
         .status
@@ -144,6 +164,22 @@ fn a_backup_is_sealed_and_restores_to_a_verifiable_database() {
             .status
             .success()
     );
+    // A database with a live write-ahead log (Ward still running) is not restored over.
+    let busy = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("nightly.ward"),
+        busy.path().join("nightly.ward"),
+    )
+    .unwrap();
+    std::fs::copy(
+        dir.path().join("ward.master-key"),
+        busy.path().join("ward.master-key"),
+    )
+    .unwrap();
+    std::fs::write(busy.path().join("ward.db-wal"), b"uncheckpointed").unwrap();
+    let refused = ward(busy.path(), &["restore", "--from", "nightly.ward"], &[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("write-ahead log"));
     let third = tempfile::tempdir().unwrap();
     std::fs::copy(
         dir.path().join("nightly.ward"),

@@ -218,6 +218,7 @@ fn run(cli: Cli) -> Result<(), StartError> {
         Command::Audit(command) => audit::audit(&settings, &clock, command),
         Command::Doctor { json } => doctor(&settings, &clock, json),
         Command::Backup { to, force, json } => {
+            crate::backup::require_existing_database(&settings)?;
             let (db, sealer) = key_store(&settings, &clock)?;
             let size = crate::backup::backup(&settings, &db, &sealer, clock.as_ref(), &to, force)?;
             if json {
@@ -252,8 +253,9 @@ fn serve(mut settings: Settings, clock: SharedClock, demo: bool) -> Result<(), S
         if settings.database.url == crate::config::DatabaseSettings::default().url {
             settings.database.url = crate::demo::DEFAULT_DATABASE.into();
         }
-        if settings.fhir.base.is_empty() {
-            let base = crate::demo::fhir_base(&settings.issuer()?);
+        crate::demo::check_local(&settings).map_err(demo_error)?;
+        let base = crate::demo::fhir_base(&settings.issuer()?);
+        if !settings.fhir.base.contains(&base) {
             settings.fhir.base.push(base);
         }
         Some(origin)
@@ -283,21 +285,14 @@ fn serve(mut settings: Settings, clock: SharedClock, demo: bool) -> Result<(), S
     let issuer = state.settings.issuer()?;
     let mut conn = state.db.conn()?;
     if let Some(origin) = demo_origin {
-        let (demo, seeded) = crate::demo::open(
-            &mut conn,
-            state.clock.as_ref(),
-            &state.sealer,
-            &issuer,
-            &origin,
-        )
-        .map_err(demo_error)?;
-        match seeded {
-            Some(seeded) => println!("{}", crate::demo::banner(&issuer, &demo, &seeded)),
-            None => println!(
-                "Ward demo mode: sample app {}, mini-EHR {issuer}/demo/ehr (demo accounts as printed at first start and in README.md)",
-                demo.app_url()
-            ),
+        let port = state.settings.listen_addr()?.port();
+        let (demo, seeded) =
+            crate::demo::open(&mut conn, state.clock.as_ref(), &issuer, &origin, port)
+                .map_err(demo_error)?;
+        if seeded {
+            tracing::info!("seeded the demo database");
         }
+        println!("{}", crate::demo::banner(&issuer, &demo));
         state.demo = Some(Arc::new(demo));
     } else {
         if crate::demo::is_demo_database(&mut conn)? {
@@ -331,6 +326,7 @@ fn demo_error(e: crate::demo::DemoError) -> StartError {
 }
 
 fn doctor(settings: &Settings, clock: &SharedClock, json: bool) -> Result<(), StartError> {
+    crate::backup::require_existing_database(settings)?;
     let (db, _) = key_store(settings, clock)?;
     let facts = crate::doctor::gather(
         &mut *db.conn()?,

@@ -41,8 +41,25 @@ struct DemoAppView {
     ehr_url: String,
 }
 
-pub async fn app_get(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+pub async fn app_get(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
     let demo = demo_of(&state)?;
+    // The app lives on its own origin; opened under Ward's name it would lose its PKCE state
+    // on the way back, so send the browser to the right place.
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !demo.app_origin.ends_with(&format!("//{host}")) {
+        let target = match req.query_string() {
+            "" => demo.app_url(),
+            q => format!("{}?{q}", demo.app_url()),
+        };
+        return Ok(redirect(&target));
+    }
     let mut response = render(
         StatusCode::OK,
         &DemoAppView {
@@ -143,6 +160,36 @@ struct EhrView {
     patients: Vec<PatientSummary>,
 }
 
+/// Whether the user's roles let them work with other people's records (a `user/` ceiling), as
+/// an EHR's clinical users do; patients and admins have no business in the mini-EHR.
+async fn clinical_user(state: &AppState, user_id: &str) -> Result<bool, AppError> {
+    let user_id = user_id.to_owned();
+    Ok(state
+        .db
+        .run(move |conn| {
+            let roles = crate::store::users::roles_of(conn, &user_id)?;
+            Ok::<_, crate::store::StoreError>(
+                crate::store::roles::find_many(conn, &roles)?
+                    .iter()
+                    .any(|r| {
+                        r.scope_ceiling
+                            .split_whitespace()
+                            .any(|s| s.starts_with("user/"))
+                    }),
+            )
+        })
+        .await?)
+}
+
+fn not_clinical() -> Result<HttpResponse, AppError> {
+    message(
+        StatusCode::FORBIDDEN,
+        "For clinicians",
+        "The mini-EHR is for clinical users (a role with user/ scopes), such as dr.demo.",
+        Some(("/account", "Your account")),
+    )
+}
+
 pub async fn ehr_get(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -152,6 +199,9 @@ pub async fn ehr_get(
         Some(s) if s.stage == Stage::Active => s,
         _ => return Ok(redirect("/login?return_to=%2Fdemo%2Fehr")),
     };
+    if !clinical_user(&state, &session.user_id).await? {
+        return not_clinical();
+    }
     let patients = state
         .db
         .run(|conn| crate::store::patients::page(conn, 50, 0))
@@ -199,6 +249,9 @@ pub async fn ehr_launch_post(
         Some(s) if s.stage == Stage::Active => s,
         _ => return Ok(redirect("/login?return_to=%2Fdemo%2Fehr")),
     };
+    if !clinical_user(&state, &session.user_id).await? {
+        return not_clinical();
+    }
     if !session_csrf_ok(&state, &session, &form.csrf) {
         return message(
             StatusCode::FORBIDDEN,

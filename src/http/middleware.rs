@@ -45,6 +45,24 @@ pub async fn observe(
                 "error_description": format!("request body larger than {limit} bytes")
             }));
         req.into_response(response).map_into_right_body()
+    } else if let Some(demo) = state.as_ref().and_then(|s| s.demo.as_ref()).filter(|d| {
+        !d.host_allowed(
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default(),
+        )
+    }) {
+        // Demo mode's passwords are published: answer only loopback names (a page that
+        // rebinds its own domain to 127.0.0.1 gets nothing).
+        let response = HttpResponse::Forbidden()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .content_type("text/plain; charset=utf-8")
+            .body(format!(
+                "Ward's demo mode answers only {}.",
+                demo.hosts.join(", ")
+            ));
+        req.into_response(response).map_into_right_body()
     } else {
         next.call(req)
             .instrument(span.clone())

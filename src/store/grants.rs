@@ -543,3 +543,13 @@ pub fn revoke_all_of(
         ))
         .execute(conn)?)
 }
+
+/// Whether a client ever received a grant (revoked or expired ones count).
+pub fn client_ever_granted(conn: &mut DbConnection, client_id: &str) -> Result<bool, StoreError> {
+    Ok(token_families::table
+        .filter(token_families::client_id.eq(client_id))
+        .select(token_families::id)
+        .first::<String>(conn)
+        .optional()?
+        .is_some())
+}
