@@ -302,17 +302,7 @@ async fn a_clinician_launches_an_app_with_totp_picker_and_consent_in_chromium() 
     chrome
         .click("form[action='/login'] button[type=submit]")
         .await;
-    chrome.wait_for_path("/account/mfa/totp").await;
-    let secret = base32_decode(&chrome.value_of("#secret").await);
-    let totp = Totp::new(&secret).unwrap();
-    chrome
-        .type_into("#code", &totp.code_at_step(clock.now_secs() / 30))
-        .await;
-    chrome
-        .click("form[action='/account/mfa/totp'] button[type=submit]")
-        .await;
-    chrome.find("ul.codes").await;
-    chrome.click("a.button").await;
+    enrol_totp(&chrome, clock.now_secs()).await;
     chrome.wait_for_path("/authorize/patients").await;
     chrome.type_into("#q", "rivera").await;
     chrome.click("form[role=search] button").await;
@@ -414,17 +404,7 @@ async fn an_admin_registers_a_client_and_a_user_in_the_console_and_the_client_la
     chrome
         .click("form[action='/login'] button[type=submit]")
         .await;
-    chrome.wait_for_path("/account/mfa/totp").await;
-    let secret = base32_decode(&chrome.value_of("#secret").await);
-    let admin_totp = Totp::new(&secret).unwrap();
-    chrome
-        .type_into("#code", &admin_totp.code_at_step(clock.now_secs() / 30))
-        .await;
-    chrome
-        .click("form[action='/account/mfa/totp'] button[type=submit]")
-        .await;
-    chrome.find("ul.codes").await;
-    chrome.click("a.button").await;
+    enrol_totp(&chrome, clock.now_secs()).await;
     chrome.wait_for_path("/admin").await;
     chrome.screenshot("admin-home").await;
 
@@ -529,17 +509,8 @@ async fn an_admin_registers_a_client_and_a_user_in_the_console_and_the_client_la
     chrome
         .click("form[action='/login'] button[type=submit]")
         .await;
-    chrome.wait_for_path("/account/mfa/totp").await;
-    let totp = Totp::new(&base32_decode(&chrome.value_of("#secret").await)).unwrap();
     clock.advance_secs(30);
-    chrome
-        .type_into("#code", &totp.code_at_step(clock.now_secs() / 30))
-        .await;
-    chrome
-        .click("form[action='/account/mfa/totp'] button[type=submit]")
-        .await;
-    chrome.find("ul.codes").await;
-    chrome.click("a.button").await;
+    enrol_totp(&chrome, clock.now_secs()).await;
     chrome.wait_for_path("/authorize/patients").await;
     chrome.type_into("#q", "okafor").await;
     chrome.click("form[role=search] button").await;
@@ -631,16 +602,7 @@ async fn the_readme_walkthrough_works_in_chromium() {
     chrome
         .click("form[action='/login'] button[type=submit]")
         .await;
-    chrome.wait_for_path("/account/mfa/totp").await;
-    let totp = Totp::new(&base32_decode(&chrome.value_of("#secret").await)).unwrap();
-    chrome
-        .type_into("#code", &totp.code_at_step(now() / 30))
-        .await;
-    chrome
-        .click("form[action='/account/mfa/totp'] button[type=submit]")
-        .await;
-    chrome.find("ul.codes").await;
-    chrome.click("a.button").await;
+    enrol_totp(&chrome, now()).await;
     chrome.wait_for_path("/authorize/patients").await;
     chrome.type_into("#q", "rivera").await;
     chrome.click("form[role=search] button").await;
@@ -680,20 +642,27 @@ async fn the_readme_walkthrough_works_in_chromium() {
     chrome
         .click("form[action='/login'] button[type=submit]")
         .await;
-    chrome.wait_for_path("/account/mfa/totp").await;
-    let admin_totp = Totp::new(&base32_decode(&chrome.value_of("#secret").await)).unwrap();
-    chrome
-        .type_into("#code", &admin_totp.code_at_step(now() / 30))
-        .await;
-    chrome
-        .click("form[action='/account/mfa/totp'] button[type=submit]")
-        .await;
-    chrome.find("ul.codes").await;
-    chrome.click("a.button").await;
+    enrol_totp(&chrome, now()).await;
     chrome.wait_for_path("/admin").await;
     chrome
         .goto(&format!("{}/admin/clients", demo.public()))
         .await;
     assert!(chrome.source().await.contains("demo-app"));
     chrome.screenshot_for_readme("admin").await;
+}
+
+/// The first sign-in's TOTP enrolment: read the secret off the page, confirm a code for the time
+/// `now_secs`, pass the recovery codes, and continue where the sign-in was going.
+async fn enrol_totp(chrome: &Chromium, now_secs: i64) -> Totp {
+    chrome.wait_for_path("/account/mfa/totp").await;
+    let totp = Totp::new(&base32_decode(&chrome.value_of("#secret").await)).unwrap();
+    chrome
+        .type_into("#code", &totp.code_at_step(now_secs / 30))
+        .await;
+    chrome
+        .click("form[action='/account/mfa/totp'] button[type=submit]")
+        .await;
+    chrome.find("ul.codes").await;
+    chrome.click("a.button").await;
+    totp
 }

@@ -129,17 +129,15 @@ pub fn record_denied(
     path: &str,
     reason: &str,
 ) -> Result<(), StoreError> {
-    write_transaction(conn, |conn| {
-        audit::append(
-            conn,
-            clock,
-            ctx,
-            &AuditEvent::AdminAccessDenied {
-                path: path.chars().take(200).collect(),
-                reason: reason.to_owned(),
-            },
-        )
-    })
+    audit::record(
+        conn,
+        clock,
+        ctx,
+        &AuditEvent::AdminAccessDenied {
+            path: path.chars().take(200).collect(),
+            reason: reason.to_owned(),
+        },
+    )
 }
 
 // --- Users -------------------------------------------------------------------------------

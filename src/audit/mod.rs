@@ -90,6 +90,17 @@ pub fn append(
     )
 }
 
+/// Records an event that is itself the action (a refusal, a denial): its own committed
+/// transaction, so it survives whatever the caller does next.
+pub fn record(
+    conn: &mut DbConnection,
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
+    crate::store::write_transaction(conn, |conn| append(conn, clock, ctx, event))
+}
+
 /// The action is its own column; the details keep only the event's fields.
 fn strip_tag(mut value: Value) -> Value {
     if let Value::Object(map) = &mut value {

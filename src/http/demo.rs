@@ -181,13 +181,25 @@ async fn clinical_user(state: &AppState, user_id: &str) -> Result<bool, AppError
         .await?)
 }
 
-fn not_clinical() -> Result<HttpResponse, AppError> {
-    message(
-        StatusCode::FORBIDDEN,
-        "For clinicians",
-        "The mini-EHR is for clinical users (a role with user/ scopes), such as dr.demo.",
-        Some(("/account", "Your account")),
-    )
+/// The signed-in clinician, or the answer for anyone else (sign in first; not for patients or
+/// admins).
+async fn clinician_session(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Result<crate::authn::login::SessionInfo, HttpResponse>, AppError> {
+    let session = match current_session(req, state).await? {
+        Some(s) if s.stage == Stage::Active => s,
+        _ => return Ok(Err(redirect("/login?return_to=%2Fdemo%2Fehr"))),
+    };
+    if !clinical_user(state, &session.user_id).await? {
+        return Ok(Err(message(
+            StatusCode::FORBIDDEN,
+            "For clinicians",
+            "The mini-EHR is for clinical users (a role with user/ scopes), such as dr.demo.",
+            Some(("/account", "Your account")),
+        )?));
+    }
+    Ok(Ok(session))
 }
 
 pub async fn ehr_get(
@@ -195,13 +207,10 @@ pub async fn ehr_get(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let demo = demo_of(&state)?;
-    let session = match current_session(&req, &state).await? {
-        Some(s) if s.stage == Stage::Active => s,
-        _ => return Ok(redirect("/login?return_to=%2Fdemo%2Fehr")),
+    let session = match clinician_session(&req, &state).await? {
+        Ok(s) => s,
+        Err(answer) => return Ok(answer),
     };
-    if !clinical_user(&state, &session.user_id).await? {
-        return not_clinical();
-    }
     let patients = state
         .db
         .run(|conn| crate::store::patients::page(conn, 50, 0))
@@ -245,13 +254,10 @@ pub async fn ehr_launch_post(
     form: web::Form<LaunchForm>,
 ) -> Result<HttpResponse, AppError> {
     let demo = demo_of(&state)?;
-    let session = match current_session(&req, &state).await? {
-        Some(s) if s.stage == Stage::Active => s,
-        _ => return Ok(redirect("/login?return_to=%2Fdemo%2Fehr")),
+    let session = match clinician_session(&req, &state).await? {
+        Ok(s) => s,
+        Err(answer) => return Ok(answer),
     };
-    if !clinical_user(&state, &session.user_id).await? {
-        return not_clinical();
-    }
     if !session_csrf_ok(&state, &session, &form.csrf) {
         return message(
             StatusCode::FORBIDDEN,

@@ -187,18 +187,16 @@ fn refuse_audit(
     client_id: &str,
     error: &OAuthError,
 ) -> Result<(), StoreError> {
-    write_transaction(conn, |conn| {
-        audit::append(
-            conn,
-            clock,
-            ctx,
-            &AuditEvent::AuthorizationRefused {
-                client_id: client_id.to_owned(),
-                error: error.code.to_owned(),
-                reason: error.description.clone(),
-            },
-        )
-    })
+    audit::record(
+        conn,
+        clock,
+        ctx,
+        &AuditEvent::AuthorizationRefused {
+            client_id: client_id.to_owned(),
+            error: error.code.to_owned(),
+            reason: error.description.clone(),
+        },
+    )
 }
 
 /// The pending request behind a handle, unless unknown, expired or already completed.
