@@ -64,11 +64,15 @@ pub struct Settings {
     pub login: LoginSettings,
     pub audit: AuditSettings,
     pub admin: AdminSettings,
+    pub alerts: AlertSettings,
     /// Insecure switches for tests and development only; each is logged loudly at start.
     pub danger: DangerSettings,
     /// Only ever read from `WARD_MASTER_KEY`; a secret does not belong in a config file.
     #[serde(skip)]
     pub master_key: Option<Secret>,
+    /// Only ever read from `WARD_ALERTS_WEBHOOK_SECRET`: keys the webhook's HMAC signature.
+    #[serde(skip)]
+    pub alerts_webhook_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +199,13 @@ pub enum IntrospectionAudit {
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSettings {
     pub introspection: IntrospectionAudit,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    /// HTTPS URL that receives high-severity security events (signed with HMAC-SHA-256).
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +346,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc { section: "audit", key: "introspection", env: "WARD_AUDIT_INTROSPECTION", flag: None, kind: Kind::Text, default: "first", doc: "Which introspections are audited: `first` (the first of each token; every one for AI-tool clients' tokens) or `all`." },
     SettingDoc { section: "admin", key: "reauth_seconds", env: "WARD_ADMIN_REAUTH_SECONDS", flag: None, kind: Kind::Integer, default: "300", doc: "Sensitive admin actions (creating an admin, rotating keys, revoking every token of a client) need a password and second factor at most this old; older sessions are asked to sign in again." },
     SettingDoc { section: "admin", key: "enrolment_link_seconds", env: "WARD_ADMIN_ENROLMENT_LINK_SECONDS", flag: None, kind: Kind::Integer, default: "259200", doc: "How long a one-time enrolment link (a new user sets their own password) stays usable." },
+    SettingDoc { section: "alerts", key: "webhook_url", env: "WARD_ALERTS_WEBHOOK_URL", flag: None, kind: Kind::Text, default: "(none)", doc: "HTTPS URL that receives every high-severity security event (refresh-token reuse, assertion replay, passkey counter regression, lockouts, refused admin access, audit-chain failure, …) as a JSON POST signed in `X-Ward-Signature` with HMAC-SHA-256 under `WARD_ALERTS_WEBHOOK_SECRET` (env only). Retried with back-off; never delays a request. Alerts are always logged too." },
     SettingDoc { section: "danger", key: "allow_http_public_url", env: "WARD_DANGER_ALLOW_HTTP_PUBLIC_URL", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: accept an `http://` public URL on a non-loopback host (tests only)." },
     SettingDoc { section: "danger", key: "allow_loopback_jwks_uri", env: "WARD_DANGER_ALLOW_LOOPBACK_JWKS_URI", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: let client JWKS URLs point at loopback addresses (tests only)." },
     SettingDoc { section: "danger", key: "disable_login_throttle", env: "WARD_DANGER_DISABLE_LOGIN_THROTTLE", flag: None, kind: Kind::Bool, default: "false", doc: "DANGER: no back-off or lockout (benchmarks only)." },
@@ -392,10 +404,12 @@ impl Settings {
             None => toml::Table::new(),
         };
         let mut master_key = None;
+        let mut webhook_secret = None;
         for (name, value) in &sources.env {
             match name.as_str() {
                 "WARD_CONFIG" => {}
                 "WARD_MASTER_KEY" => master_key = Some(Secret::new(value.trim())),
+                "WARD_ALERTS_WEBHOOK_SECRET" => webhook_secret = Some(Secret::new(value.trim())),
                 _ => overlay(&mut table, name, value, false)?,
             }
         }
@@ -406,6 +420,7 @@ impl Settings {
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::new("configuration", e.to_string()))?;
         settings.master_key = master_key;
+        settings.alerts_webhook_secret = webhook_secret;
         settings.validate()?;
         Ok(settings)
     }
@@ -493,6 +508,26 @@ impl Settings {
         }
         if let Some(ca) = &self.danger.extra_ca_file {
             require_file("danger", "extra_ca_file", ca)?;
+        }
+        if let Some(url) = &self.alerts.webhook_url {
+            let ok =
+                url::Url::parse(url).is_ok_and(|u| u.scheme() == "https" && u.host().is_some());
+            if !ok {
+                return Err(ConfigError::new(
+                    setting_name("alerts", "webhook_url"),
+                    "must be an https:// URL",
+                ));
+            }
+            if self
+                .alerts_webhook_secret
+                .as_ref()
+                .is_none_or(|s| s.expose().len() < 16)
+            {
+                return Err(ConfigError::new(
+                    "WARD_ALERTS_WEBHOOK_SECRET",
+                    "must be set (at least 16 characters) when alerts.webhook_url is",
+                ));
+            }
         }
         if !(30..=3600).contains(&self.admin.reauth_seconds) {
             return Err(ConfigError::new(

@@ -60,6 +60,7 @@ pub fn start_on(
     let addrs = http.addrs();
     spawn_key_refresh(state.clone());
     spawn_audit_linker(state.clone());
+    spawn_alerts(state.clone());
     spawn_housekeeping(state);
     Ok(RunningServer {
         server: http.run(),
@@ -112,6 +113,151 @@ fn spawn_audit_linker(state: AppState) {
                     ticker = tokio::time::interval(Duration::from_secs(60));
                 }
                 Err(e) => tracing::warn!(error = %e, "linking the audit chain failed; will retry"),
+            }
+        }
+    });
+}
+
+/// Raises security alerts (see `audit::alerts`): about once a second, claims the new
+/// high-severity events, logs each as an alert line and queues it for the webhook.
+fn spawn_alerts(state: AppState) {
+    let sender = match (
+        state.settings.alerts.webhook_url.clone(),
+        state.settings.alerts_webhook_secret.clone(),
+    ) {
+        (Some(url), Some(secret)) => match webhook_client(&state) {
+            Ok(client) => {
+                let (tx, rx) = tokio::sync::mpsc::channel::<String>(1000);
+                spawn_webhook_sender(client, url, secret, Arc::clone(&state.clock), rx);
+                Some(tx)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "alert webhook disabled: cannot build its HTTPS client");
+                None
+            }
+        },
+        _ => None,
+    };
+    actix_web::rt::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let claimed = state.db.run(crate::audit::alerts::claim).await;
+            let rows = match claimed {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading security alerts failed; will retry");
+                    continue;
+                }
+            };
+            for row in rows {
+                tracing::warn!(
+                    target: "ward::alert",
+                    event_id = row.id,
+                    action = %row.action,
+                    outcome = %row.outcome,
+                    actor_user = row.actor_user.as_deref().unwrap_or("-"),
+                    actor_client = row.actor_client.as_deref().unwrap_or("-"),
+                    patient = row.target_patient.as_deref().unwrap_or("-"),
+                    source_ip = row.source_ip.as_deref().unwrap_or("-"),
+                    "SECURITY ALERT"
+                );
+                if let Some(tx) = &sender {
+                    let body = crate::audit::alerts::payload(
+                        &state.issuer,
+                        &crate::admin::event_view(&row),
+                    );
+                    if tx.try_send(body).is_err() {
+                        tracing::error!(
+                            event_id = row.id,
+                            "alert webhook queue full: this alert is only logged"
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// HTTPS only, no redirects, no proxy, bounded time; trusts the public roots (and the DANGER
+/// test CA when one is configured).
+fn webhook_client(state: &AppState) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &state.settings.danger.extra_ca_file {
+        let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+        for cert in rustls_pemfile::certs(&mut &pem[..]) {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .https_only(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(5))
+        .user_agent(concat!("Ward/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Delivers queued alerts one by one, retrying each with back-off before giving up (logged).
+fn spawn_webhook_sender(
+    client: reqwest::Client,
+    url: String,
+    secret: crate::config::Secret,
+    clock: crate::clock::SharedClock,
+    mut queue: tokio::sync::mpsc::Receiver<String>,
+) {
+    actix_web::rt::spawn(async move {
+        while let Some(body) = queue.recv().await {
+            let mut delivered = false;
+            for (attempt, delay) in std::iter::once(0)
+                .chain(crate::audit::alerts::RETRY_DELAYS_SECONDS)
+                .enumerate()
+            {
+                tokio::time::sleep(Duration::from_secs(delay)).await;
+                let signature = crate::audit::alerts::signature(
+                    secret.expose().as_bytes(),
+                    clock.now_secs(),
+                    &body,
+                );
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-ward-signature", signature)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => {
+                        delivered = true;
+                        break;
+                    }
+                    Ok(r) => tracing::warn!(
+                        attempt,
+                        status = r.status().as_u16(),
+                        "alert webhook refused; will retry"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(attempt, error = %e, "alert webhook unreachable; will retry")
+                    }
+                }
+            }
+            if !delivered {
+                tracing::error!("alert webhook: giving up on one alert after retries (it stays in the log and the audit trail)");
             }
         }
     });

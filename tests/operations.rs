@@ -284,3 +284,60 @@ async fn the_fhir_audit_export_validates_with_a_fhir_model_library() {
         );
     }
 }
+
+/// Security alerts (issue 8): a high-severity event reaches the webhook as a signed JSON POST,
+/// retried after the receiver's first refusal, and ordinary events do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_severity_events_reach_the_alert_webhook_signed_and_retried() {
+    use crate::common::https_server::{serve_recording, TestCa};
+    crate::common::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (hook, received) = serve_recording(&ca, 1).await;
+    let secret = "webhook-secret-0123456789";
+    let Some(app) = crate::common::TestApp::builder(crate::common::Backend::Sqlite)
+        .env("WARD_ALERTS_WEBHOOK_URL", &hook.url("/hook"))
+        .env("WARD_ALERTS_WEBHOOK_SECRET", secret)
+        .env("WARD_DANGER_EXTRA_CA_FILE", ca.ca_file.to_str().unwrap())
+        .start()
+        .await
+    else {
+        return;
+    };
+    crate::common::smart::add_clinician_role(&app);
+    crate::common::smart::add_user(&app, "carl", &["clinician"], None);
+    // Let the alert cursor start, then sign in (ordinary) and reach for the admin API (alert).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let browser = crate::common::browser::Browser::new(&app.base);
+    browser
+        .sign_in("carl", crate::common::smart::PASSWORD)
+        .await;
+    assert_eq!(
+        browser.get("/admin/api/v1/clients").await.status,
+        reqwest::StatusCode::FORBIDDEN
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while received.lock().unwrap().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no retried delivery");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let deliveries = received.lock().unwrap().clone();
+    // The first attempt was refused (503) and the same alert came again.
+    assert_eq!(deliveries[0].body, deliveries[1].body);
+    for d in &deliveries {
+        let body: Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(body["type"], "ward.security_alert");
+        assert_eq!(body["event"]["action"], "admin.access_denied", "{body}");
+        let header = d.header("x-ward-signature").expect("signed");
+        let t: i64 = header
+            .strip_prefix("t=")
+            .and_then(|r| r.split(',').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap();
+        assert_eq!(
+            header,
+            ward::audit::alerts::signature(secret.as_bytes(), t, &d.body)
+        );
+        assert!(d.head.starts_with("POST /hook "), "{}", d.head);
+    }
+}

@@ -263,6 +263,9 @@ pub enum AuditEvent {
     /// An admin created a one-time enrolment link for a user (the link itself is not recorded).
     #[serde(rename = "user.enrolment_link_created")]
     EnrolmentLinkCreated { user_id: String, expires_at: i64 },
+    /// `ward audit verify` found the chain broken (the problem, as it reported it).
+    #[serde(rename = "audit.verification_failed")]
+    AuditVerificationFailed { verified: u64, problem: String },
     /// Every grant of a client or of a user was revoked at once.
     #[serde(rename = "token.revoked_all")]
     TokensRevokedAll {
@@ -338,6 +341,7 @@ impl AuditEvent {
         "user.updated",
         "user.enrolment_link_created",
         "token.revoked_all",
+        "audit.verification_failed",
     ];
 
     pub fn action(&self) -> &'static str {
@@ -388,6 +392,7 @@ impl AuditEvent {
             Self::UserUpdated { .. } => "user.updated",
             Self::EnrolmentLinkCreated { .. } => "user.enrolment_link_created",
             Self::TokensRevokedAll { .. } => "token.revoked_all",
+            Self::AuditVerificationFailed { .. } => "audit.verification_failed",
         }
     }
 
@@ -401,7 +406,8 @@ impl AuditEvent {
             | Self::TokenRefused { .. }
             | Self::TokenReuseDetected { .. }
             | Self::TokenRevocationRefused { .. }
-            | Self::AdminAccessDenied { .. } => Outcome::Failure,
+            | Self::AdminAccessDenied { .. }
+            | Self::AuditVerificationFailed { .. } => Outcome::Failure,
             _ => Outcome::Success,
         }
     }
@@ -422,7 +428,14 @@ impl AuditEvent {
             | Self::TokenReuseDetected { .. }
             | Self::TokenRevocationRefused { .. }
             | Self::AdminAccessDenied { .. }
-            | Self::TokensRevokedAll { .. } => Severity::High,
+            | Self::TokensRevokedAll { .. }
+            | Self::AuditVerificationFailed { .. } => Severity::High,
+            // A replayed client assertion: someone holds a copy of a signed credential.
+            Self::ClientAuthenticationFailed { reason, .. }
+                if reason.contains("was already used") =>
+            {
+                Severity::High
+            }
             Self::LoginSucceeded { .. } | Self::MfaUsed { .. } | Self::SessionEnded { .. } => {
                 Severity::Info
             }
@@ -651,6 +664,10 @@ mod tests {
                 user_id: None,
                 families: 1,
                 reason: "r".into(),
+            },
+            AuditEvent::AuditVerificationFailed {
+                verified: 3,
+                problem: "p".into(),
             },
         ];
         assert_eq!(samples.len(), AuditEvent::ACTIONS.len());

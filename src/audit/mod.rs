@@ -6,6 +6,7 @@
 //! enum has no field that could hold one. The tamper-evident hash chain, export and queries are
 //! layered on `append` later without changing its call sites.
 
+pub mod alerts;
 pub mod chain;
 pub mod disclosures;
 mod event;

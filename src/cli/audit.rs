@@ -217,6 +217,18 @@ pub fn audit(
                     ),
                 }
             }
+            if let Some(problem) = &report.first_break {
+                // A high-severity event: a running Ward raises the security alert for it.
+                crate::audit::record(
+                    &mut conn,
+                    clock.as_ref(),
+                    &crate::audit::AuditContext::cli(),
+                    &crate::audit::AuditEvent::AuditVerificationFailed {
+                        verified: u64::try_from(report.verified).unwrap_or(0),
+                        problem: describe(problem),
+                    },
+                )?;
+            }
             match report.first_break {
                 None => {
                     // For `ward doctor`: when the chain was last seen intact.

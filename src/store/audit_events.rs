@@ -268,3 +268,17 @@ pub fn all_matching(
     rows.reverse();
     Ok(rows)
 }
+
+/// Events with an id above `after`, oldest first (at most `limit`).
+pub fn after(
+    conn: &mut DbConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<AuditEventRow>, StoreError> {
+    Ok(audit_events::table
+        .filter(audit_events::id.gt(after))
+        .order(audit_events::id)
+        .limit(limit)
+        .select(AuditEventRow::as_select())
+        .load(conn)?)
+}

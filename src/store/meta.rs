@@ -35,3 +35,18 @@ pub fn set(conn: &mut DbConnection, key: &str, value: &str) -> Result<(), StoreE
     }
     Ok(())
 }
+
+/// Sets `key` to `new` only if it still holds `old`; true when this call changed it.
+pub fn compare_and_set(
+    conn: &mut DbConnection,
+    key: &str,
+    old: &str,
+    new: &str,
+) -> Result<bool, StoreError> {
+    Ok(
+        diesel::update(ward_meta::table.find(key).filter(ward_meta::value.eq(old)))
+            .set(ward_meta::value.eq(new))
+            .execute(conn)?
+            == 1,
+    )
+}

@@ -142,3 +142,96 @@ async fn write_json<S: AsyncWriteExt + Unpin>(
         )
         .await
 }
+
+/// One request a recording server received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub head: String,
+    pub body: String,
+}
+
+impl Recorded {
+    /// A header's value (names compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// An HTTPS server that records every request (head and body) and answers 503 to the first
+/// `fail_first` of them, 200 afterwards: a webhook receiver that is briefly down.
+pub async fn serve_recording(
+    ca: &TestCa,
+    fail_first: usize,
+) -> (HttpsServer, Arc<std::sync::Mutex<Vec<Recorded>>>) {
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            ca.cert_chain.clone(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(ca.key_der.clone().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Arc<std::sync::Mutex<Vec<Recorded>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(mut tls) = acceptor.accept(stream).await else {
+                continue;
+            };
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            let (head, body) = loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break (String::new(), String::new()),
+                    Ok(n) => data.extend_from_slice(&buf[..n]),
+                }
+                let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&data[..end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                if data.len() >= end + 4 + length {
+                    let body =
+                        String::from_utf8_lossy(&data[end + 4..end + 4 + length]).to_string();
+                    break (head, body);
+                }
+            };
+            let n = {
+                let mut all = record.lock().unwrap();
+                all.push(Recorded { head, body });
+                all.len()
+            };
+            let status = if n <= fail_first {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
+            let _ = tls
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    (HttpsServer { port }, seen)
+}
