@@ -244,6 +244,8 @@ fn mapping(action: &str) -> Option<Mapping> {
         "patient.updated" => map(PATIENT_RECORD, None, "U", O::Patient),
         "patient.removed" => map(PATIENT_RECORD, None, "D", O::Patient),
         "admin.access_denied" => alert(Some(RESTRICTED_FUNCTION), O::Other),
+        // The audit trail failed its integrity check: a security alert about Ward itself.
+        "audit.verification_failed" => alert(None, O::Other),
         _ => return None,
     })
 }
