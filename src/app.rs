@@ -45,6 +45,8 @@ pub struct AppState {
     pub admin_denials: Arc<crate::admin::DenialBudget>,
     /// Demo mode's pages and credentials (`ward serve --demo` only).
     pub demo: Option<Arc<crate::demo::DemoState>>,
+    /// The discovery documents, serialised once.
+    pub discovery: Arc<crate::smart::discovery::Documents>,
 }
 
 impl AppState {

@@ -273,6 +273,7 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
             client_keys: Arc::new(crate::clients::jwks::JwksCache::new(client_key_fetcher)),
             admin_denials: Arc::default(),
             demo: None,
+            discovery: Arc::new(crate::smart::discovery::Documents::new(&settings_issuer)),
         },
         master_key_source,
         created_keys,

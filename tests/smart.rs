@@ -88,6 +88,24 @@ async fn discovery_advertises_exactly_what_works(backend: Backend) {
     let Some(app) = smart_app(backend).await else {
         return;
     };
+    // Prepared once, with an ETag: a client that has it gets 304 and no body.
+    for path in [
+        "/.well-known/smart-configuration",
+        "/.well-known/openid-configuration",
+    ] {
+        let first = app.client.get(app.url(path)).send().await.unwrap();
+        let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+        let again = app
+            .client
+            .get(app.url(path))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
+        assert_eq!(again.headers()["etag"], etag.as_str());
+        assert!(again.text().await.unwrap().is_empty());
+    }
     for path in [
         "/.well-known/smart-configuration",
         "/.well-known/openid-configuration",

@@ -30,7 +30,6 @@ use crate::oauth::token::{self, Issuer};
 use crate::oauth::{resource_server, tokens};
 use crate::patients;
 use crate::smart::consent::{self, Choices};
-use crate::smart::discovery;
 use crate::smart::launch::{self as launch_rules, LaunchContext};
 use crate::smart::scopes::{IdentityScope, ScopeSet};
 use crate::store::{grants, write_transaction, StoreError};
@@ -62,20 +61,39 @@ fn json_response(body: &Value) -> HttpResponse {
 
 // ---------------------------------------------------------------- discovery
 
-fn discovery_response(body: Value) -> HttpResponse {
-    HttpResponse::Ok()
+/// A discovery document from its prepared bytes, with `ETag` (and `304` for a match).
+fn discovery_response(req: &HttpRequest, body: &str, etag: &str) -> HttpResponse {
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag));
+    let mut response = if fresh {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    response
         .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
         .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .content_type("application/json")
-        .body(body.to_string())
+        .insert_header((header::ETAG, etag.to_owned()));
+    if fresh {
+        response.finish()
+    } else {
+        response
+            .content_type("application/json")
+            .body(body.to_owned())
+    }
 }
 
-pub async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
-    discovery_response(discovery::smart_configuration(&state.issuer))
+pub async fn smart_configuration(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let docs = &state.discovery;
+    discovery_response(&req, &docs.smart, &docs.smart_etag)
 }
 
-pub async fn openid_configuration(state: web::Data<AppState>) -> HttpResponse {
-    discovery_response(discovery::openid_configuration(&state.issuer))
+pub async fn openid_configuration(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let docs = &state.discovery;
+    discovery_response(&req, &docs.openid, &docs.openid_etag)
 }
 
 /// `static/smart-style.json`: the styling hints for `smart_style_url` (SMART context-style).

@@ -152,3 +152,31 @@ mod tests {
         }
     }
 }
+
+/// Both discovery documents, serialised once at start (they depend only on the issuer), with
+/// their ETags: answering discovery is a copy of prepared bytes.
+#[derive(Debug, Clone)]
+pub struct Documents {
+    pub smart: String,
+    pub smart_etag: String,
+    pub openid: String,
+    pub openid_etag: String,
+}
+
+impl Documents {
+    pub fn new(issuer: &str) -> Self {
+        let tagged = |doc: Value| {
+            let body = doc.to_string();
+            let etag = format!("\"{}\"", &crate::crypto::sha256_b64(body.as_bytes())[..22]);
+            (body, etag)
+        };
+        let (smart, smart_etag) = tagged(smart_configuration(issuer));
+        let (openid, openid_etag) = tagged(openid_configuration(issuer));
+        Self {
+            smart,
+            smart_etag,
+            openid,
+            openid_etag,
+        }
+    }
+}
