@@ -156,6 +156,11 @@ impl r2d2::ManageConnection for ConnectionManager {
 pub struct Db {
     pool: r2d2::Pool<ConnectionManager>,
     backend: Backend,
+    /// One permit per pooled connection: database work waits here, as a cheap future, rather
+    /// than as a blocked thread inside the pool (threads and memory stay bounded under load).
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// How long work waits for a permit before answering "unavailable" (503).
+    wait: Duration,
 }
 
 impl std::fmt::Debug for Db {
@@ -188,7 +193,12 @@ impl Db {
             .test_on_check_out(true)
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(ConnectionManager::new(target.clone()));
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(pool_size as usize)),
+            wait: connect_timeout,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -202,15 +212,31 @@ impl Db {
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
-    /// Run blocking database work off the async executor.
+    /// Run blocking database work off the async executor, at most one piece per pooled
+    /// connection at a time.
     pub async fn run<T, E, F>(&self, work: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
+        let permit = match tokio::time::timeout(
+            self.wait,
+            std::sync::Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(E::from(StoreError::Unavailable(
+                    "no database connection became free in time".into(),
+                )))
+            }
+        };
         let pool = self.pool.clone();
         let joined = tokio::task::spawn_blocking(move || {
+            // Held until the work ends, even if the request that asked for it went away.
+            let _permit = permit;
             let mut conn = pool
                 .get()
                 .map_err(|e| E::from(StoreError::Unavailable(e.to_string())))?;
