@@ -1931,6 +1931,22 @@ async fn machines_cannot_mint_admins_or_take_over_accounts(backend: Backend) {
         .ok(StatusCode::OK);
     let page = root.browser.get(&format!("/enrol?token={token}")).await;
     assert_eq!(page.status, StatusCode::NOT_FOUND, "{}", page.body);
+    // Console forms need the session's CSRF token: without it nothing is written.
+    let clients = rows(&app, "clients");
+    let form = [
+        ("name", "Forged"),
+        ("kind", "public"),
+        ("redirect_uris", CALLBACK),
+        ("scope", "launch/patient patient/*.rs"),
+    ];
+    let forged = root.browser.post("/admin/clients", &form).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+    assert_eq!(rows(&app, "clients"), clients);
+    let mut with_token = form.to_vec();
+    with_token.push(("csrf", root.csrf.as_str()));
+    let made = root.browser.post("/admin/clients", &with_token).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    assert_eq!(rows(&app, "clients"), clients + 1);
 
     // A resource server that names the admin API as its FHIR base learns nothing of admin tokens.
     let (rs, secret) = register(

@@ -385,6 +385,26 @@ fn failed(a: &Admitted, mut screen: Screen, e: AdminError) -> HttpResponse {
     show(a, screen, status)
 }
 
+/// Admits a console form POST: parses the form, checks the caller and the form's CSRF field;
+/// gives `(admitted, fields)` or answers at once.
+macro_rules! enter_form {
+    ($req:expr, $state:expr, $body:expr, $need:expr, $back:expr) => {{
+        let fields = form_map(&$body);
+        match enter(
+            &$req,
+            &$state,
+            $need,
+            fields.get("csrf").map(String::as_str),
+            $back,
+        )
+        .await
+        {
+            Ok(a) => (a, fields),
+            Err(r) => return r,
+        }
+    }};
+}
+
 macro_rules! enter_or_answer {
     ($req:expr, $state:expr, $need:expr, $csrf:expr, $back:expr) => {
         match enter(&$req, &$state, $need, $csrf, $back).await {
@@ -668,14 +688,7 @@ pub async fn client_create(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let f = form_map(&body);
-    let a = enter_or_answer!(
-        req,
-        state,
-        Need::Write,
-        f.get("csrf").map(String::as_str),
-        "/admin/clients"
-    );
+    let (a, f) = enter_form!(req, state, body, Need::Write, "/admin/clients");
     let redisplay = |e: AdminError| {
         let screen = Screen::new("Register a client", "/admin/clients").push(Section::Form(
             client_form("new-client", "/admin/clients", &f, true),
@@ -875,14 +888,7 @@ pub async fn client_edit(
 ) -> HttpResponse {
     let id = param(&req, "client_id");
     let back = format!("/admin/clients/{id}");
-    let f = form_map(&body);
-    let a = enter_or_answer!(
-        req,
-        state,
-        Need::Write,
-        f.get("csrf").map(String::as_str),
-        &back
-    );
+    let (a, f) = enter_form!(req, state, body, Need::Write, &back);
     let new_scope = get(&f, "scope");
     if let Err(r) = further_for_client(&state, &a, Some(&id), Some(&new_scope), req.path()).await {
         return r;
@@ -916,14 +922,7 @@ pub async fn client_status(
 ) -> HttpResponse {
     let id = param(&req, "client_id");
     let back = format!("/admin/clients/{id}");
-    let f = form_map(&body);
-    let a = enter_or_answer!(
-        req,
-        state,
-        Need::Write,
-        f.get("csrf").map(String::as_str),
-        &back
-    );
+    let (a, _) = enter_form!(req, state, body, Need::Write, &back);
     let enabled = get(&query_map(&req), "enabled") == "true";
     // Disabling only takes power away; enabling an admin client is human-only.
     if enabled {
@@ -959,14 +958,7 @@ pub async fn client_secret(
 ) -> HttpResponse {
     let id = param(&req, "client_id");
     let back = format!("/admin/clients/{id}");
-    let f = form_map(&body);
-    let a = enter_or_answer!(
-        req,
-        state,
-        Need::Write,
-        f.get("csrf").map(String::as_str),
-        &back
-    );
+    let (a, _) = enter_form!(req, state, body, Need::Write, &back);
     if let Err(r) = further_for_client(&state, &a, Some(&id), None, req.path()).await {
         return r;
     }
@@ -1009,14 +1001,7 @@ pub async fn client_revoke(
 ) -> HttpResponse {
     let id = param(&req, "client_id");
     let back = format!("/admin/clients/{id}");
-    let f = form_map(&body);
-    let a = enter_or_answer!(
-        req,
-        state,
-        Need::Sensitive,
-        f.get("csrf").map(String::as_str),
-        &back
-    );
+    let (a, _) = enter_form!(req, state, body, Need::Sensitive, &back);
     let (clock, ctx, id2) = (state.clock.clone(), a.ctx.clone(), id.clone());
     let outcome = db(&state, move |conn| {
         admin::revoke_all(
@@ -1149,14 +1134,7 @@ pub async fn user_create(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let f = form_map(&body);
-    let a = enter_or_answer!(
-        req,
-        state,
-        Need::Write,
-        f.get("csrf").map(String::as_str),
-        "/admin/users"
-    );
+    let (a, f) = enter_form!(req, state, body, Need::Write, "/admin/users");
     let roles = get(&f, "roles")
         .split_whitespace()
         .map(str::to_owned)
@@ -1697,14 +1675,7 @@ pub async fn role_create(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let f = form_map(&body);
-    let a = enter_or_answer!(
-        req,
-        state,
-        Need::Write,
-        f.get("csrf").map(String::as_str),
-        "/admin/roles"
-    );
+    let (a, f) = enter_form!(req, state, body, Need::Write, "/admin/roles");
     let (clock, ctx, name, changes) = (
         state.clock.clone(),
         a.ctx.clone(),
@@ -1769,12 +1740,11 @@ pub async fn role_edit(
     body: web::Bytes,
 ) -> HttpResponse {
     let name = param(&req, "name");
-    let f = form_map(&body);
-    let a = enter_or_answer!(
+    let (a, f) = enter_form!(
         req,
         state,
+        body,
         need_for_role(&name, Need::Write),
-        f.get("csrf").map(String::as_str),
         &format!("/admin/roles/{name}")
     );
     let (clock, ctx, n, changes) = (
@@ -1927,14 +1897,7 @@ pub async fn patients_import(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let f = form_map(&body);
-    let a = enter_or_answer!(
-        req,
-        state,
-        Need::Write,
-        f.get("csrf").map(String::as_str),
-        "/admin/patients"
-    );
+    let (a, f) = enter_form!(req, state, body, Need::Write, "/admin/patients");
     let (clock, ctx, text) = (state.clock.clone(), a.ctx.clone(), get(&f, "ndjson"));
     let outcome = db(&state, move |conn| {
         Ok(crate::patients::import(
@@ -2073,12 +2036,11 @@ pub async fn patient_edit(
     body: web::Bytes,
 ) -> HttpResponse {
     let id = param(&req, "id");
-    let f = form_map(&body);
-    let a = enter_or_answer!(
+    let (a, f) = enter_form!(
         req,
         state,
+        body,
         Need::Write,
-        f.get("csrf").map(String::as_str),
         &format!("/admin/patients/{id}")
     );
     let (clock, ctx, id2, resource) = (
@@ -2123,12 +2085,11 @@ pub async fn patient_remove(
     body: web::Bytes,
 ) -> HttpResponse {
     let id = param(&req, "id");
-    let f = form_map(&body);
-    let a = enter_or_answer!(
+    let (a, _) = enter_form!(
         req,
         state,
+        body,
         Need::Write,
-        f.get("csrf").map(String::as_str),
         &format!("/admin/patients/{id}")
     );
     let (clock, ctx, id2) = (state.clock.clone(), a.ctx.clone(), id.clone());
@@ -2197,14 +2158,7 @@ pub async fn keys_rotate(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let f = form_map(&body);
-    let a = enter_or_answer!(
-        req,
-        state,
-        Need::HumanOnly,
-        f.get("csrf").map(String::as_str),
-        "/admin/keys"
-    );
+    let (a, f) = enter_form!(req, state, body, Need::HumanOnly, "/admin/keys");
     let immediate = get(&f, "immediate") == "true";
     let created = super::api::rotate_keys(&state, a.ctx.clone(), immediate).await;
     match (created, keys_screen(&state).await) {
