@@ -18,6 +18,9 @@ use crate::store::Db;
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    /// This node's caches (verified tokens, client registrations) and their coherence with
+    /// the database and the other nodes.
+    pub coherence: Arc<crate::coherence::Coherence>,
     pub keys: Arc<KeyRing>,
     pub clock: SharedClock,
     pub settings: Arc<Settings>,

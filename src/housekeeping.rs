@@ -1,6 +1,7 @@
 //! Housekeeping (DESIGN.md §4): rows that have outlived their purpose — ended or expired
 //! sessions, stale back-off counters, expired WebAuthn ceremonies, abandoned TOTP enrolments,
-//! expired authorization requests, launches, codes, assertion jtis and token families —
+//! expired authorization requests, launches, codes, assertion jtis, token families, expired
+//! access tokens and rotated refresh tokens, and old rows of the change feed —
 //! are deleted in bounded batches by a background task on every node (deletes are idempotent,
 //! so nodes need no coordination). Audit events are never touched.
 
@@ -23,6 +24,8 @@ pub const PENDING_TOTP_SECONDS: i64 = 3_600;
 /// Expired codes and token families are kept this long: a code presented again within a day
 /// still revokes what it issued, and investigators can see recent grants beside the audit trail.
 pub const GRANT_RETENTION_SECONDS: i64 = 86_400;
+/// Rows of the change feed (`store::changes`) are kept this long.
+pub const CHANGE_RETENTION_SECONDS: i64 = 3_600;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
@@ -33,11 +36,18 @@ pub struct Swept {
     /// Authorization requests, launches, codes, assertion jtis and token families (with
     /// their tokens).
     pub grants: usize,
+    /// Rows of the change feed every node has long read.
+    pub changes: usize,
 }
 
 impl Swept {
     pub fn total(&self) -> usize {
-        self.sessions + self.throttle + self.challenges + self.pending_totp + self.grants
+        self.sessions
+            + self.throttle
+            + self.challenges
+            + self.pending_totp
+            + self.grants
+            + self.changes
     }
 
     /// Whether some kind filled its batch, so more may be waiting.
@@ -49,6 +59,7 @@ impl Swept {
             self.challenges,
             self.pending_totp,
             self.grants,
+            self.changes,
         ]
         .iter()
         .any(|n| *n >= batch)
@@ -107,12 +118,21 @@ pub fn sweep(
 
     let grants = sweep_grants(conn, now, batch)?;
 
+    // The change feed by the system clock (its rows carry it): every node reads it within a
+    // second, so an hour is ample; a node that somehow missed purged rows flushes its caches.
+    let system_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let changes =
+        crate::store::changes::purge_before(conn, system_now - CHANGE_RETENTION_SECONDS, batch)?;
+
     Ok(Swept {
         sessions,
         throttle,
         challenges,
         pending_totp,
         grants,
+        changes,
     })
 }
 
@@ -158,6 +178,26 @@ fn sweep_grants(conn: &mut DbConnection, now: i64, batch: i64) -> Result<usize, 
         .load(conn)?;
     deleted +=
         diesel::delete(enrolment_links::table.filter(enrolment_links::token_hash.eq_any(&links)))
+            .execute(conn)?;
+    // Inside a long-lived family, access tokens that expired and refresh tokens that were
+    // rotated away are kept a day (a rotated refresh token presented within a day still
+    // revokes its family as reuse), then go: a family refreshed every few minutes for months
+    // must not grow without bound.
+    let expired_access: Vec<String> = access_tokens::table
+        .select(access_tokens::jti)
+        .filter(access_tokens::expires_at.lt(now - GRANT_RETENTION_SECONDS))
+        .limit(batch)
+        .load(conn)?;
+    deleted +=
+        diesel::delete(access_tokens::table.filter(access_tokens::jti.eq_any(&expired_access)))
+            .execute(conn)?;
+    let rotated: Vec<String> = refresh_tokens::table
+        .select(refresh_tokens::token_hash)
+        .filter(refresh_tokens::used_at.lt(now - GRANT_RETENTION_SECONDS))
+        .limit(batch)
+        .load(conn)?;
+    deleted +=
+        diesel::delete(refresh_tokens::table.filter(refresh_tokens::token_hash.eq_any(&rotated)))
             .execute(conn)?;
     // A family's tokens never outlive it, so an expired family goes with its tokens.
     let families: Vec<String> = token_families::table

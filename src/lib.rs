@@ -14,6 +14,7 @@ pub mod backup;
 pub mod cli;
 pub mod clients;
 pub mod clock;
+pub mod coherence;
 pub mod config;
 pub mod crypto;
 pub mod demo;

@@ -58,6 +58,7 @@ pub fn start_on(
             .map_err(|e| StartError::Server(format!("cannot listen on {listen}: {e}")))?,
     };
     let addrs = http.addrs();
+    crate::coherence::spawn_listener(&state);
     spawn_key_refresh(state.clone());
     spawn_audit_linker(state.clone());
     spawn_alerts(state.clone());
@@ -76,7 +77,12 @@ fn spawn_key_refresh(state: AppState) {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            // A rotation anywhere arrives as a change (within a second); the period is the
+            // fallback and also activates keys whose time has come.
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = state.coherence.keys_changed.notified() => {}
+            }
             let keys = Arc::clone(&state.keys);
             let now = state.clock.now_secs();
             let result = state.db.run(move |conn| keys.reload(conn, now)).await;

@@ -253,9 +253,12 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
     let fhir_bases = settings.fhir.base.clone();
     let client_key_fetcher = jwks_fetcher(&settings)?;
     let ehr_origins = settings.ehr_origins()?;
+    let coherence = Arc::new(crate::coherence::Coherence::new());
+    db.attach(coherence.clone());
     Ok(Prepared {
         state: AppState {
             db,
+            coherence,
             keys: Arc::new(ring),
             clock,
             hashing: Arc::new(password_hashing(&settings)),

@@ -295,3 +295,95 @@ async fn housekeeping_purges_expired_grants_and_keeps_live_ones(backend: Backend
         .unwrap();
     assert_eq!(access, ["fam-live"]);
 }
+
+on_both_backends!(the_token_tables_stop_growing_under_steady_load);
+
+/// Four simulated days of an app refreshing every ten minutes (each refresh rotates: a new
+/// refresh token and a new access token) with housekeeping running every hour: after the first
+/// day (the retention of expired and rotated tokens) the token tables stop growing.
+async fn the_token_tables_stop_growing_under_steady_load(backend: Backend) {
+    use std::sync::Arc;
+    use ward::clock::{Clock, ManualClock};
+    use ward::store::schema::{access_tokens, refresh_tokens, token_families};
+
+    use crate::common::browser::Browser;
+    use crate::common::smart::{add_user, code_flow, refresh, register, CALLBACK, FHIR, PASSWORD};
+
+    let start = crate::common::admin::unix_now();
+    let clock = Arc::new(ManualClock::at_secs(start));
+    let Some(app) = TestApp::builder(backend)
+        .env("WARD_FHIR_BASE", FHIR)
+        .manual_clock(clock.clone())
+        .start()
+        .await
+    else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"], Some("Patient/123"));
+    let (app_id, _) = register(
+        &app,
+        serde_json::json!({"client_id": "chart", "name": "Chart", "kind": "public",
+            "redirect_uris": [CALLBACK],
+            "scope": "openid launch/patient offline_access patient/*.rs"}),
+    );
+    let browser = Browser::new(&app.base);
+    let tokens = code_flow(
+        &app,
+        &browser,
+        &app_id,
+        "openid launch/patient offline_access patient/Observation.rs",
+        Some(("pat", PASSWORD)),
+    )
+    .await;
+    let mut refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let rows = |app: &TestApp| -> (i64, i64, i64) {
+        let mut conn = app.conn();
+        (
+            access_tokens::table.count().get_result(&mut *conn).unwrap(),
+            refresh_tokens::table
+                .count()
+                .get_result(&mut *conn)
+                .unwrap(),
+            token_families::table
+                .count()
+                .get_result(&mut *conn)
+                .unwrap(),
+        )
+    };
+    let mut daily = Vec::new();
+    for hour in 1..=4 * 24 {
+        for _ in 0..6 {
+            clock.advance_secs(600);
+            let (status, body) = refresh(&app, &refresh_token, &app_id).await;
+            assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+            refresh_token = body["refresh_token"].as_str().unwrap().to_owned();
+        }
+        let now = clock.now_secs();
+        let mut conn = app.conn();
+        while ward::housekeeping::sweep(&mut conn, now, 500, 900)
+            .unwrap()
+            .any_full(500)
+        {}
+        if hour % 24 == 0 {
+            daily.push(rows(&app));
+        }
+    }
+    // 144 rotations a day; a day's worth (plus the access token lifetime) is kept.
+    let (day2, day3, day4) = (daily[1], daily[2], daily[3]);
+    assert!(
+        day2.0 > 100 && day2.1 > 100,
+        "tokens were issued and kept a day: {daily:?}"
+    );
+    assert_eq!(
+        day3, day2,
+        "no growth after the retention period: {daily:?}"
+    );
+    assert_eq!(
+        day4, day3,
+        "no growth after the retention period: {daily:?}"
+    );
+    assert_eq!(day4.2, 1, "one family throughout");
+    // And the app still works.
+    let (status, _) = refresh(&app, &refresh_token, &app_id).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+}

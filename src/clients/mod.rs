@@ -9,6 +9,6 @@ pub use model::{
     AuthMethod, ClientKind, ClientSettings, ClientSpec, FieldError, GrantType, LaunchMode,
 };
 pub use service::{
-    get, list, register, rotate_secret, set_enabled, update, validate_spec, verify_secret, Client,
-    NewClient, RegistryError,
+    get, list, register, rotate_secret, secret_matches, set_enabled, update, validate_spec,
+    verify_secret, Client, NewClient, RegistryError,
 };

@@ -415,12 +415,30 @@ pub fn verify_secret(
         }
         None => false,
     };
+    let secrets = rows::secrets(conn, client_id)?;
+    let matched = secret_matches(
+        secrets
+            .iter()
+            .map(|r| (r.secret_hash.as_str(), r.expires_at)),
+        presented,
+        now,
+    );
+    Ok(matched && usable)
+}
+
+/// Whether `presented` is one of the stored secrets (hash, expiry) still valid at `now`. Every
+/// hash is compared in constant time, so timing reveals neither which matched nor how much.
+pub fn secret_matches<'a>(
+    stored: impl IntoIterator<Item = (&'a str, Option<i64>)>,
+    presented: &str,
+    now: i64,
+) -> bool {
     let presented_hash = sha256_b64(presented.as_bytes());
     let mut matched = false;
-    for row in rows::secrets(conn, client_id)? {
-        let live = row.expires_at.is_none_or(|at| now < at);
-        let equal = constant_time_eq(row.secret_hash.as_bytes(), presented_hash.as_bytes());
+    for (hash, expires_at) in stored {
+        let live = expires_at.is_none_or(|at| now < at);
+        let equal = constant_time_eq(hash.as_bytes(), presented_hash.as_bytes());
         matched |= live & equal;
     }
-    Ok(matched && usable)
+    matched
 }

@@ -21,6 +21,11 @@ pub fn sha256_b64(value: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(value))
 }
 
+/// SHA-256 of a value, raw: keys of in-memory caches.
+pub fn sha256(value: &[u8]) -> [u8; 32] {
+    Sha256::digest(value).into()
+}
+
 /// Compare two secrets without leaking where they differ through timing.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()

@@ -26,8 +26,9 @@ use crate::oauth::authorize::{self, ApproveInput, Pending, Step, Subject};
 use crate::oauth::authorize_request::{error_redirect, Rejection};
 use crate::oauth::client_auth::{self, Presented};
 use crate::oauth::error::{OAuthError, Params};
+use crate::oauth::resource_server::{self, TokenCheck};
 use crate::oauth::token::{self, Issuer};
-use crate::oauth::{resource_server, tokens};
+use crate::oauth::tokens;
 use crate::patients;
 use crate::smart::consent::{self, Choices};
 use crate::smart::launch::{self as launch_rules, LaunchContext};
@@ -1406,31 +1407,57 @@ pub async fn introspect(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    respond(introspect_inner(&req, &state, &body).await)
+    match introspect_inner(&req, &state, &body).await {
+        Ok(answer) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((header::PRAGMA, "no-cache"))
+            .content_type("application/json")
+            .body(answer),
+        Err(e) => e.response(),
+    }
 }
 
+/// The serialized answer: from this node's cache of verified tokens when it holds the token
+/// and may be trusted (`crate::coherence`), otherwise from the database.
 async fn introspect_inner(
     req: &HttpRequest,
     state: &AppState,
     body: &[u8],
-) -> Result<Value, OAuthError> {
+) -> Result<web::Bytes, OAuthError> {
     let params = form_params(req, body, "introspection")?;
     let caller = resource_server_caller(req, state, &params, "introspect").await?;
     let token = params.require("token")?.to_owned();
-    let (keys, issuer, now, timeouts, bases) = (
+    let bases = resource_audiences(state, &caller.settings.fhir_bases);
+    let audit_all = state.settings.audit.introspection == crate::config::IntrospectionAudit::All;
+    let hash = crate::crypto::sha256(token.as_bytes());
+    let inactive = || web::Bytes::from_static(br#"{"active":false}"#);
+    if state.coherence.is_dead(&hash) {
+        return Ok(inactive());
+    }
+    // With the `all` policy every introspection is a recorded disclosure: no shortcut.
+    if !audit_all {
+        if let Some(cached) = state.coherence.token(&hash) {
+            // Another audience's token goes the long way (signature check, no database), so
+            // timing does not tell a resource server whether someone else's token is cached.
+            if state.clock.now_secs() < cached.valid_until && bases.contains(&cached.aud) {
+                return Ok(cached.body);
+            }
+        }
+    }
+    let (keys, issuer, now, timeouts) = (
         state.keys.clone(),
         state.issuer.clone(),
         state.clock.now_secs(),
         state.login.timeouts,
-        resource_audiences(state, &caller.settings.fhir_bases),
     );
-    let audit_all = state.settings.audit.introspection == crate::config::IntrospectionAudit::All;
     let (clock, mut ctx) = (state.clock.clone(), audit_context(req, state));
     ctx.actor_client = Some(caller.client_id.clone());
-    let live = state
+    // Read before the database: a change that commits meanwhile keeps the answer uncached.
+    let epoch = state.coherence.epoch();
+    let check = state
         .db
         .run(move |conn| {
-            let live = resource_server::live_access_token(
+            let check = resource_server::check_access_token(
                 conn,
                 &keys,
                 &issuer,
@@ -1439,19 +1466,19 @@ async fn introspect_inner(
                 timeouts,
                 Some(&bases),
             )?;
-            let Some(live) = live else {
-                return Ok::<_, StoreError>(None);
+            let TokenCheck::Live(live) = check else {
+                return Ok::<_, StoreError>((check, false));
             };
             // The audit policy (DESIGN.md §8): the first introspection of each token is a
             // disclosure worth a record; AI tools' tokens (and everything, with `all`) every
             // time. Later introspections are reads only.
             let every_time = audit_all || live.ai_tool;
             if !every_time && live.row.introspected_at.is_some() {
-                return Ok(Some(live));
+                return Ok((TokenCheck::Live(live), true));
             }
             write_transaction(conn, |conn| {
                 // Decide again inside the transaction: the answer and its record commit together.
-                let Some(live) = resource_server::live_access_token(
+                let check = resource_server::check_access_token(
                     conn,
                     &keys,
                     &issuer,
@@ -1459,9 +1486,9 @@ async fn introspect_inner(
                     now,
                     timeouts,
                     Some(&bases),
-                )?
-                else {
-                    return Ok(None);
+                )?;
+                let TokenCheck::Live(live) = check else {
+                    return Ok((check, false));
                 };
                 let first = grants::mark_introspected(conn, &live.row.jti, now)?;
                 if every_time || first {
@@ -1476,14 +1503,46 @@ async fn introspect_inner(
                         },
                     )?;
                 }
-                Ok(Some(live))
+                Ok((TokenCheck::Live(live), !every_time))
             })
         })
         .await?;
-    Ok(match live {
-        Some(live) => resource_server::introspection(&live),
-        None => resource_server::inactive(),
+    Ok(match check {
+        (TokenCheck::Live(live), cacheable) => {
+            let answer = web::Bytes::from(
+                serde_json::to_vec(&resource_server::introspection(&live))
+                    .map_err(|e| OAuthError::server_error(e.to_string()))?,
+            );
+            if cacheable {
+                state
+                    .coherence
+                    .remember_token(hash, cached_token(&live, answer.clone()), epoch);
+            }
+            answer
+        }
+        (TokenCheck::Dead, _) => {
+            state.coherence.remember_dead(hash);
+            inactive()
+        }
+        (TokenCheck::Inactive, _) => inactive(),
     })
+}
+
+/// What the cache keeps of a live token: its answer and everything that could end it.
+fn cached_token(
+    live: &resource_server::LiveToken,
+    body: web::Bytes,
+) -> crate::coherence::CachedToken {
+    crate::coherence::CachedToken {
+        body,
+        aud: live.claims.aud.clone(),
+        valid_until: live.valid_until,
+        jti: live.row.jti.clone(),
+        family: live.family.id.clone(),
+        client: live.row.client_id.clone(),
+        user: live.row.user_id.clone(),
+        session: live.family.session_id.clone(),
+    }
 }
 
 /// `POST /revoke` (RFC 7009): a refresh token revokes its family (and so its access tokens);

@@ -16,7 +16,10 @@ use super::error::{OAuthError, Params};
 use crate::app::AppState;
 use crate::audit::{self, AuditContext, AuditEvent};
 use crate::clients::jwks::{self, ClientKey};
+use std::sync::Arc;
+
 use crate::clients::{self, AuthMethod, Client};
+use crate::coherence::CachedClient;
 use crate::store::{grants, write_transaction, StoreError};
 
 /// How the request tried to authenticate.
@@ -202,37 +205,23 @@ async fn check(
     let Some(client_id) = claimed.map(str::to_owned) else {
         return Err(refuse("the client is not identified"));
     };
-    // One trip to the database: the registration and, for secret clients, the secret check
-    // (constant time over every stored hash), so the hot path pays one blocking hop.
-    let (lookup, secret, now) = (
-        client_id.clone(),
-        match presented {
-            Presented::SecretBasic { secret, .. } | Presented::SecretPost { secret, .. } => {
-                Some(secret.clone())
-            }
-            _ => None,
-        },
-        state.clock.now_secs(),
-    );
-    let (client, secret_ok) = state
-        .db
-        .run(move |conn| {
-            let client = match clients::get(conn, &lookup) {
-                Ok(c) => Some(c),
-                Err(clients::RegistryError::NotFound(_)) => None,
-                Err(clients::RegistryError::Store(e)) => return Err(e),
-                Err(other) => return Err(StoreError::Corrupt(other.to_string())),
-            };
-            let secret_ok = match &secret {
-                Some(s) => clients::verify_secret(conn, &lookup, s, now)?,
-                None => false,
-            };
-            Ok((client, secret_ok))
-        })
-        .await?;
-    let Some(client) = client.filter(|c| c.enabled) else {
+    let Some(registration) = registration(state, &client_id)
+        .await?
+        .filter(|r| r.client.enabled)
+    else {
         return Err(refuse("unknown or disabled client"));
     };
+    let secret_ok = match presented {
+        Presented::SecretBasic { secret, .. } | Presented::SecretPost { secret, .. } => {
+            clients::secret_matches(
+                registration.secrets.iter().map(|(h, e)| (h.as_str(), *e)),
+                secret,
+                state.clock.now_secs(),
+            )
+        }
+        _ => false,
+    };
+    let client = registration.client.clone();
     if presented.method() != client.settings.auth_method {
         return Err(Failure::Refused(format!(
             "this client must authenticate with {}",
@@ -246,18 +235,63 @@ async fn check(
             Err(refuse("client secret is wrong or expired"))
         }
         Presented::Assertion { assertion, .. } => {
-            verify_assertion(state, &client, assertion, audiences).await?;
+            verify_assertion(state, &registration, assertion, audiences).await?;
             Ok(client)
         }
     }
 }
 
+/// The client's registration with its secret hashes and parsed inline keys: from this node's
+/// cache when it may be trusted (`crate::coherence`), otherwise in one database trip.
+async fn registration(
+    state: &AppState,
+    client_id: &str,
+) -> Result<Option<Arc<CachedClient>>, StoreError> {
+    if let Some(hit) = state.coherence.client(client_id) {
+        return Ok(Some(hit));
+    }
+    let epoch = state.coherence.epoch();
+    let lookup = client_id.to_owned();
+    let loaded = state
+        .db
+        .run(move |conn| {
+            let client = match clients::get(conn, &lookup) {
+                Ok(c) => c,
+                Err(clients::RegistryError::NotFound(_)) => return Ok(None),
+                Err(clients::RegistryError::Store(e)) => return Err(e),
+                Err(other) => return Err(StoreError::Corrupt(other.to_string())),
+            };
+            let secrets = crate::store::clients::secrets(conn, &lookup)?
+                .into_iter()
+                .map(|r| (r.secret_hash, r.expires_at))
+                .collect();
+            let inline_keys = client
+                .settings
+                .jwks
+                .as_ref()
+                .and_then(|doc| jwks::validate(doc).ok());
+            Ok(Some(Arc::new(CachedClient {
+                client,
+                secrets,
+                inline_keys,
+            })))
+        })
+        .await?;
+    if let Some(registration) = &loaded {
+        state
+            .coherence
+            .remember_client(Arc::clone(registration), epoch);
+    }
+    Ok(loaded)
+}
+
 async fn verify_assertion(
     state: &AppState,
-    client: &Client,
+    registration: &CachedClient,
     jwt: &str,
     audiences: &[String],
 ) -> Result<(), Failure> {
+    let client = &registration.client;
     let refuse = |e: assertion::AssertionError| Failure::Refused(e.to_string());
     let header = assertion::peek_header(jwt).map_err(refuse)?;
     let now = state.clock.now_secs();
@@ -267,7 +301,7 @@ async fn verify_assertion(
         registered_jku: client.settings.jwks_uri.as_deref(),
         now,
     };
-    let keys = client_keys(state, client).await?;
+    let keys = client_keys(state, registration).await?;
     let verified = match verify_off_executor(jwt, &header, keys, &expect).await? {
         Err(e) if e.is_unknown_kid() => match &client.settings.jwks_uri {
             Some(url) => match state.client_keys.refetch_for_unknown_kid(url).await {
@@ -328,7 +362,14 @@ async fn verify_off_executor(
     })
 }
 
-async fn client_keys(state: &AppState, client: &Client) -> Result<Vec<ClientKey>, Failure> {
+async fn client_keys(
+    state: &AppState,
+    registration: &CachedClient,
+) -> Result<Vec<ClientKey>, Failure> {
+    let client = &registration.client;
+    if let Some(keys) = &registration.inline_keys {
+        return Ok(keys.clone());
+    }
     if let Some(doc) = &client.settings.jwks {
         return jwks::validate(doc).map_err(|e| Failure::Refused(e.to_string()));
     }

@@ -4,8 +4,8 @@
 //!
 //! A token is live when its signature is Ward's, it has not expired, and the database says it
 //! and its family are not revoked, its user can still sign in and (for `online_access`) its
-//! session is alive. Every answer reads the database, so a revocation is visible at once on the
-//! node that made it and on every other node sharing the database — no cache to go stale.
+//! session is alive. `/introspect` may answer a repeated question from this node's cache of
+//! verified tokens, which `crate::coherence` keeps within a second of the database on every node.
 
 use serde_json::{json, Map, Value};
 
@@ -25,6 +25,19 @@ pub struct LiveToken {
     pub context: LaunchContext,
     /// The token's client is an AI tool (every introspection of its tokens is audited).
     pub ai_tool: bool,
+    /// The answer stays true until then unless something changes: the token's expiry, or
+    /// earlier when its `online_access` session would time out first.
+    pub valid_until: i64,
+}
+
+/// What the database says about an access token.
+#[derive(Debug)]
+pub enum TokenCheck {
+    Live(Box<LiveToken>),
+    /// Not live now, and never again (bad signature, expired, revoked): safe to remember.
+    Dead,
+    /// Not live now (unknown key, foreign audience, disabled client or user, ended session).
+    Inactive,
 }
 
 /// Reads an access token back and checks it against the database (see the module docs).
@@ -40,31 +53,54 @@ pub fn live_access_token(
     timeouts: Timeouts,
     audiences: Option<&[String]>,
 ) -> Result<Option<LiveToken>, StoreError> {
-    let Ok(claims) = tokens::read_access(ring, token, issuer, now) else {
-        return Ok(None);
+    Ok(
+        match check_access_token(conn, ring, issuer, token, now, timeouts, audiences)? {
+            TokenCheck::Live(live) => Some(*live),
+            TokenCheck::Dead | TokenCheck::Inactive => None,
+        },
+    )
+}
+
+/// [`live_access_token`], saying also whether a token that is not live can ever be again.
+pub fn check_access_token(
+    conn: &mut DbConnection,
+    ring: &KeyRing,
+    issuer: &str,
+    token: &str,
+    now: i64,
+    timeouts: Timeouts,
+    audiences: Option<&[String]>,
+) -> Result<TokenCheck, StoreError> {
+    let claims = match tokens::read_access(ring, token, issuer, now) {
+        Ok(claims) => claims,
+        // A key this node has not loaded yet may still come.
+        Err(tokens::ReadError::UnknownKey) => return Ok(TokenCheck::Inactive),
+        Err(_) => return Ok(TokenCheck::Dead),
     };
     if audiences.is_some_and(|a| !a.contains(&claims.aud)) {
-        return Ok(None);
+        return Ok(TokenCheck::Inactive);
     }
     let Some((row, family)) = grants::find_access_token(conn, &claims.jti)? else {
-        return Ok(None);
+        return Ok(TokenCheck::Inactive);
     };
     if row.revoked_at.is_some() || family.revoked_at.is_some() || row.expires_at <= now {
-        return Ok(None);
+        return Ok(TokenCheck::Dead);
     }
     // A disabled client's tokens die with it (an incident response must not wait for expiry).
     let Some(client) = crate::store::clients::find(conn, &row.client_id)?.filter(|c| c.enabled)
     else {
-        return Ok(None);
+        return Ok(TokenCheck::Inactive);
     };
     if let Some(user_id) = &row.user_id {
         if !super::token::user_active(conn, user_id)? {
-            return Ok(None);
+            return Ok(TokenCheck::Inactive);
         }
     }
+    let mut valid_until = row.expires_at.min(claims.exp);
     if let Some(session_id) = &family.session_id {
-        if !super::token::session_alive(conn, session_id, now, timeouts)? {
-            return Ok(None);
+        match super::token::session_deadline(conn, session_id, now, timeouts)? {
+            Some(deadline) => valid_until = valid_until.min(deadline),
+            None => return Ok(TokenCheck::Inactive),
         }
     }
     // The signed claims are authoritative for patient and encounter; the stored context adds
@@ -73,13 +109,14 @@ pub fn live_access_token(
         .map_err(|e| StoreError::Corrupt(format!("launch context of grant {}: {e}", family.id)))?;
     context.patient = claims.patient.clone();
     context.encounter = claims.encounter.clone();
-    Ok(Some(LiveToken {
+    Ok(TokenCheck::Live(Box::new(LiveToken {
         claims,
         row,
         family,
         context,
         ai_tool: client.ai_tool,
-    }))
+        valid_until,
+    })))
 }
 
 /// The RFC 7662 answer for a live token: the standard members, every launch-context member

@@ -484,13 +484,34 @@ pub(crate) fn session_alive(
     now: i64,
     t: Timeouts,
 ) -> Result<bool, StoreError> {
+    Ok(session_deadline(conn, public_id, now, t)?.is_some())
+}
+
+/// When a live session would end if nothing happened in it (idle or absolute timeout,
+/// whichever comes first); `None` when it is not live now.
+pub(crate) fn session_deadline(
+    conn: &mut DbConnection,
+    public_id: &str,
+    now: i64,
+    t: Timeouts,
+) -> Result<Option<i64>, StoreError> {
     Ok(
         match credentials::find_session_by_public_id(conn, public_id)? {
-            Some(s) => {
-                session::liveness(s.ended_at.is_some(), s.last_seen_at, s.expires_at, now, t)
-                    == Liveness::Live
+            Some(s)
+                if session::liveness(
+                    s.ended_at.is_some(),
+                    s.last_seen_at,
+                    s.expires_at,
+                    now,
+                    t,
+                ) == Liveness::Live =>
+            {
+                Some(
+                    s.expires_at
+                        .min(s.last_seen_at.saturating_add(t.idle_seconds)),
+                )
             }
-            None => false,
+            _ => None,
         },
     )
 }

@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 
+use super::changes::{self, Change};
 use super::schema::{client_secrets, clients};
 use super::{DbConnection, StoreError};
 
@@ -98,6 +99,9 @@ pub fn update_if_version(
     )
     .set(row)
     .execute(conn)?;
+    if updated == 1 {
+        changes::publish(conn, Change::Client(row.client_id.clone()))?;
+    }
     Ok(updated == 1)
 }
 
@@ -116,7 +120,7 @@ pub fn insert_secret(conn: &mut DbConnection, row: &ClientSecretRow) -> Result<(
     diesel::insert_into(client_secrets::table)
         .values(row)
         .execute(conn)?;
-    Ok(())
+    changes::publish(conn, Change::Client(row.client_id.clone()))
 }
 
 /// Gives every still-unexpiring secret of a client an expiry (the rotation grace period).
@@ -125,13 +129,25 @@ pub fn expire_current_secrets(
     client_id: &str,
     at: i64,
 ) -> Result<usize, StoreError> {
-    Ok(diesel::update(
+    let n = diesel::update(
         client_secrets::table
             .filter(client_secrets::client_id.eq(client_id))
             .filter(client_secrets::expires_at.is_null()),
     )
     .set(client_secrets::expires_at.eq(Some(at)))
-    .execute(conn)?)
+    .execute(conn)?;
+    secrets_changed(conn, client_id, n)
+}
+
+fn secrets_changed(
+    conn: &mut DbConnection,
+    client_id: &str,
+    n: usize,
+) -> Result<usize, StoreError> {
+    if n > 0 {
+        changes::publish(conn, Change::Client(client_id.to_owned()))?;
+    }
+    Ok(n)
 }
 
 /// Removes secrets whose grace period has passed.
@@ -140,18 +156,18 @@ pub fn delete_expired_secrets(
     client_id: &str,
     now: i64,
 ) -> Result<usize, StoreError> {
-    Ok(diesel::delete(
+    let n = diesel::delete(
         client_secrets::table
             .filter(client_secrets::client_id.eq(client_id))
             .filter(client_secrets::expires_at.le(now)),
     )
-    .execute(conn)?)
+    .execute(conn)?;
+    secrets_changed(conn, client_id, n)
 }
 
 /// Removes every secret of a client (it no longer authenticates with one).
 pub fn delete_all_secrets(conn: &mut DbConnection, client_id: &str) -> Result<usize, StoreError> {
-    Ok(
-        diesel::delete(client_secrets::table.filter(client_secrets::client_id.eq(client_id)))
-            .execute(conn)?,
-    )
+    let n = diesel::delete(client_secrets::table.filter(client_secrets::client_id.eq(client_id)))
+        .execute(conn)?;
+    secrets_changed(conn, client_id, n)
 }

@@ -7,6 +7,7 @@
 
 use diesel::prelude::*;
 
+use super::changes::{self, Change};
 use super::schema::{auth_throttle, recovery_codes, sessions, totp_credentials, users};
 use super::{DbConnection, StoreError};
 
@@ -116,7 +117,7 @@ pub fn set_enabled(
     enabled: bool,
     now: i64,
 ) -> Result<bool, StoreError> {
-    Ok(diesel::update(
+    let changed = diesel::update(
         users::table
             .find(user_id)
             .filter(users::enabled.ne(enabled)),
@@ -127,7 +128,11 @@ pub fn set_enabled(
         users::version.eq(users::version + 1),
     ))
     .execute(conn)?
-        == 1)
+        == 1;
+    if changed {
+        changes::publish(conn, Change::User(user_id.to_owned()))?;
+    }
+    Ok(changed)
 }
 
 // --- TOTP ---------------------------------------------------------------------------------
@@ -347,7 +352,7 @@ pub fn end_session(
     now: i64,
     reason: &str,
 ) -> Result<bool, StoreError> {
-    Ok(diesel::update(
+    let ended = diesel::update(
         sessions::table
             .find(id_hash)
             .filter(sessions::ended_at.is_null()),
@@ -357,7 +362,15 @@ pub fn end_session(
         sessions::end_reason.eq(Some(reason)),
     ))
     .execute(conn)?
-        == 1)
+        == 1;
+    if ended {
+        let public_id: String = sessions::table
+            .find(id_hash)
+            .select(sessions::public_id)
+            .first(conn)?;
+        changes::publish(conn, Change::Session(public_id))?;
+    }
+    Ok(ended)
 }
 
 /// Ends every live session of a user (optionally keeping one); returns how many.
@@ -375,12 +388,16 @@ pub fn end_sessions_of(
     if let Some(keep) = keep {
         query = query.filter(sessions::id_hash.ne(keep.to_owned()));
     }
-    Ok(query
+    let n = query
         .set((
             sessions::ended_at.eq(Some(now)),
             sessions::end_reason.eq(Some(reason)),
         ))
-        .execute(conn)?)
+        .execute(conn)?;
+    if n > 0 {
+        changes::publish(conn, Change::User(user_id.to_owned()))?;
+    }
+    Ok(n)
 }
 
 // --- Failed-attempt counters --------------------------------------------------------------

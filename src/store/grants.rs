@@ -8,6 +8,7 @@
 
 use diesel::prelude::*;
 
+use super::changes::{self, Change};
 use super::schema::{
     access_tokens, assertion_jtis, auth_requests, authorization_codes, consents, launch_contexts,
     refresh_tokens, token_families,
@@ -209,6 +210,9 @@ pub fn revoke_family(
         token_families::revoked_reason.eq(Some(reason)),
     ))
     .execute(conn)?;
+    if n == 1 {
+        changes::publish(conn, Change::Family(id.to_owned()))?;
+    }
     Ok(n == 1)
 }
 
@@ -438,6 +442,9 @@ pub fn revoke_access_token(
     )
     .set(access_tokens::revoked_at.eq(Some(now)))
     .execute(conn)?;
+    if n == 1 {
+        changes::publish(conn, Change::Token(jti.to_owned()))?;
+    }
     Ok(n == 1)
 }
 
@@ -536,12 +543,22 @@ pub fn revoke_all_of(
         GrantOwner::Client(id) => query.filter(token_families::client_id.eq(id.to_owned())),
         GrantOwner::User(id) => query.filter(token_families::user_id.eq(id.to_owned())),
     };
-    Ok(query
+    let n = query
         .set((
             token_families::revoked_at.eq(Some(now)),
             token_families::revoked_reason.eq(Some(reason)),
         ))
-        .execute(conn)?)
+        .execute(conn)?;
+    if n > 0 {
+        changes::publish(
+            conn,
+            match owner {
+                GrantOwner::Client(id) => Change::Client(id.to_owned()),
+                GrantOwner::User(id) => Change::User(id.to_owned()),
+            },
+        )?;
+    }
+    Ok(n)
 }
 
 /// Whether a client ever received a grant (revoked or expired ones count).

@@ -7,6 +7,7 @@
 //! "database is locked" halfway through.
 
 pub mod audit_events;
+pub mod changes;
 pub mod clients;
 pub mod credentials;
 pub mod enrolment;
@@ -161,6 +162,8 @@ pub struct Db {
     permits: std::sync::Arc<tokio::sync::Semaphore>,
     /// How long work waits for a permit before answering "unavailable" (503).
     wait: Duration,
+    /// Where committed changes go on this node (its caches); set once by `attach`.
+    sink: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn changes::ChangeSink>>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -198,11 +201,17 @@ impl Db {
             backend,
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(pool_size as usize)),
             wait: connect_timeout,
+            sink: std::sync::Arc::default(),
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Sends the changes this node commits (through `run`) to `sink` (its caches). Once only.
+    pub fn attach(&self, sink: std::sync::Arc<dyn changes::ChangeSink>) {
+        let _ = self.sink.set(sink);
     }
 
     /// A connection for synchronous callers (the CLI, startup).
@@ -234,13 +243,14 @@ impl Db {
             }
         };
         let pool = self.pool.clone();
+        let sink = self.sink.get().cloned();
         let joined = tokio::task::spawn_blocking(move || {
             // Held until the work ends, even if the request that asked for it went away.
             let _permit = permit;
             let mut conn = pool
                 .get()
                 .map_err(|e| E::from(StoreError::Unavailable(e.to_string())))?;
-            work(&mut conn)
+            changes::with_sink(sink, || work(&mut conn))
         })
         .await;
         match joined {
@@ -300,13 +310,18 @@ where
         }
     };
     begun.map_err(|e| E::from(StoreError::from(e)))?;
+    changes::transaction_began();
     match work(conn) {
         Ok(value) => {
-            <DbConnection as Connection>::TransactionManager::commit_transaction(conn)
-                .map_err(|e| E::from(StoreError::from(e)))?;
+            let committed =
+                <DbConnection as Connection>::TransactionManager::commit_transaction(conn);
+            // Published changes reach this node's caches only once they are durable.
+            changes::transaction_ended(committed.is_ok());
+            committed.map_err(|e| E::from(StoreError::from(e)))?;
             Ok(value)
         }
         Err(err) => {
+            changes::transaction_ended(false);
             // The work's error is the one worth reporting; a failed rollback leaves the
             // connection broken and r2d2's check-out test discards it.
             let _ = <DbConnection as Connection>::TransactionManager::rollback_transaction(conn);

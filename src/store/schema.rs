@@ -316,6 +316,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    changes (id) {
+        id -> BigInt,
+        change -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
     ward_meta (key) {
         key -> Text,
         value -> Text,
@@ -357,5 +365,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     assertion_jtis,
     audit_chain_state,
     enrolment_links,
+    changes,
     ward_meta,
 );

@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 
+use super::changes::{self, Change};
 use super::schema::signing_keys;
 use super::{DbConnection, StoreError};
 
@@ -32,5 +33,5 @@ pub fn insert(conn: &mut DbConnection, row: &SigningKeyRow) -> Result<(), StoreE
     diesel::insert_into(signing_keys::table)
         .values(row)
         .execute(conn)?;
-    Ok(())
+    changes::publish(conn, Change::Keys)
 }
