@@ -397,7 +397,7 @@ mod tests {
             c.tokens.clear();
             fill(&c);
             assert_eq!(alive(&c), vec![1, 2, 3, 4]);
-            c.apply(&[change.clone()]);
+            c.apply(std::slice::from_ref(&change));
             assert_eq!(alive(&c), left, "{change:?}");
         }
     }
