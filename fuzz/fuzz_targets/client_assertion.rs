@@ -130,7 +130,10 @@ fn check(jwt: &str, registered: Option<&str>) {
             Err(AssertionError::BadSignature)
         }
     });
-    let oracle = claims_oracle(&plain.payload, &audiences);
+    let oracle = plain
+        .payload
+        .as_ref()
+        .and_then(|payload| claims_oracle(payload, &audiences));
     match &result {
         Ok(verified) => {
             assert!(jku_ok && signature_ok);
@@ -151,7 +154,8 @@ fn check(jwt: &str, registered: Option<&str>) {
 /// The token read with plain serde_json (which keeps the last of duplicated members).
 struct Plain {
     header: Map<String, Value>,
-    payload: Map<String, Value>,
+    /// None when the payload is not a JSON object (the header is read without it).
+    payload: Option<Map<String, Value>>,
     signature: Vec<u8>,
     signing_input: String,
 }
@@ -169,7 +173,7 @@ impl Plain {
         };
         Some(Self {
             header: object(header)?,
-            payload: object(payload)?,
+            payload: object(payload),
             signature: URL_SAFE_NO_PAD.decode(signature).ok()?,
             signing_input: format!("{header}.{payload}"),
         })

@@ -10,16 +10,29 @@
 //!   encoding;
 //! - `presented` picks exactly one method (RFC 6749 §2.3) and its result agrees with the input;
 //! - a Basic header decodes per RFC 6749 §2.3.1 (form-urlencoded inside Basic): it matches an
-//!   independent decoder, and credentials encoded the RFC way come back unchanged.
+//!   independent decoder, and credentials encoded the RFC way come back unchanged;
+//! - the authorization request checks (`authorize_request::validate`, for a fixed public client)
+//!   are deterministic; an accepted request satisfies every rule (PKCE S256, registered redirect
+//!   URI, known `aud`, normalised non-empty scope, launch only with the `launch` scope, bounded
+//!   `state`/`nonce`/`login_hint`/`max_age`, no `request`); an error is shown as a page exactly
+//!   when the client or redirect URI is not trusted, and otherwise goes back to the presented
+//!   redirect URI, whose own query survives, with `error`, `state` and `iss` appended.
 #![no_main]
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use url::form_urlencoded;
+use ward_fuzz::clients::{ClientKind, GrantType, LaunchMode};
 use ward_fuzz::oauth::assertion_claims::CLIENT_ASSERTION_TYPE;
+use ward_fuzz::oauth::authorize_request::{
+    error_redirect, redirect_with, valid_launch_value, validate, Registration, Rejection,
+    MAX_LOGIN_HINT_BYTES, MAX_MAX_AGE, MAX_NONCE_BYTES, MAX_STATE_BYTES,
+};
 use ward_fuzz::oauth::client_credentials::{presented, Presented};
 use ward_fuzz::oauth::error::{OAuthError, Params, MAX_PARAMS};
+use ward_fuzz::oauth::{pkce, redirect_uri};
+use ward_fuzz::smart::scopes::{IdentityScope, ScopeSet};
 
 fuzz_target!(|data: &[u8]| {
     let (header, body) = match data.iter().position(|b| *b == b'\n') {
@@ -36,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
         .filter(|h| !h.is_empty());
     check_presented(header.as_deref(), &params);
     check_basic_round_trip(&params);
+    check_authorize(&params);
 });
 
 /// Parses `encoded` and checks the result against the oracle; the parameters when accepted.
@@ -241,4 +255,152 @@ fn check_basic_round_trip(params: &Params) {
             "{header}"
         );
     }
+}
+
+const CLIENT_ID: &str = "app";
+const BASE: &str = "https://fhir.example.org/r4";
+const ISSUER: &str = "https://ward.example.org";
+
+fn check_authorize(params: &Params) {
+    let redirect_uris = [
+        "https://app.example.com/cb?from=ward".to_owned(),
+        "http://127.0.0.1/cb".to_owned(),
+    ];
+    let client = Registration {
+        client_id: CLIENT_ID,
+        enabled: true,
+        kind: ClientKind::Public,
+        grant_types: &[GrantType::AuthorizationCode, GrantType::RefreshToken],
+        redirect_uris: &redirect_uris,
+        launch_modes: &[LaunchMode::Ehr, LaunchMode::Standalone],
+    };
+    let bases = [BASE.to_owned()];
+    assert!(matches!(
+        validate(params, None, &bases),
+        Err(Rejection::Page(_))
+    ));
+    let result = validate(params, Some(client), &bases);
+    assert_eq!(
+        result,
+        validate(params, Some(client), &bases),
+        "deterministic"
+    );
+    let presented_uri = params.get("redirect_uri");
+    let trusted = params.get("client_id") == Some(CLIENT_ID)
+        && presented_uri.is_some_and(|p| {
+            redirect_uris
+                .iter()
+                .any(|r| redirect_uri::matches(r, p, true))
+        });
+    let state = params.get("state");
+    match result {
+        Ok(request) => {
+            assert!(trusted);
+            assert_eq!(request.client_id, CLIENT_ID);
+            assert_eq!(Some(request.redirect_uri.as_str()), presented_uri);
+            assert_eq!(params.get("response_type"), Some("code"));
+            assert!(params.get("response_mode").is_none_or(|m| m == "query"));
+            assert_eq!(params.get("code_challenge_method"), Some("S256"));
+            assert!(pkce::valid_challenge(&request.code_challenge));
+            assert_eq!(
+                params.get("code_challenge"),
+                Some(request.code_challenge.as_str())
+            );
+            assert!(!params.contains("request") && !params.contains("request_uri"));
+            let (scopes, errors) = ScopeSet::parse(&request.scope);
+            assert!(errors.is_empty() && !scopes.is_empty(), "{}", request.scope);
+            assert_eq!(scopes.to_string(), request.scope, "the scope is normalised");
+            assert_eq!(request.aud, BASE);
+            for name in ["aud", "resource"] {
+                assert!(params.get(name).is_none_or(|v| v == BASE));
+            }
+            assert_eq!(request.state.as_deref(), state);
+            assert!(state.is_none_or(|s| s.len() <= MAX_STATE_BYTES));
+            assert_eq!(request.launch.is_some(), scopes.has(IdentityScope::Launch));
+            assert!(request.launch.as_deref().is_none_or(valid_launch_value));
+            assert!(request
+                .nonce
+                .as_ref()
+                .is_none_or(|n| n.len() <= MAX_NONCE_BYTES));
+            assert!(request
+                .login_hint
+                .as_ref()
+                .is_none_or(|h| h.len() <= MAX_LOGIN_HINT_BYTES));
+            assert!(request
+                .max_age
+                .is_none_or(|a| (0..=MAX_MAX_AGE).contains(&a)));
+            let prompt = request.prompt;
+            assert!(!(prompt.none && (prompt.login || prompt.consent)));
+            let code = "c0de";
+            let mut pairs = vec![("code", code)];
+            if let Some(state) = &request.state {
+                pairs.push(("state", state));
+            }
+            pairs.push(("iss", ISSUER));
+            check_appended(
+                &request.redirect_uri,
+                &redirect_with(&request.redirect_uri, &pairs),
+                &pairs,
+            );
+        }
+        Err(Rejection::Page(text)) => {
+            assert!(!trusted, "a trusted redirect URI gets the error: {text}");
+        }
+        Err(Rejection::Redirect {
+            redirect_uri,
+            error,
+            state: sent_state,
+        }) => {
+            assert!(trusted);
+            assert_eq!(Some(redirect_uri.as_str()), presented_uri);
+            assert_eq!(
+                sent_state.as_deref(),
+                state.filter(|s| s.len() <= MAX_STATE_BYTES)
+            );
+            assert!(
+                [
+                    "invalid_request",
+                    "invalid_scope",
+                    "unsupported_response_type",
+                    "unauthorized_client",
+                    "request_not_supported",
+                    "request_uri_not_supported",
+                ]
+                .contains(&error.code),
+                "{error}"
+            );
+            assert_safe_description(&error);
+            let location = error_redirect(&redirect_uri, &error, sent_state.as_deref(), ISSUER);
+            let mut pairs = vec![
+                ("error", error.code),
+                ("error_description", error.description.as_str()),
+            ];
+            if let Some(state) = &sent_state {
+                pairs.push(("state", state));
+            }
+            pairs.push(("iss", ISSUER));
+            check_appended(&redirect_uri, &location, &pairs);
+        }
+    }
+}
+
+/// `location` is `base` with `pairs` appended to its query, which keeps its own parameters.
+fn check_appended(base: &str, location: &str, pairs: &[(&str, &str)]) {
+    let query = |text: &str| -> Vec<(String, String)> {
+        url::Url::parse(text)
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+            .query_pairs()
+            .into_owned()
+            .collect()
+    };
+    let mut expected = query(base);
+    expected.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    assert_eq!(query(location), expected, "{location}");
+    let (mut before, mut after) = (
+        url::Url::parse(base).unwrap(),
+        url::Url::parse(location).unwrap(),
+    );
+    before.set_query(None);
+    after.set_query(None);
+    assert_eq!(before, after, "only the query changes");
 }
