@@ -14,11 +14,8 @@ use josekit::jwk::Jwk;
 use josekit::jws::{ES256, ES384, ES512, PS256, PS384, PS512, RS256, RS384, RS512};
 use serde_json::{Map, Value};
 
-/// Signature algorithms a client key may declare. SMART requires RS384 and ES384; the others are
-/// asymmetric too and may be used by clients that declare them. Never `none` or HS*.
-pub const ALLOWED_ALGS: &[&str] = &[
-    "RS384", "ES384", "RS256", "ES256", "RS512", "ES512", "PS256", "PS384", "PS512",
-];
+/// Signature algorithms a client key may declare (defined with the assertion checks that use it).
+pub use crate::oauth::assertion_claims::ALLOWED_ALGS;
 pub const MAX_KEYS: usize = 20;
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
 const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth", "k"];

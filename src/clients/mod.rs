@@ -2,6 +2,7 @@
 //! The CLI calls these functions today; the admin API and console will call the same ones.
 
 pub mod jwks;
+pub mod kinds;
 pub mod model;
 mod service;
 

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::authorize_request::{self, AuthorizeRequest, Rejection};
+use super::authorize_request::{self, AuthorizeRequest, Registration, Rejection};
 use super::error::{OAuthError, Params};
 use crate::audit::{self, AuditContext, AuditEvent};
 use crate::authn::login::SessionInfo;
@@ -32,6 +32,20 @@ pub const LAUNCH_TTL: i64 = 300;
 pub const PICKER_LIMIT: i64 = 20;
 /// At most this many distinct patients may be offered to one request.
 pub const MAX_OFFERED: usize = 200;
+
+/// The part of a stored registration the pure authorization-request checks read.
+impl<'a> From<&'a Client> for Registration<'a> {
+    fn from(client: &'a Client) -> Self {
+        Registration {
+            client_id: &client.client_id,
+            enabled: client.enabled,
+            kind: client.settings.kind,
+            grant_types: &client.settings.grant_types,
+            redirect_uris: &client.settings.redirect_uris,
+            launch_modes: &client.settings.launch_modes,
+        }
+    }
+}
 
 /// A launch context resolved at /authorize, with the user it was created for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +128,11 @@ pub fn begin(
         },
         None => None,
     };
-    let request = match authorize_request::validate(params, client.as_ref(), fhir_bases) {
+    let request = match authorize_request::validate(
+        params,
+        client.as_ref().map(Registration::from),
+        fhir_bases,
+    ) {
         Ok(r) => r,
         Err(rejection) => {
             if let (Some(client), Rejection::Redirect { error, .. }) = (&client, &rejection) {

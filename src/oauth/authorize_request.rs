@@ -11,12 +11,15 @@
 //!   byte; `resource` (RFC 8707) is accepted as a synonym and must agree with `aud`.
 //! - `request` and `request_uri` (signed request objects) are not supported and refused.
 //! - only `response_mode=query` (the default for `code`) is accepted.
+//!
+//! Pure: the client comes in as a [`Registration`] view, so the fuzz crate compiles this file as
+//! it is.
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{truncate, OAuthError, Params};
 use super::{pkce, redirect_uri};
-use crate::clients::{Client, ClientKind, GrantType, LaunchMode};
+use crate::clients::{ClientKind, GrantType, LaunchMode};
 use crate::smart::scopes::{IdentityScope, ScopeSet};
 
 pub const MAX_STATE_BYTES: usize = 2048;
@@ -74,10 +77,22 @@ pub enum Rejection {
     },
 }
 
-/// Runs every check in order. `fhir_bases` are the configured audiences.
+/// What the checks read of the registered client (see `authorize.rs` for the conversion).
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a> {
+    pub client_id: &'a str,
+    pub enabled: bool,
+    pub kind: ClientKind,
+    pub grant_types: &'a [GrantType],
+    pub redirect_uris: &'a [String],
+    pub launch_modes: &'a [LaunchMode],
+}
+
+/// Runs every check in order. `client` is the registration named by `client_id`, if any;
+/// `fhir_bases` are the configured audiences.
 pub fn validate(
     params: &Params,
-    client: Option<&Client>,
+    client: Option<Registration<'_>>,
     fhir_bases: &[String],
 ) -> Result<AuthorizeRequest, Rejection> {
     let page = |text: &str| Rejection::Page(text.to_owned());
@@ -95,11 +110,8 @@ pub fn validate(
             ))
         }
     };
-    if !client
-        .settings
-        .grant_types
-        .contains(&GrantType::AuthorizationCode)
-        || client.settings.kind == ClientKind::ResourceServer
+    if !client.grant_types.contains(&GrantType::AuthorizationCode)
+        || client.kind == ClientKind::ResourceServer
     {
         return Err(page(
             "This application does not sign people in through Ward.",
@@ -108,9 +120,8 @@ pub fn validate(
     let Some(presented_uri) = params.get("redirect_uri") else {
         return Err(page("The request has no redirect_uri."));
     };
-    let native = client.settings.kind == ClientKind::Public;
+    let native = client.kind == ClientKind::Public;
     if !client
-        .settings
         .redirect_uris
         .iter()
         .any(|registered| redirect_uri::matches(registered, presented_uri, native))
@@ -238,7 +249,7 @@ pub fn validate(
     } else {
         LaunchMode::Standalone
     };
-    if !client.settings.launch_modes.contains(&mode) {
+    if !client.launch_modes.contains(&mode) {
         return Err(fail(OAuthError::unauthorized_client(format!(
             "this application is not registered for {} launch",
             mode.as_str()
@@ -268,7 +279,7 @@ pub fn validate(
         return Err(fail(OAuthError::invalid_request("login_hint is too long")));
     }
     Ok(AuthorizeRequest {
-        client_id: client.client_id.clone(),
+        client_id: client.client_id.to_owned(),
         redirect_uri: presented_uri.to_owned(),
         scope: scopes.to_string(),
         state,
@@ -356,6 +367,7 @@ pub fn error_redirect(
 mod tests {
     use super::*;
     use crate::clients::model::{validate as validate_client, ClientSpec};
+    use crate::clients::Client;
 
     const BASE: &str = "https://fhir.example.org/r4";
     const CB: &str = "https://app.example.com/cb";
@@ -403,7 +415,7 @@ mod tests {
             .extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())))
             .finish();
         let params = Params::parse(encoded.as_bytes()).unwrap();
-        validate(&params, client, &[BASE.to_owned()])
+        validate(&params, client.map(Registration::from), &[BASE.to_owned()])
     }
 
     fn with(name: &'static str, value: Option<&str>) -> Vec<(&'static str, String)> {

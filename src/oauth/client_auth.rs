@@ -8,11 +8,9 @@
 //! assertion `jti` is refused; the jti is recorded in its own committed step, so it stays
 //! consumed even when the request fails later (DESIGN.md §4).
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-
-use super::assertion::{self, Expectations, CLIENT_ASSERTION_TYPE};
-use super::error::{OAuthError, Params};
+use super::assertion::{self, Expectations};
+pub use super::client_credentials::{presented, Presented};
+use super::error::OAuthError;
 use crate::app::AppState;
 use crate::audit::{self, AuditContext, AuditEvent};
 use crate::clients::jwks::{self, ClientKey};
@@ -22,37 +20,7 @@ use crate::clients::{self, AuthMethod, Client};
 use crate::coherence::CachedClient;
 use crate::store::{grants, write_transaction, StoreError};
 
-/// How the request tried to authenticate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Presented {
-    /// A public client naming itself.
-    None {
-        client_id: String,
-    },
-    SecretBasic {
-        client_id: String,
-        secret: String,
-    },
-    SecretPost {
-        client_id: String,
-        secret: String,
-    },
-    Assertion {
-        client_id: Option<String>,
-        assertion: String,
-    },
-}
-
 impl Presented {
-    pub fn client_id(&self) -> Option<&str> {
-        match self {
-            Self::None { client_id }
-            | Self::SecretBasic { client_id, .. }
-            | Self::SecretPost { client_id, .. } => Some(client_id),
-            Self::Assertion { client_id, .. } => client_id.as_deref(),
-        }
-    }
-
     fn method(&self) -> AuthMethod {
         match self {
             Self::None { .. } => AuthMethod::None,
@@ -61,82 +29,6 @@ impl Presented {
             Self::Assertion { .. } => AuthMethod::PrivateKeyJwt,
         }
     }
-}
-
-/// Reads the credentials from the `Authorization` header and the form. Using two methods at
-/// once is refused (RFC 6749 §2.3).
-pub fn presented(authorization: Option<&str>, params: &Params) -> Result<Presented, OAuthError> {
-    let basic = authorization.map(parse_basic).transpose()?;
-    let form_secret = params.get("client_secret");
-    let assertion = params.get("client_assertion");
-    let form_id = params.get("client_id").map(str::to_owned);
-    let methods = [basic.is_some(), form_secret.is_some(), assertion.is_some()]
-        .iter()
-        .filter(|m| **m)
-        .count();
-    if methods > 1 {
-        return Err(OAuthError::invalid_request(
-            "use exactly one client authentication method",
-        ));
-    }
-    if let Some((client_id, secret)) = basic {
-        if form_id.as_ref().is_some_and(|f| *f != client_id) {
-            return Err(OAuthError::invalid_request(
-                "client_id differs from the authenticated client",
-            ));
-        }
-        return Ok(Presented::SecretBasic { client_id, secret });
-    }
-    if let Some(secret) = form_secret {
-        let client_id =
-            form_id.ok_or_else(|| OAuthError::invalid_request("client_secret needs client_id"))?;
-        return Ok(Presented::SecretPost {
-            client_id,
-            secret: secret.to_owned(),
-        });
-    }
-    if let Some(assertion) = assertion {
-        if params.get("client_assertion_type") != Some(CLIENT_ASSERTION_TYPE) {
-            return Err(OAuthError::invalid_request(format!(
-                "client_assertion_type must be {CLIENT_ASSERTION_TYPE}"
-            )));
-        }
-        return Ok(Presented::Assertion {
-            client_id: form_id,
-            assertion: assertion.to_owned(),
-        });
-    }
-    match form_id {
-        Some(client_id) => Ok(Presented::None { client_id }),
-        None => Err(OAuthError::invalid_client(
-            "client authentication is required",
-        )),
-    }
-}
-
-/// RFC 6749 §2.3.1: `Basic base64(urlencode(id) ":" urlencode(secret))`.
-fn parse_basic(header: &str) -> Result<(String, String), OAuthError> {
-    let bad = || OAuthError::invalid_client("malformed Basic credentials");
-    let (scheme, value) = header.split_once(' ').ok_or_else(bad)?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(bad());
-    }
-    let decoded = STANDARD.decode(value.trim()).map_err(|_| bad())?;
-    let text = String::from_utf8(decoded).map_err(|_| bad())?;
-    let (id, secret) = text.split_once(':').ok_or_else(bad)?;
-    let unescape = |s: &str| -> Result<String, OAuthError> {
-        let spaced = s.replace('+', " ");
-        let bytes: Vec<u8> = url::form_urlencoded::parse(format!("x={spaced}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned().into_bytes())
-            .unwrap_or_default();
-        String::from_utf8(bytes).map_err(|_| bad())
-    };
-    let (id, secret) = (unescape(id)?, unescape(secret)?);
-    if id.is_empty() || secret.is_empty() {
-        return Err(bad());
-    }
-    Ok((id, secret))
 }
 
 /// Authenticates the client; `endpoint` names the endpoint for the audit trail and
@@ -381,50 +273,5 @@ async fn client_keys(
             .map(|keys| keys.as_ref().clone())
             .map_err(|e| Failure::Refused(e.to_string())),
         None => Err(Failure::Refused("the client has no registered keys".into())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn params(text: &str) -> Params {
-        Params::parse(text.as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn one_method_per_request() {
-        let basic = format!("Basic {}", STANDARD.encode("app:s%3Acret"));
-        assert_eq!(
-            presented(Some(&basic), &params("grant_type=x")).unwrap(),
-            Presented::SecretBasic {
-                client_id: "app".into(),
-                secret: "s:cret".into()
-            }
-        );
-        assert!(presented(Some(&basic), &params("client_secret=x&client_id=app")).is_err());
-        assert!(presented(Some(&basic), &params("client_id=other")).is_err());
-        assert_eq!(
-            presented(None, &params("client_id=app")).unwrap(),
-            Presented::None {
-                client_id: "app".into()
-            }
-        );
-        assert_eq!(
-            presented(None, &params("client_assertion=x.y.z"))
-                .unwrap_err()
-                .code,
-            "invalid_request"
-        );
-        assert_eq!(
-            presented(None, &params("grant_type=x")).unwrap_err().code,
-            "invalid_client"
-        );
-        for bad in ["Bearer abc", "Basic !!!", "Basic YWJj"] {
-            assert_eq!(
-                presented(Some(bad), &params("")).unwrap_err().code,
-                "invalid_client"
-            );
-        }
     }
 }

@@ -1,12 +1,7 @@
-//! RFC 6749 protocol errors (DESIGN.md §9): a JSON body with `error` and `error_description`,
-//! `Cache-Control: no-store`, and 401 with `WWW-Authenticate` for `invalid_client`.
-
-use actix_web::http::{header, StatusCode};
-use actix_web::HttpResponse;
-use serde_json::json;
-
-use crate::error::AppError;
-use crate::store::StoreError;
+//! RFC 6749 protocol errors and request parameters (DESIGN.md §9). This module is pure (no
+//! actix, no database): the fuzz crate compiles it as it is. How an error becomes an HTTP
+//! response (a JSON body with `error` and `error_description`, `Cache-Control: no-store`, 401
+//! with `WWW-Authenticate` for `invalid_client`) is in `error_response.rs`.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {
@@ -42,71 +37,6 @@ codes!(
     temporarily_unavailable = "temporarily_unavailable",
 );
 
-impl OAuthError {
-    pub fn status(&self) -> StatusCode {
-        match self.code {
-            "invalid_client" | "invalid_token" => StatusCode::UNAUTHORIZED,
-            "insufficient_scope" => StatusCode::FORBIDDEN,
-            "server_error" => StatusCode::INTERNAL_SERVER_ERROR,
-            "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// The JSON error response of a token-style endpoint.
-    pub fn response(&self) -> HttpResponse {
-        let mut builder = HttpResponse::build(self.status());
-        builder
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .insert_header((header::PRAGMA, "no-cache"));
-        match self.code {
-            "invalid_client" => {
-                builder.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"ward\""));
-            }
-            "invalid_token" | "insufficient_scope" => {
-                builder.insert_header((
-                    header::WWW_AUTHENTICATE,
-                    format!("Bearer error=\"{}\"", self.code),
-                ));
-            }
-            "temporarily_unavailable" => {
-                builder.insert_header((header::RETRY_AFTER, "1"));
-            }
-            _ => {}
-        }
-        builder.json(json!({ "error": self.code, "error_description": self.description }))
-    }
-}
-
-impl From<StoreError> for OAuthError {
-    fn from(e: StoreError) -> Self {
-        AppError::from(e).into()
-    }
-}
-
-impl From<AppError> for OAuthError {
-    fn from(e: AppError) -> Self {
-        match e {
-            AppError::Unavailable(detail) => {
-                tracing::warn!(%detail, "dependency unavailable");
-                Self::temporarily_unavailable("try again shortly")
-            }
-            AppError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                Self::server_error("internal error")
-            }
-            AppError::NotFound => Self::invalid_request("not found"),
-            AppError::Forbidden(text) => Self::access_denied(text),
-        }
-    }
-}
-
-impl From<crate::keys::KeyError> for OAuthError {
-    fn from(e: crate::keys::KeyError) -> Self {
-        AppError::from(e).into()
-    }
-}
-
 impl std::fmt::Display for OAuthError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code, self.description)
@@ -114,15 +44,6 @@ impl std::fmt::Display for OAuthError {
 }
 
 impl std::error::Error for OAuthError {}
-
-impl actix_web::ResponseError for OAuthError {
-    fn status_code(&self) -> StatusCode {
-        self.status()
-    }
-    fn error_response(&self) -> HttpResponse {
-        self.response()
-    }
-}
 
 /// Parameters of a protocol request: each name at most once (RFC 6749 §3.1, §3.2), and an empty
 /// value counts as absent (§3.1: "Parameters sent without a value MUST be treated as if they
@@ -176,6 +97,11 @@ impl Params {
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
+
+    /// Every parameter as received, empty values included, in request order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
 }
 
 /// At most `max` characters of attacker-chosen text, for error descriptions.
@@ -201,17 +127,5 @@ mod tests {
         assert!(Params::parse(&[b'a', b'=', 0xFF]).is_err());
         let many: String = (0..=MAX_PARAMS).map(|i| format!("p{i}=1&")).collect();
         assert!(Params::parse(many.as_bytes()).is_err());
-    }
-
-    #[test]
-    fn invalid_client_is_401_with_a_challenge() {
-        let r = OAuthError::invalid_client("x").response();
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
-        assert_eq!(r.headers().get(header::CACHE_CONTROL).unwrap(), "no-store");
-        assert_eq!(
-            OAuthError::invalid_grant("x").status(),
-            StatusCode::BAD_REQUEST
-        );
     }
 }

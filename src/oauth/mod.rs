@@ -3,10 +3,13 @@
 
 pub mod apps;
 pub mod assertion;
+pub mod assertion_claims;
 pub mod authorize;
 pub mod authorize_request;
 pub mod client_auth;
+pub mod client_credentials;
 pub mod error;
+pub mod error_response;
 pub mod pkce;
 pub mod redirect_uri;
 pub mod resource_server;

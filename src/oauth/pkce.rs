@@ -4,8 +4,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
-
-use crate::crypto::constant_time_eq;
+use subtle::ConstantTimeEq;
 
 /// RFC 7636 §4.1: 43 to 128 characters of `[A-Za-z0-9-._~]`.
 pub fn valid_verifier(verifier: &str) -> bool {
@@ -31,7 +30,7 @@ pub fn s256(verifier: &str) -> String {
 
 /// Whether `verifier` is well-formed and hashes to `challenge` (compared in constant time).
 pub fn verify(verifier: &str, challenge: &str) -> bool {
-    valid_verifier(verifier) && constant_time_eq(s256(verifier).as_bytes(), challenge.as_bytes())
+    valid_verifier(verifier) && bool::from(s256(verifier).as_bytes().ct_eq(challenge.as_bytes()))
 }
 
 #[cfg(test)]
