@@ -161,6 +161,9 @@ pub struct Db {
     permits: std::sync::Arc<tokio::sync::Semaphore>,
     /// How long work waits for a permit before answering "unavailable" (503).
     wait: Duration,
+    /// Which database this is (the SQLite path or the PostgreSQL URL): test fault points are
+    /// armed per database (`crate::fault`).
+    identity: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Db {
@@ -182,9 +185,9 @@ impl Db {
         if let DatabaseTarget::Sqlite(path) = target {
             create_parent_dir(path)?;
         }
-        let backend = match target {
-            DatabaseTarget::Sqlite(_) => Backend::Sqlite,
-            DatabaseTarget::Postgres(_) => Backend::Postgres,
+        let (backend, identity) = match target {
+            DatabaseTarget::Sqlite(path) => (Backend::Sqlite, sqlite_path(path)),
+            DatabaseTarget::Postgres(url) => (Backend::Postgres, url.clone()),
         };
         let pool = r2d2::Pool::builder()
             .max_size(pool_size)
@@ -198,11 +201,17 @@ impl Db {
             backend,
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(pool_size as usize)),
             wait: connect_timeout,
+            identity: identity.into(),
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The database's identity as fault points know it (`crate::fault`).
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// A connection for synchronous callers (the CLI, startup).
@@ -234,13 +243,17 @@ impl Db {
             }
         };
         let pool = self.pool.clone();
+        let identity = std::sync::Arc::clone(&self.identity);
         let joined = tokio::task::spawn_blocking(move || {
             // Held until the work ends, even if the request that asked for it went away.
             let _permit = permit;
-            let mut conn = pool
-                .get()
-                .map_err(|e| E::from(StoreError::Unavailable(e.to_string())))?;
-            work(&mut conn)
+            crate::fault::scoped(&identity, || {
+                crate::fault::point(crate::fault::Point::DbConnect).map_err(E::from)?;
+                let mut conn = pool
+                    .get()
+                    .map_err(|e| E::from(StoreError::Unavailable(e.to_string())))?;
+                work(&mut conn)
+            })
         })
         .await;
         match joined {
