@@ -11,8 +11,6 @@
 //! own SQLite file or PostgreSQL database, so an armed point never trips another test. A firing
 //! point answers `StoreError::Unavailable`, as a dropped connection would (→ 503).
 
-use crate::store::StoreError;
-
 /// Every fault point, in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Point {
@@ -52,10 +50,6 @@ impl Point {
     }
 }
 
-fn injected(point: Point) -> StoreError {
-    StoreError::Unavailable(format!("fault injected at {}", point.name()))
-}
-
 #[cfg(not(any(test, feature = "fault-injection")))]
 mod imp {
     use super::Point;
@@ -79,8 +73,12 @@ mod imp {
     use std::cell::RefCell;
     use std::sync::Mutex;
 
-    use super::{injected, Point};
+    use super::Point;
     use crate::store::StoreError;
+
+    fn injected(point: Point) -> StoreError {
+        StoreError::Unavailable(format!("fault injected at {}", point.name()))
+    }
 
     /// How often an armed point fires.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -901,3 +901,211 @@ fn unused_refresh_tokens(conn: &mut ward::store::DbConnection, family: &str) -> 
         .load(conn)
         .unwrap()
 }
+
+// ---------------------------------------------------------------- hostile JWKS URLs
+
+/// A loopback listener that only counts the connections it is offered (it never answers).
+struct Tripwire {
+    port: u16,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Tripwire {
+    /// `None` when the address cannot be bound here (no IPv6 loopback).
+    async fn bind(ip: &str) -> Option<Self> {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.ok()?;
+        let port = listener.local_addr().ok()?.port();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        })
+        .abort_handle();
+        Some(Self {
+            port,
+            connections,
+            task,
+        })
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Tripwire {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Without the DANGER switch, a JWKS URL whose name resolves to loopback, or whose literal host
+/// is 127.0.0.2 or [::1], is refused before any connection is attempted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwks_guard_refuses_loopback_before_any_connection() {
+    use ward::clients::jwks::{JwksError, JwksFetcher};
+    crate::common::install_crypto_provider();
+    let fetcher = JwksFetcher::new(None, false).unwrap();
+    let wire = Tripwire::bind("127.0.0.1").await.unwrap();
+    let err = fetcher
+        .fetch(&format!("https://localhost:{}/jwks", wire.port))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("loopback"), "{err}");
+    assert_eq!(
+        wire.connections(),
+        0,
+        "refused at resolution, not after connecting"
+    );
+    for ip in ["127.0.0.2", "::1"] {
+        let Some(wire) = Tripwire::bind(ip).await else {
+            eprintln!("{ip} cannot be bound here; that case is skipped");
+            continue;
+        };
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_owned()
+        };
+        let err = fetcher
+            .fetch(&format!("https://{host}:{}/jwks", wire.port))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, JwksError::UrlNotAllowed(_)), "{ip}: {err}");
+        assert_eq!(wire.connections(), 0, "{ip}");
+    }
+}
+
+/// Slow, huge and redirecting key sets, met at the token endpoint: each request is refused
+/// within the fetcher's bounds (`invalid_client`), a redirect (here to 127.0.0.2 and [::1]) is
+/// never followed, and other requests keep being answered at once meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_jwks_urls_are_bounded_and_do_not_hold_up_other_requests() {
+    use crate::common::https_server::{self, Reply, TestCa};
+    use josekit::jws::ES384;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let wire4 = Tripwire::bind("127.0.0.2").await.unwrap();
+    let wire6 = Tripwire::bind("::1").await;
+    let (to4, to6) = (
+        format!("https://127.0.0.2:{}/jwks", wire4.port),
+        wire6
+            .as_ref()
+            .map(|w| format!("https://[::1]:{}/jwks", w.port)),
+    );
+    let server = https_server::serve(
+        &ca,
+        Arc::new(move |path: &str| match path {
+            "/slow" => Some(Reply::Slow(Duration::from_secs(30), "{}".into())),
+            "/huge" => Some(Reply::Huge(64 * 1024 * 1024)),
+            "/to-127.0.0.2" => Some(Reply::Redirect(to4.clone())),
+            "/to-ipv6-loopback" => to6.clone().map(Reply::Redirect),
+            _ => None,
+        }),
+    )
+    .await;
+    let Some(app) = TestApp::builder(Backend::Sqlite)
+        .env("WARD_FHIR_BASE", FHIR)
+        .env("WARD_DANGER_ALLOW_LOOPBACK_JWKS_URI", "true")
+        .env("WARD_DANGER_EXTRA_CA_FILE", ca.ca_file.to_str().unwrap())
+        .start()
+        .await
+    else {
+        return;
+    };
+    let healthy = Machine::register(&app, "lab-sync", "system/Observation.rs");
+    let pair = ES384.generate_key_pair().unwrap();
+    let signer = ES384.signer_from_jwk(&pair.to_jwk_private_key()).unwrap();
+    let hostile = |path: &str| {
+        let (client_id, _) = register(
+            &app,
+            json!({"name": format!("Hostile {path}"), "kind": "confidential-asymmetric",
+                   "scope": "system/Observation.rs", "jwks_uri": server.url(path)}),
+        );
+        let now = app.state.clock.now_secs();
+        let assertion = crate::common::admin::sign_raw(
+            &json!({"alg": "ES384", "kid": "k", "typ": "JWT"}),
+            &json!({"iss": client_id, "sub": client_id, "aud": app.url("/token"),
+                    "exp": now + 240, "iat": now, "jti": ward::crypto::random_token(12)}),
+            &signer,
+        );
+        (path.to_owned(), assertion)
+    };
+    let token_with = |assertion: String| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            let answer = post(
+                app,
+                "/token",
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("scope", "system/Observation.rs"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", &assertion),
+                ],
+                None,
+            )
+            .await;
+            (answer, started.elapsed())
+        }
+    };
+    let mut cases = vec![hostile("/slow"), hostile("/huge"), hostile("/to-127.0.0.2")];
+    if wire6.is_some() {
+        cases.push(hostile("/to-ipv6-loopback"));
+    }
+    let hostile_requests = futures_util::future::join_all(
+        cases
+            .into_iter()
+            .map(|(path, assertion)| async { (path, token_with(assertion).await) }),
+    );
+    let meanwhile = async {
+        // While the hostile fetches are in flight, everything else answers at once.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let started = Instant::now();
+            assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+            let answer = backend_answer(&app, &healthy).await;
+            assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+            slowest = slowest.max(started.elapsed());
+        }
+        slowest
+    };
+    let (results, slowest) = futures_util::join!(hostile_requests, meanwhile);
+    for (path, (answer, took)) in &results {
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "{path}: {answer:?}"
+        );
+        assert_eq!(answer.json()["error"], "invalid_client", "{path}");
+        assert!(took < &Duration::from_secs(10), "{path} took {took:?}");
+    }
+    assert!(
+        slowest < Duration::from_secs(2),
+        "other requests were held up: {slowest:?}"
+    );
+    assert_eq!(
+        wire4.connections(),
+        0,
+        "the redirect to 127.0.0.2 was followed"
+    );
+    if let Some(wire6) = &wire6 {
+        assert_eq!(wire6.connections(), 0, "the redirect to [::1] was followed");
+    }
+    eprintln!(
+        "hostile JWKS answers: {:?}; slowest other request {slowest:?}",
+        results
+            .iter()
+            .map(|(p, (a, t))| (p.as_str(), a.status.as_u16(), *t))
+            .collect::<Vec<_>>()
+    );
+}
