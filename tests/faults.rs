@@ -354,6 +354,7 @@ async fn a_code_whose_exchange_failed_midway_is_redeemable_exactly_once(backend:
             count(app, "refresh_tokens"),
             audit_actions(app, "token.issued").len(),
             audit_actions(app, "token.reuse_detected").len(),
+            count(app, "token_families"),
         )
     };
     let before = snapshot(&app);
@@ -390,8 +391,8 @@ async fn a_code_whose_exchange_failed_midway_is_redeemable_exactly_once(backend:
     );
     let after = snapshot(&app);
     assert_eq!(
-        (after.0, after.1, after.2),
-        (before.0 + 1, before.1 + 1, before.2 + 1)
+        (after.0, after.1, after.2, after.4),
+        (before.0 + 1, before.1 + 1, before.2 + 1, before.4)
     );
 }
 
@@ -727,9 +728,15 @@ async fn every_family_keeps_one_usable_refresh_token_across_sigkills(backend: Ba
         let mut node = WardProcess::spawn(storage.dir.path(), &env).await;
         let base = node.base.clone();
         let dying = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let runs = chains.iter_mut().filter(|c| !c.lost).map(|chain| {
-            let (client, base, client_id, dying) =
-                (&client, base.clone(), client_id.clone(), dying.clone());
+            let (client, base, client_id, dying, progress) = (
+                &client,
+                base.clone(),
+                client_id.clone(),
+                dying.clone(),
+                progress.clone(),
+            );
             async move {
                 let mut done = 0usize;
                 loop {
@@ -754,6 +761,7 @@ async fn every_family_keeps_one_usable_refresh_token_across_sigkills(backend: Ba
                             let next = body["refresh_token"].as_str().unwrap().to_owned();
                             chain.previous = Some(std::mem::replace(&mut chain.current, next));
                             done += 1;
+                            progress.fetch_add(1, Ordering::SeqCst);
                         }
                         Some((status, body)) => {
                             panic!("a rotation was refused ({status}): {body}")
@@ -768,7 +776,15 @@ async fn every_family_keeps_one_usable_refresh_token_across_sigkills(backend: Ba
             }
         });
         let killer = async {
-            let pause = rand::thread_rng().gen_range(20..150);
+            // A random number of rotations into the phase (so every phase makes progress on a
+            // slow machine too), then a random moment within the requests in flight.
+            let (after, pause) = {
+                let mut rng = rand::thread_rng();
+                (rng.gen_range(5..40), rng.gen_range(0..15))
+            };
+            while progress.load(Ordering::SeqCst) < after {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             tokio::time::sleep(Duration::from_millis(pause)).await;
             dying.store(true, Ordering::SeqCst);
             // `Child::kill` is SIGKILL on Unix.
@@ -798,12 +814,12 @@ async fn every_family_keeps_one_usable_refresh_token_across_sigkills(backend: Ba
             }
         }
         assert!(
-            started.elapsed() < Duration::from_secs(90),
+            started.elapsed() < Duration::from_secs(60),
             "{rotations} rotations, {kills} kills"
         );
     }
     eprintln!(
-        "{rotations} rotations over {} families, {kills} SIGKILLs, {unanswered} answers lost \
+        "{backend:?}: {rotations} rotations over {} families, {kills} SIGKILLs, {unanswered} answers lost \
          ({lost} after the commit) in {:?}",
         chains.len(),
         started.elapsed()
@@ -1090,7 +1106,7 @@ async fn hostile_jwks_urls_are_bounded_and_do_not_hold_up_other_requests() {
         assert!(took < &Duration::from_secs(10), "{path} took {took:?}");
     }
     assert!(
-        slowest < Duration::from_secs(2),
+        slowest < Duration::from_secs(3),
         "other requests were held up: {slowest:?}"
     );
     assert_eq!(
