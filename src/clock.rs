@@ -1,4 +1,14 @@
 //! Time comes in from outside (STYLE.md habit 3), so expiry and replay tests are exact.
+//!
+//! **One clock for every expiry decision.** A running Ward decides whether an access token,
+//! refresh token, authorization code, launch, pending request, session or assertion has expired
+//! by comparing a stored or signed time with `AppState::clock`, and with nothing else (never
+//! `SystemTime` directly). That clock is a [`MonotonicClock`]: it never answers an earlier
+//! time than it answered before, so when the system clock is set backwards (an NTP step, an
+//! operator's mistake, a VM restored from a snapshot) a token that was already expired stays
+//! expired — time stands still until the system clock catches up, which fails closed. The
+//! guard lives in the process: a restart trusts the system clock again, which is also how an
+//! operator recovers from a clock that had jumped far forward.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -25,6 +35,31 @@ impl Clock for SystemClock {
             Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
             Err(_) => 0,
         }
+    }
+}
+
+/// Never runs backwards: the highest time it has answered, or the inner clock's, whichever is
+/// later (see the module docs).
+#[derive(Debug)]
+pub struct MonotonicClock {
+    inner: SharedClock,
+    highest: AtomicI64,
+}
+
+impl MonotonicClock {
+    pub fn new(inner: SharedClock) -> Self {
+        Self {
+            inner,
+            highest: AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_millis(&self) -> i64 {
+        let now = self.inner.now_millis();
+        let before = self.highest.fetch_max(now, Ordering::SeqCst);
+        before.max(now)
     }
 }
 
@@ -85,4 +120,26 @@ pub fn parse_time_millis(text: &str) -> Option<i64> {
     )
     .ok()
     .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monotonic_clock_never_answers_an_earlier_time() {
+        let manual = Arc::new(ManualClock::at_secs(1_000));
+        let clock = MonotonicClock::new(manual.clone());
+        assert_eq!(clock.now_secs(), 1_000);
+        manual.advance_secs(10);
+        assert_eq!(clock.now_secs(), 1_010);
+        // The system clock is set back an hour: time stands still…
+        manual.advance_secs(-3_600);
+        assert_eq!(clock.now_secs(), 1_010);
+        manual.advance_secs(3_595);
+        assert_eq!(clock.now_secs(), 1_010);
+        // …until the system clock passes the highest time seen.
+        manual.advance_secs(10);
+        assert_eq!(clock.now_secs(), 1_015);
+    }
 }

@@ -20,6 +20,7 @@ pub mod crypto;
 pub mod demo;
 pub mod doctor;
 pub mod error;
+pub mod fault;
 pub mod housekeeping;
 pub mod http;
 pub mod keys;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::app::AppState;
 use crate::audit::{self, AuditContext, AuditEvent};
-use crate::clock::SharedClock;
+use crate::clock::{MonotonicClock, SharedClock};
 use crate::config::{DatabaseTarget, Settings};
 use crate::crypto::seal::{MasterKey, Sealer};
 use crate::http::metrics::Metrics;
@@ -203,6 +203,8 @@ fn password_hashing(settings: &Settings) -> crate::authn::password::PasswordHash
 }
 
 pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, StartError> {
+    // Expiry decisions read this one clock, and it never runs backwards (clock.rs).
+    let clock: SharedClock = Arc::new(MonotonicClock::new(clock));
     let node = audit::node_name();
     let ctx = AuditContext::system(&node);
     let db = open_db(&settings)?;

@@ -7,6 +7,7 @@ mod admin_api;
 mod audit_chain;
 mod chromium;
 mod demo;
+mod faults;
 
 mod housekeeping;
 mod keys;

@@ -1635,6 +1635,7 @@ async fn revoke_inner(
                     ),
                 };
                 if changed {
+                    crate::fault::point(crate::fault::Point::RevokeBeforeAudit)?;
                     audit(
                         conn,
                         AuditEvent::TokenRevoked {

@@ -19,6 +19,7 @@ use crate::authn::session::{self, Liveness, Timeouts};
 use crate::clients::{Client, GrantType};
 use crate::clock::Clock;
 use crate::crypto::{random_token, sha256_b64};
+use crate::fault::{self, Point};
 use crate::keys::{KeyAlg, KeyRing};
 use crate::smart::launch::LaunchContext;
 use crate::smart::scopes::{IdentityScope, ScopeSet};
@@ -110,6 +111,7 @@ fn redeem(
                 kind: "authorization_code",
             }));
         }
+        fault::point(Point::CodeClaimed)?;
         let family = live_family(conn, &row.family_id, now)?;
         if !user_active(conn, &row.user_id)? {
             return Ok(Err(OAuthError::invalid_grant(
@@ -127,6 +129,7 @@ fn redeem(
         }
         let scopes = ScopeSet::parse(&grant.scope).0;
         let response = issue(conn, iss, client, &family, &scopes, Some(&grant), now)?;
+        fault::point(Point::CodeTokensInserted)?;
         audit::append(
             conn,
             iss.clock,
@@ -381,6 +384,7 @@ fn rotate(
                 kind: "refresh_token",
             }));
         }
+        fault::point(Point::RefreshOldUsed)?;
         // A revocation that committed after the checks above wins over this refresh.
         if live_family(conn, &family.id, now).is_err() {
             return Ok(Err(OAuthError::invalid_grant(
@@ -396,6 +400,7 @@ fn rotate(
             }
         }
         let response = issue(conn, iss, client, family, &scopes, None, now)?;
+        fault::point(Point::RefreshBeforeAudit)?;
         audit::append(
             conn,
             iss.clock,

@@ -124,6 +124,8 @@ pub fn read_access(
     if claims.iss != issuer {
         return Err(ReadError::WrongIssuer);
     }
+    // `now` comes from `AppState::clock`, the one clock of every expiry decision; it never runs
+    // backwards, so a system clock set back does not revive an expired token (clock.rs).
     if claims.exp <= now {
         return Err(ReadError::Expired);
     }

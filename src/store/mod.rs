@@ -164,6 +164,9 @@ pub struct Db {
     wait: Duration,
     /// Where committed changes go on this node (its caches); set once by `attach`.
     sink: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn changes::ChangeSink>>>,
+    /// Which database this is (the SQLite path or the PostgreSQL URL): test fault points are
+    /// armed per database (`crate::fault`).
+    identity: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Db {
@@ -185,9 +188,9 @@ impl Db {
         if let DatabaseTarget::Sqlite(path) = target {
             create_parent_dir(path)?;
         }
-        let backend = match target {
-            DatabaseTarget::Sqlite(_) => Backend::Sqlite,
-            DatabaseTarget::Postgres(_) => Backend::Postgres,
+        let (backend, identity) = match target {
+            DatabaseTarget::Sqlite(path) => (Backend::Sqlite, sqlite_path(path)),
+            DatabaseTarget::Postgres(url) => (Backend::Postgres, url.clone()),
         };
         let pool = r2d2::Pool::builder()
             .max_size(pool_size)
@@ -202,6 +205,7 @@ impl Db {
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(pool_size as usize)),
             wait: connect_timeout,
             sink: std::sync::Arc::default(),
+            identity: identity.into(),
         })
     }
 
@@ -212,6 +216,11 @@ impl Db {
     /// Sends the changes this node commits (through `run`) to `sink` (its caches). Once only.
     pub fn attach(&self, sink: std::sync::Arc<dyn changes::ChangeSink>) {
         let _ = self.sink.set(sink);
+    }
+
+    /// The database's identity as fault points know it (`crate::fault`).
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// A connection for synchronous callers (the CLI, startup).
@@ -244,13 +253,17 @@ impl Db {
         };
         let pool = self.pool.clone();
         let sink = self.sink.get().cloned();
+        let identity = std::sync::Arc::clone(&self.identity);
         let joined = tokio::task::spawn_blocking(move || {
             // Held until the work ends, even if the request that asked for it went away.
             let _permit = permit;
-            let mut conn = pool
-                .get()
-                .map_err(|e| E::from(StoreError::Unavailable(e.to_string())))?;
-            changes::with_sink(sink, || work(&mut conn))
+            crate::fault::scoped(&identity, || {
+                crate::fault::point(crate::fault::Point::DbConnect).map_err(E::from)?;
+                let mut conn = pool
+                    .get()
+                    .map_err(|e| E::from(StoreError::Unavailable(e.to_string())))?;
+                changes::with_sink(sink, || work(&mut conn))
+            })
         })
         .await;
         match joined {

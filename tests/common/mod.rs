@@ -8,6 +8,7 @@ pub mod browser;
 pub mod https_server;
 pub mod pg;
 pub mod process;
+pub mod proxy;
 pub mod smart;
 pub mod webdriver;
 
