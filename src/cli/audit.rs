@@ -209,7 +209,11 @@ pub fn audit(
                 println!("{}", json!(report));
             } else {
                 match &report.first_break {
-                    None => println!("Audit chain intact: {} events verified.", report.verified),
+                    None => println!(
+                        "Audit chain intact: {} events verified{}.",
+                        report.verified,
+                        describe_keys(&report.keys)
+                    ),
                     Some(problem) => println!(
                         "AUDIT CHAIN BROKEN after {} good events: {}",
                         report.verified,
@@ -257,8 +261,23 @@ fn describe(problem: &chain::Break) -> String {
         chain::Break::CheckpointMismatch { seq } => {
             format!("event #{seq} is not the one the checkpoint signed")
         }
+        chain::Break::UnknownKey { seq, event_id, key_id } => format!(
+            "event #{seq} (row {event_id}) was linked under chain key `{key_id}`, which this Ward does not hold, so it cannot be checked: supply the master key with id `{key_id}` as a previous key (WARD_MASTER_KEY_PREVIOUS or keys.master_key_previous_files) and verify again"
+        ),
         chain::Break::Unlinked { count } => format!(
             "{count} events older than ten minutes are not in the chain (written outside Ward, or the linker is stopped)"
         ),
     }
+}
+
+/// ` (chain key A for #1–#9, B for #10–#20)`, or nothing for an empty chain.
+fn describe_keys(keys: &[chain::KeyUse]) -> String {
+    if keys.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{} for #{}–#{}", k.key_id, k.first_seq, k.last_seq))
+        .collect();
+    format!(" (chain key {})", parts.join(", "))
 }
