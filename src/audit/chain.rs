@@ -458,7 +458,7 @@ mod tests {
     fn a_chain_crosses_a_master_key_rotation_when_the_old_key_is_kept() {
         let (a, b) = (MasterKey::generate(), MasterKey::generate());
         let under_a = Sealer::new(&a);
-        let under_b = Sealer::with_previous(&b, &[a.clone()]);
+        let under_b = Sealer::with_previous(&b, std::slice::from_ref(&a));
         let mut rows = linked(&under_a, 1, 3, GENESIS, true);
         let last = rows[2].chain_hash.clone().unwrap_or_default();
         rows.extend(linked(&under_b, 4, 2, &last, true));

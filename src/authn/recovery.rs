@@ -66,8 +66,10 @@ mod tests {
         assert!(looks_like_recovery_code(&a));
         // Codes issued before a master-key rotation are still found.
         let old = crate::crypto::seal::MasterKey::generate();
-        let rotated =
-            Sealer::with_previous(&crate::crypto::seal::MasterKey::generate(), &[old.clone()]);
+        let rotated = Sealer::with_previous(
+            &crate::crypto::seal::MasterKey::generate(),
+            std::slice::from_ref(&old),
+        );
         let issued = hash(&Sealer::new(&old), "u1", &a);
         assert!(hashes(&rotated, "u1", &a).contains(&issued));
         assert_eq!(hashes(&rotated, "u1", &a)[0], hash(&rotated, "u1", &a));
