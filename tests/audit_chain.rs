@@ -260,16 +260,22 @@ fn key_id_of(master: &str) -> String {
 }
 
 /// Events linked under master key A; a restart with B current and A previous; more events:
-/// Ward starts and signs with its (A-sealed) keys, `verify` passes across the boundary and
+/// Ward starts, signs with its (A-sealed) keys, opens an A-sealed TOTP seed, `verify` passes across the boundary and
 /// names both chain keys. Without A, `verify` names the first event it cannot check.
 async fn verify_crosses_a_master_key_rotation(backend: Backend) {
+    use crate::common::admin::{admin_sign_in, first_admin_sign_in, unix_now};
+    let clock = std::sync::Arc::new(ward::clock::ManualClock::at_secs(unix_now()));
     let Some(first) = TestApp::builder(backend)
         .env("WARD_FHIR_BASE", FHIR)
+        .manual_clock(clock.clone())
         .start()
         .await
     else {
         return;
     };
+    // A TOTP seed sealed under A.
+    crate::common::smart::add_user(&first, "root", &["admin"], None);
+    let totp = first_admin_sign_in(&first, &clock, "root").await.secret;
     let storage = first.storage.clone();
     let key_a = match &storage.master_key {
         Some(k) => k.clone(),
@@ -294,9 +300,12 @@ async fn verify_crosses_a_master_key_rotation(backend: Backend) {
         .env("WARD_FHIR_BASE", FHIR)
         .env(rotated[0].0, rotated[0].1)
         .env(rotated[1].0, rotated[1].1)
+        .manual_clock(clock.clone())
         .start()
         .await
         .unwrap();
+    // The TOTP seed sealed under A still opens: the admin signs in with a code.
+    admin_sign_in(&second, &clock, "root", &totp).await;
     // The signing keys sealed under A still open, and still sign.
     let jwks_after = second.get("/jwks").await.text().await.unwrap();
     assert_eq!(jwks_before, jwks_after);
