@@ -992,6 +992,21 @@ mod tests {
     }
 
     #[test]
+    fn previous_master_keys_come_from_the_environment_only_and_stay_redacted() {
+        let (a, b) = (
+            crate::crypto::seal::MasterKey::generate().to_base64(),
+            crate::crypto::seal::MasterKey::generate().to_base64(),
+        );
+        let s = load(&[("WARD_MASTER_KEY_PREVIOUS", &format!("{a}, {b},"))]).expect("loads");
+        assert_eq!(s.master_key_previous.len(), 2);
+        assert_eq!(s.master_key_previous[1].expose(), b);
+        assert!(!format!("{s:?}").contains(&a));
+        let s =
+            load(&[("WARD_MASTER_KEY_PREVIOUS_FILES", "/keys/old-1, /keys/old-2")]).expect("loads");
+        assert_eq!(s.keys.master_key_previous_files.len(), 2);
+    }
+
+    #[test]
     fn rejects_bad_values_naming_the_setting() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("WARD_CLUSTER", "maybe")], "server.cluster"),
