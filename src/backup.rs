@@ -200,7 +200,10 @@ pub fn restore(settings: &Settings, from: &Path, force: bool) -> Result<PathBuf,
     let sealed = text
         .strip_prefix(MAGIC)
         .ok_or_else(|| StartError::Server(format!("{} is not a Ward backup", from.display())))?;
-    let sealer = Sealer::new(&existing_master_key(settings, &target)?);
+    let sealer = Sealer::with_previous(
+        &existing_master_key(settings, &target)?,
+        &crate::startup::previous_master_keys(settings)?,
+    );
     let bytes = sealer.open(aad(), sealed.trim_end()).map_err(|_| {
         StartError::Server(
             "the backup does not open with this master key (wrong key, or the file was altered)"

@@ -70,6 +70,10 @@ pub struct Settings {
     /// Only ever read from `WARD_MASTER_KEY`; a secret does not belong in a config file.
     #[serde(skip)]
     pub master_key: Option<Secret>,
+    /// Only ever read from `WARD_MASTER_KEY_PREVIOUS` (comma-separated): master keys used
+    /// before a rotation, kept to open what they sealed and to verify the audit chain they keyed.
+    #[serde(skip)]
+    pub master_key_previous: Vec<Secret>,
     /// Only ever read from `WARD_ALERTS_WEBHOOK_SECRET`: keys the webhook's HMAC signature.
     #[serde(skip)]
     pub alerts_webhook_secret: Option<Secret>,
@@ -107,6 +111,7 @@ pub struct TlsSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct KeySettings {
     pub master_key_file: Option<PathBuf>,
+    pub master_key_previous_files: Vec<PathBuf>,
     pub jwks_cache_seconds: u64,
     pub rotation_days: u64,
     pub refresh_seconds: u64,
@@ -264,6 +269,7 @@ impl Default for KeySettings {
     fn default() -> Self {
         Self {
             master_key_file: None,
+            master_key_previous_files: Vec::new(),
             jwks_cache_seconds: 600,
             rotation_days: 90,
             refresh_seconds: 5,
@@ -327,6 +333,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc { section: "tls", key: "cert", env: "WARD_TLS_CERT", flag: Some("--tls-cert"), kind: Kind::Path, default: "(off)", doc: "PEM certificate chain; with `key`, Ward serves HTTPS (TLS 1.2 and 1.3 only)." },
     SettingDoc { section: "tls", key: "key", env: "WARD_TLS_KEY", flag: Some("--tls-key"), kind: Kind::Path, default: "(off)", doc: "PEM private key for `cert`." },
     SettingDoc { section: "keys", key: "master_key_file", env: "WARD_MASTER_KEY_FILE", flag: None, kind: Kind::Path, default: "SQLite: generated beside the database; PostgreSQL: required", doc: "File holding the base64 32-byte master key that seals private keys and secrets. `WARD_MASTER_KEY` (env only) gives the key itself." },
+    SettingDoc { section: "keys", key: "master_key_previous_files", env: "WARD_MASTER_KEY_PREVIOUS_FILES", flag: None, kind: Kind::List, default: "(none)", doc: "Files holding master keys used before a rotation (one base64 key each). They only open values they sealed and verify audit-chain links they made; everything new uses the current key. `WARD_MASTER_KEY_PREVIOUS` (env only) gives the keys themselves." },
     SettingDoc { section: "keys", key: "jwks_cache_seconds", env: "WARD_JWKS_CACHE_SECONDS", flag: None, kind: Kind::Integer, default: "600", doc: "JWKS `Cache-Control` max-age. A rotated key is published this long (plus one minute) before it signs." },
     SettingDoc { section: "keys", key: "rotation_days", env: "WARD_KEY_ROTATION_DAYS", flag: None, kind: Kind::Integer, default: "90", doc: "Signing-key age after which `ward keys list` flags a key as due for rotation." },
     SettingDoc { section: "keys", key: "refresh_seconds", env: "WARD_KEY_REFRESH_SECONDS", flag: None, kind: Kind::Integer, default: "5", doc: "How often each node reloads the signing keys from the database." },
@@ -404,11 +411,20 @@ impl Settings {
             None => toml::Table::new(),
         };
         let mut master_key = None;
+        let mut master_key_previous = Vec::new();
         let mut webhook_secret = None;
         for (name, value) in &sources.env {
             match name.as_str() {
                 "WARD_CONFIG" => {}
                 "WARD_MASTER_KEY" => master_key = Some(Secret::new(value.trim())),
+                "WARD_MASTER_KEY_PREVIOUS" => {
+                    master_key_previous = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(Secret::new)
+                        .collect();
+                }
                 "WARD_ALERTS_WEBHOOK_SECRET" => webhook_secret = Some(Secret::new(value.trim())),
                 _ => overlay(&mut table, name, value, false)?,
             }
@@ -420,6 +436,7 @@ impl Settings {
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::new("configuration", e.to_string()))?;
         settings.master_key = master_key;
+        settings.master_key_previous = master_key_previous;
         settings.alerts_webhook_secret = webhook_secret;
         settings.validate()?;
         Ok(settings)
@@ -586,6 +603,14 @@ impl Settings {
         if let Some(key) = &self.master_key {
             crate::crypto::seal::MasterKey::from_base64(key.expose())
                 .map_err(|e| ConfigError::new("WARD_MASTER_KEY", e.to_string()))?;
+        }
+        for (i, key) in self.master_key_previous.iter().enumerate() {
+            crate::crypto::seal::MasterKey::from_base64(key.expose()).map_err(|e| {
+                ConfigError::new(
+                    "WARD_MASTER_KEY_PREVIOUS",
+                    format!("key {} of the list: {e}", i + 1),
+                )
+            })?;
         }
         Ok(())
     }
@@ -898,6 +923,9 @@ pub fn reference_markdown() -> String {
     out.push_str(
         "| — | `WARD_MASTER_KEY` | — | — | The master key itself (base64, 32 bytes). Env only. |\n",
     );
+    out.push_str(
+        "| — | `WARD_MASTER_KEY_PREVIOUS` | — | (none) | Master keys used before a rotation (base64, comma-separated): they open what they sealed and verify the audit-chain links they made. Env only. |\n",
+    );
     out.push_str("| — | `WARD_CONFIG` | `--config` | none | Path of `ward.toml`. |\n");
     out
 }
@@ -964,6 +992,21 @@ mod tests {
     }
 
     #[test]
+    fn previous_master_keys_come_from_the_environment_only_and_stay_redacted() {
+        let (a, b) = (
+            crate::crypto::seal::MasterKey::generate().to_base64(),
+            crate::crypto::seal::MasterKey::generate().to_base64(),
+        );
+        let s = load(&[("WARD_MASTER_KEY_PREVIOUS", &format!("{a}, {b},"))]).expect("loads");
+        assert_eq!(s.master_key_previous.len(), 2);
+        assert_eq!(s.master_key_previous[1].expose(), b);
+        assert!(!format!("{s:?}").contains(&a));
+        let s =
+            load(&[("WARD_MASTER_KEY_PREVIOUS_FILES", "/keys/old-1, /keys/old-2")]).expect("loads");
+        assert_eq!(s.keys.master_key_previous_files.len(), 2);
+    }
+
+    #[test]
     fn rejects_bad_values_naming_the_setting() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("WARD_CLUSTER", "maybe")], "server.cluster"),
@@ -992,6 +1035,10 @@ mod tests {
             (&[("WARD_MAX_BODY_BYTES", "10")], "server.max_body_bytes"),
             (&[("WARD_LOG_FORMAT", "xml")], "format"),
             (&[("WARD_MASTER_KEY", "c2hvcnQ=")], "WARD_MASTER_KEY"),
+            (
+                &[("WARD_MASTER_KEY_PREVIOUS", "c2hvcnQ=")],
+                "WARD_MASTER_KEY_PREVIOUS",
+            ),
             (&[("WARD_NO_SUCH_THING", "1")], "WARD_NO_SUCH_THING"),
         ];
         for (env, expected) in cases {

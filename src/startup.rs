@@ -113,6 +113,32 @@ pub fn resolve_master_key(
     }
 }
 
+/// The master keys used before a rotation, from `WARD_MASTER_KEY_PREVIOUS` and
+/// `keys.master_key_previous_files`: they only open what they sealed and verify the audit-chain
+/// links they made.
+pub fn previous_master_keys(settings: &Settings) -> Result<Vec<MasterKey>, StartError> {
+    let mut keys = Vec::new();
+    for (i, secret) in settings.master_key_previous.iter().enumerate() {
+        keys.push(MasterKey::from_base64(secret.expose()).map_err(|e| {
+            StartError::MasterKey(format!("WARD_MASTER_KEY_PREVIOUS, key {}: {e}", i + 1))
+        })?);
+    }
+    for path in &settings.keys.master_key_previous_files {
+        keys.push(read_key_file(path)?);
+    }
+    Ok(keys)
+}
+
+/// The sealer over the current master key (see [`resolve_master_key`]) and the previous ones.
+pub fn resolve_sealer(
+    settings: &Settings,
+    db: &Db,
+) -> Result<(Sealer, MasterKeySource), StartError> {
+    let (master, source) = resolve_master_key(settings, db)?;
+    let previous = previous_master_keys(settings)?;
+    Ok((Sealer::with_previous(&master, &previous), source))
+}
+
 /// `ward.db` → `ward.master-key`, in the same directory.
 pub fn default_key_path(db_path: &Path) -> PathBuf {
     let stem = db_path
@@ -210,7 +236,7 @@ pub fn prepare(settings: Settings, clock: SharedClock) -> Result<Prepared, Start
     let db = open_db(&settings)?;
     let migrations = migrate(&db, &clock, &ctx)?;
     let (master, master_key_source) = resolve_master_key(&settings, &db)?;
-    let sealer = Sealer::new(&master);
+    let sealer = Sealer::with_previous(&master, &previous_master_keys(&settings)?);
     let timing = key_timing(&settings);
     let mut conn = db.conn()?;
     let created_keys = keys::ensure_initial_keys(&mut conn, &sealer, clock.as_ref(), &ctx)?;

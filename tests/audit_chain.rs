@@ -251,3 +251,113 @@ async fn events_from_before_the_chain_are_linked_once(backend: Backend) {
     assert!(total > max_id);
     assert_eq!(verify(&app, &[]).0, 0);
 }
+
+on_both_backends!(verify_crosses_a_master_key_rotation);
+
+fn key_id_of(master: &str) -> String {
+    let key = ward::crypto::seal::MasterKey::from_base64(master).unwrap();
+    ward::crypto::seal::Sealer::new(&key).key_id().to_owned()
+}
+
+/// Events linked under master key A; a restart with B current and A previous; more events:
+/// Ward starts, signs with its (A-sealed) keys, opens an A-sealed TOTP seed, `verify` passes across the boundary and
+/// names both chain keys. Without A, `verify` names the first event it cannot check.
+async fn verify_crosses_a_master_key_rotation(backend: Backend) {
+    use crate::common::admin::{admin_sign_in, first_admin_sign_in, unix_now};
+    let clock = std::sync::Arc::new(ward::clock::ManualClock::at_secs(unix_now()));
+    let Some(first) = TestApp::builder(backend)
+        .env("WARD_FHIR_BASE", FHIR)
+        .manual_clock(clock.clone())
+        .start()
+        .await
+    else {
+        return;
+    };
+    // A TOTP seed sealed under A.
+    crate::common::smart::add_user(&first, "root", &["admin"], None);
+    let totp = first_admin_sign_in(&first, &clock, "root").await.secret;
+    let storage = first.storage.clone();
+    let key_a = match &storage.master_key {
+        Some(k) => k.clone(),
+        None => std::fs::read_to_string(storage.dir.path().join("ward.master-key"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+    };
+    make_events(&first, 5).await;
+    let before = all_linked(&first).await;
+    let jwks_before = first.get("/jwks").await.text().await.unwrap();
+    first.stop();
+    drop(first);
+
+    let key_b = ward::crypto::seal::MasterKey::generate().to_base64();
+    let rotated = [
+        ("WARD_MASTER_KEY", key_b.as_str()),
+        ("WARD_MASTER_KEY_PREVIOUS", key_a.as_str()),
+    ];
+    let second = TestApp::builder(backend)
+        .storage(storage.clone())
+        .env("WARD_FHIR_BASE", FHIR)
+        .env(rotated[0].0, rotated[0].1)
+        .env(rotated[1].0, rotated[1].1)
+        .manual_clock(clock.clone())
+        .start()
+        .await
+        .unwrap();
+    // The TOTP seed sealed under A still opens: the admin signs in with a code.
+    admin_sign_in(&second, &clock, "root", &totp).await;
+    // The signing keys sealed under A still open, and still sign.
+    let jwks_after = second.get("/jwks").await.text().await.unwrap();
+    assert_eq!(jwks_before, jwks_after);
+    let machine = crate::common::admin::Machine::register(&second, "lab", "system/Observation.rs");
+    machine.access_token(&second, "system/Observation.rs").await;
+    make_events(&second, 5).await;
+    let total = all_linked(&second).await;
+    assert!(total > before + 5);
+    second.stop();
+
+    let (ka, kb) = (key_id_of(&key_a), key_id_of(&key_b));
+    let key_ids: Vec<Option<String>> = audit_events
+        .select(chain_key_id)
+        .order(chain_seq)
+        .load(&mut *second.conn())
+        .unwrap();
+    assert!(key_ids[..before as usize]
+        .iter()
+        .all(|k| k.as_deref() == Some(ka.as_str())));
+    assert_eq!(key_ids.last().unwrap().as_deref(), Some(kb.as_str()));
+
+    let (code, stdout, stderr) = storage.ward(&["audit", "verify", "--json"], &rotated);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["verified"], total);
+    let keys = report["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{report}");
+    assert_eq!(keys[0]["key_id"], ka.as_str());
+    assert_eq!(keys[0]["first_seq"], 1);
+    assert_eq!(keys[1]["key_id"], kb.as_str());
+    assert_eq!(keys[1]["last_seq"], total);
+    assert_eq!(
+        keys[0]["events"].as_i64().unwrap() + keys[1]["events"].as_i64().unwrap(),
+        total
+    );
+    let (code, stdout, _) = storage.ward(&["audit", "verify"], &rotated);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(&ka) && stdout.contains(&kb), "{stdout}");
+
+    // Without A: the first event is named, with the key it lacks; not called tampered.
+    let only_b = [("WARD_MASTER_KEY", key_b.as_str())];
+    let (code, stdout, stderr) = storage.ward(&["audit", "verify", "--json"], &only_b);
+    assert_eq!(code, 1, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["first_break"]["problem"], "unknown_key", "{report}");
+    assert_eq!(report["first_break"]["seq"], 1);
+    assert_eq!(report["first_break"]["key_id"], ka.as_str());
+    assert_eq!(report["verified"], 0);
+    let (code, stdout, _) = storage.ward(&["audit", "verify"], &only_b);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("event #1") && stdout.contains(&ka) && stdout.contains("does not hold"),
+        "{stdout}"
+    );
+}

@@ -5,6 +5,7 @@ mod common;
 
 mod admin_api;
 mod audit_chain;
+mod audit_events;
 mod chromium;
 mod demo;
 mod faults;

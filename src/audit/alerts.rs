@@ -124,6 +124,7 @@ mod tests {
             details: "{}".into(),
             chain_seq: None,
             chain_hash: None,
+            chain_key_id: None,
         };
         assert!(is_alert(&row("high")));
         assert!(!is_alert(&row("notice")));

@@ -8,6 +8,13 @@
 //! broken link: an edited event (hash mismatch), a deleted one (a gap), one inserted or moved
 //! into the past (hash mismatch at its place). A signed [`Checkpoint`] of the head, kept
 //! elsewhere, also catches a truncated tail.
+//!
+//! Master-key rotation: each link records the id of the chain key that made it (the id of the
+//! master key the chain key derives from). New links use the current master key; `verify`
+//! checks each event with the key it names, so a chain crosses a rotation unbroken as long as
+//! Ward holds the previous keys (`WARD_MASTER_KEY_PREVIOUS`). An event naming a key Ward does
+//! not hold is reported as such ([`Break::UnknownKey`]), not as tampering. Links made before key
+//! ids were recorded name none and are checked with every key held.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -42,6 +49,9 @@ fn content(row: &AuditEventRow) -> String {
         details,
         chain_seq: _,
         chain_hash: _,
+        // Not in the MAC: the hash only verifies under the key it names, so a changed key id
+        // names either an unknown key (reported as such) or one that does not reproduce it.
+        chain_key_id: _,
     } = row;
     json!([
         id,
@@ -61,10 +71,59 @@ fn content(row: &AuditEventRow) -> String {
     .to_string()
 }
 
-/// The chain hash of `row` at `seq` after `previous`.
+fn link_data(previous: &str, seq: i64, row: &AuditEventRow) -> String {
+    format!("{previous}\n{seq}\n{}", content(row))
+}
+
+/// The chain hash of `row` at `seq` after `previous`, under the current master key.
 pub fn link_hash(sealer: &Sealer, previous: &str, seq: i64, row: &AuditEventRow) -> String {
-    let data = format!("{previous}\n{seq}\n{}", content(row));
-    sealer.keyed_hash(PURPOSE, data.as_bytes())
+    sealer.keyed_hash(PURPOSE, link_data(previous, seq, row).as_bytes())
+}
+
+/// The chain hash of `row` at `seq` after `previous` under the key named `key_id`, if held.
+pub fn link_hash_with(
+    sealer: &Sealer,
+    key_id: &str,
+    previous: &str,
+    seq: i64,
+    row: &AuditEventRow,
+) -> Option<String> {
+    sealer.keyed_hash_with(key_id, PURPOSE, link_data(previous, seq, row).as_bytes())
+}
+
+/// What checking one link found.
+#[derive(Debug, PartialEq, Eq)]
+enum LinkCheck {
+    /// The stored hash is right, under this key.
+    Good(String),
+    /// The stored hash is wrong under the key the link names (or, naming none, every key held).
+    Bad,
+    /// The link names a key this Ward does not hold.
+    UnknownKey(String),
+}
+
+fn check_link(
+    sealer: &Sealer,
+    previous: &str,
+    seq: i64,
+    row: &AuditEventRow,
+    stored: &str,
+) -> LinkCheck {
+    let candidates = match &row.chain_key_id {
+        Some(key_id) if !sealer.holds(key_id) => {
+            return LinkCheck::UnknownKey(key_id.clone());
+        }
+        Some(key_id) => vec![key_id.clone()],
+        // Linked before key ids were recorded (or by an older binary during an upgrade).
+        None => sealer.key_ids(),
+    };
+    for key_id in candidates {
+        let expected = link_hash_with(sealer, &key_id, previous, seq, row);
+        if expected.is_some_and(|e| constant_time_eq(e.as_bytes(), stored.as_bytes())) {
+            return LinkCheck::Good(key_id);
+        }
+    }
+    LinkCheck::Bad
 }
 
 /// Events older than this are never linked: a row that appears unlinked in the past was not
@@ -107,7 +166,7 @@ pub fn link(
         for row in &rows {
             seq += 1;
             let hash = link_hash(sealer, &previous, seq, row);
-            if !audit_events::link(conn, row.id, seq, &hash)? {
+            if !audit_events::link(conn, row.id, seq, &hash, sealer.key_id())? {
                 return Err(StoreError::Corrupt(format!(
                     "audit event {} was linked by someone else",
                     row.id
@@ -161,6 +220,22 @@ pub enum Break {
     /// Events older than the link window are not in the chain: written outside Ward's request
     /// path, or the linker is stopped.
     Unlinked { count: i64 },
+    /// The event at `seq` was linked under a chain key this Ward does not hold (a master key
+    /// rotated away without keeping the old one as a previous key), so it cannot be checked.
+    UnknownKey {
+        seq: i64,
+        event_id: i64,
+        key_id: String,
+    },
+}
+
+/// One chain key's stretch of the chain, as `verify` found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyUse {
+    pub key_id: String,
+    pub events: i64,
+    pub first_seq: i64,
+    pub last_seq: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -169,6 +244,8 @@ pub struct Report {
     pub verified: i64,
     pub head: Option<Head>,
     pub first_break: Option<Break>,
+    /// The chain keys that made the verified links, in chain order (one entry per stretch).
+    pub keys: Vec<KeyUse>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +264,7 @@ pub fn verify(
 ) -> Result<Report, StoreError> {
     let (mut seq, mut previous) = (0_i64, GENESIS.to_owned());
     let mut first_break = None;
+    let mut keys: Vec<KeyUse> = Vec::new();
     // A checkpoint of the empty chain is the genesis hash.
     let mut at_checkpoint: Option<String> = checkpoint
         .filter(|c| c.seq == 0)
@@ -211,13 +289,34 @@ pub fn verify(
                 first_break = Some(Break::Missing { expected: seq + 1 });
                 break 'walk;
             }
-            let expected = link_hash(sealer, &previous, row_seq, &row);
-            if !constant_time_eq(expected.as_bytes(), stored.as_bytes()) {
-                first_break = Some(Break::Altered {
-                    seq: row_seq,
-                    event_id: row.id,
-                });
-                break 'walk;
+            match check_link(sealer, &previous, row_seq, &row, &stored) {
+                LinkCheck::Good(key_id) => match keys.last_mut() {
+                    Some(last) if last.key_id == key_id => {
+                        last.events += 1;
+                        last.last_seq = row_seq;
+                    }
+                    _ => keys.push(KeyUse {
+                        key_id,
+                        events: 1,
+                        first_seq: row_seq,
+                        last_seq: row_seq,
+                    }),
+                },
+                LinkCheck::Bad => {
+                    first_break = Some(Break::Altered {
+                        seq: row_seq,
+                        event_id: row.id,
+                    });
+                    break 'walk;
+                }
+                LinkCheck::UnknownKey(key_id) => {
+                    first_break = Some(Break::UnknownKey {
+                        seq: row_seq,
+                        event_id: row.id,
+                        key_id,
+                    });
+                    break 'walk;
+                }
             }
             seq = row_seq;
             previous = stored;
@@ -253,6 +352,7 @@ pub fn verify(
             hash: previous,
         }),
         first_break,
+        keys,
     })
 }
 
@@ -294,4 +394,116 @@ pub fn read_checkpoint(ring: &crate::keys::KeyRing, jws: &str) -> Option<Head> {
         seq: value.get("seq")?.as_i64()?,
         hash: value.get("hash")?.as_str()?.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::seal::MasterKey;
+
+    fn row(id: i64, key_id: Option<&str>) -> AuditEventRow {
+        AuditEventRow {
+            id,
+            occurred_at: 1_000 + id,
+            action: "token.refused".into(),
+            outcome: "failure".into(),
+            severity: "notice".into(),
+            actor_user: None,
+            actor_client: Some("app".into()),
+            source_ip: Some("127.0.0.1".into()),
+            user_agent: None,
+            request_id: Some(format!("req-{id}")),
+            target_patient: None,
+            node: "n:1".into(),
+            details: "{}".into(),
+            chain_seq: Some(id),
+            chain_hash: None,
+            chain_key_id: key_id.map(str::to_owned),
+        }
+    }
+
+    /// Links rows 1..=n as `sealer` would, naming its key (or none, as before key ids).
+    fn linked(
+        sealer: &Sealer,
+        from: i64,
+        n: i64,
+        previous: &str,
+        name_key: bool,
+    ) -> Vec<AuditEventRow> {
+        let mut previous = previous.to_owned();
+        (from..from + n)
+            .map(|id| {
+                let mut r = row(id, name_key.then_some(sealer.key_id()));
+                let hash = link_hash(sealer, &previous, id, &r);
+                r.chain_hash = Some(hash.clone());
+                previous = hash;
+                r
+            })
+            .collect()
+    }
+
+    fn check_all(sealer: &Sealer, rows: &[AuditEventRow]) -> Vec<LinkCheck> {
+        let mut previous = GENESIS.to_owned();
+        rows.iter()
+            .map(|r| {
+                let stored = r.chain_hash.clone().unwrap_or_default();
+                let found = check_link(sealer, &previous, r.chain_seq.unwrap_or(0), r, &stored);
+                previous = stored;
+                found
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_crosses_a_master_key_rotation_when_the_old_key_is_kept() {
+        let (a, b) = (MasterKey::generate(), MasterKey::generate());
+        let under_a = Sealer::new(&a);
+        let under_b = Sealer::with_previous(&b, std::slice::from_ref(&a));
+        let mut rows = linked(&under_a, 1, 3, GENESIS, true);
+        let last = rows[2].chain_hash.clone().unwrap_or_default();
+        rows.extend(linked(&under_b, 4, 2, &last, true));
+        let (ka, kb) = (under_a.key_id().to_owned(), under_b.key_id().to_owned());
+        assert_ne!(ka, kb);
+        assert_eq!(
+            check_all(&under_b, &rows),
+            vec![
+                LinkCheck::Good(ka.clone()),
+                LinkCheck::Good(ka.clone()),
+                LinkCheck::Good(ka.clone()),
+                LinkCheck::Good(kb.clone()),
+                LinkCheck::Good(kb.clone()),
+            ]
+        );
+        // Without the old key: its links are named as unknown, not as tampered.
+        let only_b = Sealer::new(&b);
+        assert_eq!(
+            check_all(&only_b, &rows)[0],
+            LinkCheck::UnknownKey(ka.clone())
+        );
+        assert_eq!(check_all(&only_b, &rows)[3], LinkCheck::Good(kb.clone()));
+        // An edit is still an edit under either key.
+        let mut edited = rows.clone();
+        edited[1].details = "{\"forged\":true}".into();
+        edited[4].details = "{\"forged\":true}".into();
+        let found = check_all(&under_b, &edited);
+        assert_eq!((&found[1], &found[4]), (&LinkCheck::Bad, &LinkCheck::Bad));
+        // A key id switched to the other held key does not reproduce the hash.
+        let mut renamed = rows.clone();
+        renamed[0].chain_key_id = Some(kb.clone());
+        assert_eq!(check_all(&under_b, &renamed)[0], LinkCheck::Bad);
+    }
+
+    #[test]
+    fn links_made_before_key_ids_were_recorded_are_checked_with_every_key_held() {
+        let (a, b) = (MasterKey::generate(), MasterKey::generate());
+        let under_a = Sealer::new(&a);
+        let rows = linked(&under_a, 1, 2, GENESIS, false);
+        let ka = under_a.key_id().to_owned();
+        let rotated = Sealer::with_previous(&b, &[a]);
+        assert_eq!(
+            check_all(&rotated, &rows),
+            vec![LinkCheck::Good(ka.clone()), LinkCheck::Good(ka)]
+        );
+        assert_eq!(check_all(&Sealer::new(&b), &rows)[0], LinkCheck::Bad);
+    }
 }

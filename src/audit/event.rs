@@ -1,6 +1,8 @@
 //! Every kind of audit event. Each variant names one security-relevant action; its fields are
 //! the details worth recording. Adding a variant is how a new kind of event comes to exist,
 //! so the README's event list and the code cannot drift (a test lists `AuditEvent::ACTIONS`).
+//! A unit test below keeps `ACTIONS` in step with the enum through an exhaustive match, and the
+//! integration test `audit_events` produces every action in `ACTIONS` through Ward's endpoints.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -675,6 +677,73 @@ mod tests {
             let json = serde_json::to_value(event).expect("serialises");
             assert_eq!(json["action"], *name);
             assert_eq!(event.action(), *name);
+        }
+        // One sample of every variant: `variant_index` is an exhaustive match, so a new
+        // variant does not compile until it has an index here, and then this fails until it
+        // has a sample above and its name in `ACTIONS` (which the integration test
+        // `audit_events` requires to be produced through Ward's endpoints).
+        let mut indices: Vec<usize> = samples.iter().map(variant_index).collect();
+        indices.sort_unstable();
+        assert_eq!(indices, (0..VARIANTS).collect::<Vec<_>>());
+        let mut names: Vec<&str> = AuditEvent::ACTIONS.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), VARIANTS, "action names are distinct");
+    }
+
+    const VARIANTS: usize = 47;
+
+    /// Each variant's position; exhaustive on purpose (no `_` arm).
+    fn variant_index(event: &AuditEvent) -> usize {
+        use AuditEvent as E;
+        match event {
+            E::ServerStarted { .. } => 0,
+            E::DatabaseMigrated { .. } => 1,
+            E::SigningKeyCreated { .. } => 2,
+            E::ClientRegistered { .. } => 3,
+            E::ClientUpdated { .. } => 4,
+            E::ClientStatusChanged { .. } => 5,
+            E::ClientSecretRotated { .. } => 6,
+            E::RoleCreated { .. } => 7,
+            E::RoleUpdated { .. } => 8,
+            E::RoleDeleted { .. } => 9,
+            E::UserCreated { .. } => 10,
+            E::UserRoleAdded { .. } => 11,
+            E::UserRoleRemoved { .. } => 12,
+            E::LoginSucceeded { .. } => 13,
+            E::LoginFailed { .. } => 14,
+            E::AccountLocked { .. } => 15,
+            E::AccountUnlocked { .. } => 16,
+            E::UserStatusChanged { .. } => 17,
+            E::MfaEnrolled { .. } => 18,
+            E::MfaRemoved { .. } => 19,
+            E::MfaReset { .. } => 20,
+            E::MfaUsed { .. } => 21,
+            E::MfaFailed { .. } => 22,
+            E::SessionEnded { .. } => 23,
+            E::PasswordChanged { .. } => 24,
+            E::WebauthnCounterRegression { .. } => 25,
+            E::ClientAuthenticationFailed { .. } => 26,
+            E::LaunchCreated { .. } => 27,
+            E::AuthorizationGranted { .. } => 28,
+            E::AuthorizationRefused { .. } => 29,
+            E::TokenIssued { .. } => 30,
+            E::TokenRefused { .. } => 31,
+            E::TokenReuseDetected { .. } => 32,
+            E::TokenRevoked { .. } => 33,
+            E::TokenIntrospected { .. } => 34,
+            E::PolicyChecked { .. } => 35,
+            E::TokenRevocationRefused { .. } => 36,
+            E::PatientsImported { .. } => 37,
+            E::PatientSearched { .. } => 38,
+            E::PatientSelected { .. } => 39,
+            E::PatientUpdated { .. } => 40,
+            E::PatientRemoved { .. } => 41,
+            E::AdminAccessDenied { .. } => 42,
+            E::UserUpdated { .. } => 43,
+            E::EnrolmentLinkCreated { .. } => 44,
+            E::TokensRevokedAll { .. } => 45,
+            E::AuditVerificationFailed { .. } => 46,
         }
     }
 }

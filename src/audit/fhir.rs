@@ -719,6 +719,7 @@ mod tests {
             details: details.to_string(),
             chain_seq: Some(7),
             chain_hash: Some("abc".into()),
+            chain_key_id: None,
         }
     }
 

@@ -563,9 +563,14 @@ pub fn verify_second_factor(
             return Ok(FactorOutcome::Refused);
         }
         let method = if recovery::looks_like_recovery_code(code) {
-            let hash = recovery::hash(sealer, &current.user_id, code);
-            creds::spend_recovery_code(conn, &current.user_id, &hash, now)?
-                .then_some("recovery_code")
+            let mut spent = false;
+            for hash in recovery::hashes(sealer, &current.user_id, code) {
+                if creds::spend_recovery_code(conn, &current.user_id, &hash, now)? {
+                    spent = true;
+                    break;
+                }
+            }
+            spent.then_some("recovery_code")
         } else {
             match check_totp(
                 conn,

@@ -32,6 +32,13 @@ pub fn hash(sealer: &Sealer, user_id: &str, code: &str) -> String {
     sealer.keyed_hash("recovery-code", data.as_bytes())
 }
 
+/// The code's hash under every master key held (current first): codes issued before a
+/// master-key rotation are still found.
+pub fn hashes(sealer: &Sealer, user_id: &str, code: &str) -> Vec<String> {
+    let data = format!("{user_id}\0{}", normalize(code));
+    sealer.keyed_hashes("recovery-code", data.as_bytes())
+}
+
 /// Whether the input looks like a recovery code rather than a TOTP code.
 pub fn looks_like_recovery_code(code: &str) -> bool {
     normalize(code).len() == 12
@@ -57,6 +64,15 @@ mod tests {
             "bound to the user"
         );
         assert!(looks_like_recovery_code(&a));
+        // Codes issued before a master-key rotation are still found.
+        let old = crate::crypto::seal::MasterKey::generate();
+        let rotated = Sealer::with_previous(
+            &crate::crypto::seal::MasterKey::generate(),
+            std::slice::from_ref(&old),
+        );
+        let issued = hash(&Sealer::new(&old), "u1", &a);
+        assert!(hashes(&rotated, "u1", &a).contains(&issued));
+        assert_eq!(hashes(&rotated, "u1", &a)[0], hash(&rotated, "u1", &a));
         assert!(!looks_like_recovery_code("123456"));
     }
 }

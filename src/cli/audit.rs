@@ -80,12 +80,12 @@ pub fn audit(
     let (db, sealer) = key_store(settings, clock)?;
     let mut conn = db.conn()?;
     let now = clock.now_secs();
-    let ring = KeyRing::load(
-        &mut conn,
-        sealer.clone(),
-        startup::key_timing(settings),
-        now,
-    )?;
+    // Opened only where a signature is made or checked: verifying without a checkpoint needs no
+    // signing key, so it still runs (and names the key it lacks) when the master key that
+    // sealed the signing keys is not held.
+    let ring = |conn: &mut crate::store::DbConnection| {
+        KeyRing::load(conn, sealer.clone(), startup::key_timing(settings), now)
+    };
     // Read-only: verifying never links (a linker would bless whatever it finds unlinked).
     let now_ms = clock.now_millis();
     match command {
@@ -166,7 +166,7 @@ pub fn audit(
                 seq: 0,
                 hash: chain::GENESIS.to_owned(),
             });
-            let signer = ring.signer(KeyAlg::Es256, now)?;
+            let signer = ring(&mut conn)?.signer(KeyAlg::Es256, now)?;
             let jws = chain::sign_checkpoint(&signer, &head, &settings.issuer()?, now)?;
             if json {
                 println!(
@@ -196,12 +196,14 @@ pub fn audit(
                                 .map(str::to_owned)
                         })
                         .unwrap_or(text);
-                    Some(chain::read_checkpoint(&ring, &text).ok_or_else(|| {
-                        StartError::Invalid(vec![FieldError::new(
-                            "checkpoint",
-                            "is not a checkpoint signed by this Ward's keys",
-                        )])
-                    })?)
+                    Some(
+                        chain::read_checkpoint(&ring(&mut conn)?, &text).ok_or_else(|| {
+                            StartError::Invalid(vec![FieldError::new(
+                                "checkpoint",
+                                "is not a checkpoint signed by this Ward's keys",
+                            )])
+                        })?,
+                    )
                 }
             };
             let report = chain::verify(&mut conn, &sealer, head.as_ref(), now_ms)?;
@@ -209,7 +211,11 @@ pub fn audit(
                 println!("{}", json!(report));
             } else {
                 match &report.first_break {
-                    None => println!("Audit chain intact: {} events verified.", report.verified),
+                    None => println!(
+                        "Audit chain intact: {} events verified{}.",
+                        report.verified,
+                        describe_keys(&report.keys)
+                    ),
                     Some(problem) => println!(
                         "AUDIT CHAIN BROKEN after {} good events: {}",
                         report.verified,
@@ -257,8 +263,23 @@ fn describe(problem: &chain::Break) -> String {
         chain::Break::CheckpointMismatch { seq } => {
             format!("event #{seq} is not the one the checkpoint signed")
         }
+        chain::Break::UnknownKey { seq, event_id, key_id } => format!(
+            "event #{seq} (row {event_id}) was linked under chain key `{key_id}`, which this Ward does not hold, so it cannot be checked: supply the master key with id `{key_id}` as a previous key (WARD_MASTER_KEY_PREVIOUS or keys.master_key_previous_files) and verify again"
+        ),
         chain::Break::Unlinked { count } => format!(
             "{count} events older than ten minutes are not in the chain (written outside Ward, or the linker is stopped)"
         ),
     }
+}
+
+/// ` (chain key A for #1–#9, B for #10–#20)`, or nothing for an empty chain.
+fn describe_keys(keys: &[chain::KeyUse]) -> String {
+    if keys.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{} for #{}–#{}", k.key_id, k.first_seq, k.last_seq))
+        .collect();
+    format!(" (chain key {})", parts.join(", "))
 }

@@ -386,8 +386,7 @@ pub(super) fn key_store(
     let ctx = AuditContext::cli();
     let db = startup::open_db(settings)?;
     startup::migrate(&db, clock, &ctx)?;
-    let (master, _) = startup::resolve_master_key(settings, &db)?;
-    let sealer = Sealer::new(&master);
+    let (sealer, _) = startup::resolve_sealer(settings, &db)?;
     keys::ensure_initial_keys(&mut *db.conn()?, &sealer, clock.as_ref(), &ctx)?;
     Ok((db, sealer))
 }

@@ -98,24 +98,16 @@ impl Aad<'_> {
     }
 }
 
-/// Seals and opens values under the master key.
+/// One master key's derived material, named by the master key's id.
 #[derive(Clone)]
-pub struct Sealer {
+struct KeySet {
     key_id: String,
     cipher: Aes256Gcm,
     mac_key: [u8; 32],
 }
 
-impl fmt::Debug for Sealer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sealer")
-            .field("key_id", &self.key_id)
-            .finish()
-    }
-}
-
-impl Sealer {
-    pub fn new(master: &MasterKey) -> Self {
+impl KeySet {
+    fn new(master: &MasterKey) -> Self {
         let key = master.derive("ward/seal/aes-256-gcm/v1");
         Self {
             key_id: master.key_id(),
@@ -124,10 +116,7 @@ impl Sealer {
         }
     }
 
-    /// A keyed hash (HMAC-SHA-256 under a master-derived key) for secrets of moderate entropy
-    /// that must be looked up exactly, such as recovery codes: a stolen database alone does not
-    /// allow testing guesses offline, and `purpose` keeps uses apart.
-    pub fn keyed_hash(&self, purpose: &str, data: &[u8]) -> String {
+    fn keyed_hash(&self, purpose: &str, data: &[u8]) -> String {
         use hmac::{Hmac, Mac};
         let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&self.mac_key) else {
             return String::new();
@@ -137,12 +126,103 @@ impl Sealer {
         mac.update(data);
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
+}
+
+/// Seals and opens values under the master key. It holds the current master key, which seals
+/// and keys everything new, and any previous ones (after a master-key rotation), which only
+/// open what they sealed and check what they keyed: each sealed value and each audit-chain link
+/// names the key that made it.
+#[derive(Clone)]
+pub struct Sealer {
+    current: KeySet,
+    previous: Vec<KeySet>,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer")
+            .field("key_id", &self.current.key_id)
+            .field(
+                "previous",
+                &self.previous.iter().map(|k| &k.key_id).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Sealer {
+    pub fn new(master: &MasterKey) -> Self {
+        Self::with_previous(master, &[])
+    }
+
+    /// The current master key plus previous ones kept to open and check older material.
+    /// A previous key equal to the current one is ignored.
+    pub fn with_previous(master: &MasterKey, previous: &[MasterKey]) -> Self {
+        let current = KeySet::new(master);
+        let mut kept: Vec<KeySet> = Vec::new();
+        for key in previous {
+            let set = KeySet::new(key);
+            if set.key_id != current.key_id && kept.iter().all(|k| k.key_id != set.key_id) {
+                kept.push(set);
+            }
+        }
+        Self {
+            current,
+            previous: kept,
+        }
+    }
+
+    /// The id of the current master key (also the id of the chain key derived from it).
+    pub fn key_id(&self) -> &str {
+        &self.current.key_id
+    }
+
+    /// The ids of every key held: the current one first.
+    pub fn key_ids(&self) -> Vec<String> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|k| k.key_id.clone())
+            .collect()
+    }
+
+    /// Whether this sealer holds the master key named `key_id`.
+    pub fn holds(&self, key_id: &str) -> bool {
+        self.key(key_id).is_some()
+    }
+
+    fn key(&self, key_id: &str) -> Option<&KeySet> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.key_id == key_id)
+    }
+
+    /// A keyed hash (HMAC-SHA-256 under a master-derived key) for secrets of moderate entropy
+    /// that must be looked up exactly, such as recovery codes: a stolen database alone does not
+    /// allow testing guesses offline, and `purpose` keeps uses apart. Made with the current key.
+    pub fn keyed_hash(&self, purpose: &str, data: &[u8]) -> String {
+        self.current.keyed_hash(purpose, data)
+    }
+
+    /// The keyed hash under the key named `key_id`, if this sealer holds it.
+    pub fn keyed_hash_with(&self, key_id: &str, purpose: &str, data: &[u8]) -> Option<String> {
+        self.key(key_id).map(|k| k.keyed_hash(purpose, data))
+    }
+
+    /// The keyed hash under every key held (current first), for looking up values keyed
+    /// before a master-key rotation.
+    pub fn keyed_hashes(&self, purpose: &str, data: &[u8]) -> Vec<String> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|k| k.keyed_hash(purpose, data))
+            .collect()
+    }
 
     pub fn seal(&self, aad: Aad<'_>, plaintext: &[u8]) -> Result<String, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let aad = aad.bytes();
         let ciphertext = self
+            .current
             .cipher
             .encrypt(
                 Nonce::from_slice(&nonce),
@@ -156,7 +236,7 @@ impl Sealer {
         blob.extend_from_slice(&ciphertext);
         Ok(format!(
             "{FORMAT_VERSION}.{}.{}",
-            self.key_id,
+            self.current.key_id,
             URL_SAFE_NO_PAD.encode(blob)
         ))
     }
@@ -170,9 +250,9 @@ impl Sealer {
         if version != FORMAT_VERSION {
             return Err(SealError::Malformed);
         }
-        if key_id != self.key_id {
+        let Some(key) = self.key(key_id) else {
             return Err(SealError::UnknownKey(key_id.to_owned()));
-        }
+        };
         let blob = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| SealError::Malformed)?;
@@ -181,7 +261,7 @@ impl Sealer {
         }
         let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
         let aad = aad.bytes();
-        self.cipher
+        key.cipher
             .decrypt(
                 Nonce::from_slice(nonce),
                 Payload {
@@ -260,7 +340,7 @@ mod tests {
             Err(SealError::UnknownKey(_))
         ));
         // Even if the key id is forged to match, authentication still fails.
-        let forged = sealed.replacen(sealed.split('.').nth(1).expect("key id"), &other.key_id, 1);
+        let forged = sealed.replacen(sealed.split('.').nth(1).expect("key id"), other.key_id(), 1);
         assert_eq!(other.open(ROW, &forged), Err(SealError::Unauthentic));
     }
 
@@ -285,6 +365,46 @@ mod tests {
         assert_ne!(
             a.keyed_hash("p", b"x"),
             Sealer::new(&MasterKey::generate()).keyed_hash("p", b"x")
+        );
+    }
+
+    #[test]
+    fn previous_keys_open_and_check_what_they_made_but_never_seal() {
+        let old_key = MasterKey::generate();
+        let new_key = MasterKey::generate();
+        let old = Sealer::new(&old_key);
+        let sealed_before = old.seal(ROW, b"top secret").expect("seals");
+        let rotated = Sealer::with_previous(&new_key, &[old_key.clone(), new_key.clone()]);
+        assert_eq!(
+            rotated.key_ids(),
+            vec![
+                Sealer::new(&new_key).key_id().to_owned(),
+                old.key_id().to_owned()
+            ],
+            "the current key first, duplicates dropped"
+        );
+        assert_eq!(
+            rotated.open(ROW, &sealed_before).expect("opens"),
+            b"top secret"
+        );
+        let sealed_after = rotated.seal(ROW, b"new secret").expect("seals");
+        assert!(sealed_after.starts_with(&format!("v1.{}.", rotated.key_id())));
+        assert!(matches!(
+            old.open(ROW, &sealed_after),
+            Err(SealError::UnknownKey(_))
+        ));
+        assert_eq!(
+            rotated.keyed_hash("p", b"x"),
+            Sealer::new(&new_key).keyed_hash("p", b"x")
+        );
+        assert_eq!(
+            rotated.keyed_hash_with(old.key_id(), "p", b"x"),
+            Some(old.keyed_hash("p", b"x"))
+        );
+        assert_eq!(rotated.keyed_hash_with("unknown", "p", b"x"), None);
+        assert_eq!(
+            rotated.keyed_hashes("p", b"x"),
+            vec![rotated.keyed_hash("p", b"x"), old.keyed_hash("p", b"x")]
         );
     }
 

@@ -325,7 +325,10 @@ pub async fn continue_get(
                 .unwrap_or_default();
             Ok(redirect(&format!("/login?return_to={back}{prompt}{hint}")))
         }
-        Step::Fail(error) => refuse(&req, &state, flow.pending, error).await,
+        Step::Fail(error) => {
+            let user = flow.session.as_ref().map(|s| s.user_id.clone());
+            refuse(&req, &state, flow.pending, user, error).await
+        }
         Step::PickPatient => Ok(redirect(&format!(
             "/authorize/patients?request={}",
             encode(&handle)
@@ -339,17 +342,22 @@ pub async fn continue_get(
     }
 }
 
+/// Ends an authorization request without a grant. The actor is the app's request and, when
+/// someone is signed in (who denied it, or whom a rule refused), that person.
 async fn refuse(
     req: &HttpRequest,
     state: &AppState,
     pending: Pending,
+    user: Option<String>,
     error: OAuthError,
 ) -> Result<HttpResponse, AppError> {
-    let (clock, ctx, issuer) = (
+    let (clock, mut ctx, issuer) = (
         state.clock.clone(),
         audit_context(req, state),
         state.issuer.clone(),
     );
+    ctx.actor_user = user;
+    ctx.actor_client = Some(pending.client.client_id.clone());
     let to = state
         .db
         .run(move |conn| authorize::refuse(conn, clock.as_ref(), &ctx, &pending, &error, &issuer))
@@ -488,10 +496,12 @@ pub async fn consent_post(
     }
     match form.decision.as_str() {
         "deny" => {
+            let user = flow.session.as_ref().map(|s| s.user_id.clone());
             refuse(
                 &req,
                 &state,
                 flow.pending,
+                user,
                 OAuthError::access_denied("the user denied the request"),
             )
             .await
@@ -591,7 +601,9 @@ pub async fn patients_get(
     let (results, error) = if searched {
         let (pending, q) = (flow.pending.clone(), text.clone());
         let (clock, mut ctx) = (state.clock.clone(), audit_context(&req, &state));
+        // The person searches for the app's request: both are the actor (as on consent).
         ctx.actor_user = Some(session.user_id.clone());
+        ctx.actor_client = Some(pending.client.client_id.clone());
         let results = state
             .db
             .run(move |conn| {
@@ -661,6 +673,7 @@ pub async fn patients_post(
     let (pending, id) = (flow.pending.clone(), form.patient.clone());
     let (clock, mut ctx) = (state.clock.clone(), audit_context(&req, &state));
     ctx.actor_user = flow.session.as_ref().map(|s| s.user_id.clone());
+    ctx.actor_client = Some(pending.client.client_id.clone());
     let chosen = state
         .db
         .run(move |conn| authorize::choose_patient(conn, clock.as_ref(), &ctx, &pending, &id))
@@ -824,12 +837,16 @@ async fn token_inner(
                 }
                 "client_credentials" => {
                     token::client_credentials(conn, &iss, &ctx, &client, &params, &bases)
+                        .map_err(token::TokenRefusal::from)
                 }
                 _ => token::refresh_token(conn, &iss, &ctx, &client, &params),
             }
         })
         .await
-        .map_err(fail)
+        .map_err(|r: token::TokenRefusal| TokenFailure {
+            audited: r.audited,
+            ..fail(r.error)
+        })
 }
 
 // ---------------------------------------------------------------- launch

@@ -53,6 +53,30 @@ impl From<OAuthError> for Refusal {
     }
 }
 
+/// A refused token request: the error for the client, and whether the refusal's one audit
+/// event is already written (a detected reuse records `token.reuse_detected`, so the endpoint
+/// must not add a `token.refused` for the same request).
+#[derive(Debug)]
+pub struct TokenRefusal {
+    pub error: OAuthError,
+    pub audited: bool,
+}
+
+impl From<OAuthError> for TokenRefusal {
+    fn from(error: OAuthError) -> Self {
+        Self {
+            error,
+            audited: false,
+        }
+    }
+}
+
+impl From<StoreError> for TokenRefusal {
+    fn from(e: StoreError) -> Self {
+        OAuthError::from(e).into()
+    }
+}
+
 /// `grant_type=authorization_code`.
 pub fn authorization_code(
     conn: &mut DbConnection,
@@ -60,7 +84,7 @@ pub fn authorization_code(
     ctx: &AuditContext,
     client: &Client,
     params: &Params,
-) -> Result<Value, OAuthError> {
+) -> Result<Value, TokenRefusal> {
     allowed(client, GrantType::AuthorizationCode)?;
     let code = params.require("code")?;
     let redirect_uri = params.require("redirect_uri")?;
@@ -70,12 +94,10 @@ pub fn authorization_code(
     let now = iss.clock.now_secs();
     let code_hash = sha256_b64(code.as_bytes());
     let Some(row) = grants::find_code(conn, &code_hash)? else {
-        return Err(OAuthError::invalid_grant("unknown authorization code"));
+        return Err(OAuthError::invalid_grant("unknown authorization code").into());
     };
     if row.client_id != client.client_id {
-        return Err(OAuthError::invalid_grant(
-            "the code was issued to another client",
-        ));
+        return Err(OAuthError::invalid_grant("the code was issued to another client").into());
     }
     let outcome = if row.redeemed_at.is_some() {
         Err(Refusal::Reuse {
@@ -278,26 +300,24 @@ pub fn refresh_token(
     ctx: &AuditContext,
     client: &Client,
     params: &Params,
-) -> Result<Value, OAuthError> {
+) -> Result<Value, TokenRefusal> {
     allowed(client, GrantType::RefreshToken)?;
     let presented = params.require("refresh_token")?;
     let now = iss.clock.now_secs();
     let hash = sha256_b64(presented.as_bytes());
     let Some(row) = grants::find_refresh(conn, &hash)? else {
-        return Err(OAuthError::invalid_grant("unknown refresh token"));
+        return Err(OAuthError::invalid_grant("unknown refresh token").into());
     };
     let Some(family) = grants::find_family(conn, &row.family_id)? else {
-        return Err(OAuthError::invalid_grant("unknown refresh token"));
+        return Err(OAuthError::invalid_grant("unknown refresh token").into());
     };
     if family.client_id != client.client_id {
-        return Err(OAuthError::invalid_grant(
-            "the refresh token was issued to another client",
-        ));
+        return Err(
+            OAuthError::invalid_grant("the refresh token was issued to another client").into(),
+        );
     }
     if family.grant_kind == "client_credentials" {
-        return Err(OAuthError::invalid_grant(
-            "backend-service grants are not refreshable",
-        ));
+        return Err(OAuthError::invalid_grant("backend-service grants are not refreshable").into());
     }
     let outcome = if row.used_at.is_some() {
         Err(Refusal::Reuse {
@@ -429,10 +449,10 @@ fn settle(
     ctx: &AuditContext,
     client: &Client,
     outcome: Result<Value, Refusal>,
-) -> Result<Value, OAuthError> {
+) -> Result<Value, TokenRefusal> {
     match outcome {
         Ok(v) => Ok(v),
-        Err(Refusal::Error(e)) => Err(e),
+        Err(Refusal::Error(e)) => Err(e.into()),
         Err(Refusal::Reuse { family, kind }) => {
             let now = iss.clock.now_secs();
             write_transaction(conn, |conn| {
@@ -448,12 +468,15 @@ fn settle(
                     },
                 )
             })?;
-            Err(OAuthError::invalid_grant(match kind {
+            Err(TokenRefusal {
+                audited: true,
+                error: OAuthError::invalid_grant(match kind {
                 "authorization_code" => {
                     "the authorization code was already used; every token issued from it is revoked"
                 }
                 _ => "the refresh token was already used; every token of this grant is revoked",
-            }))
+            }),
+            })
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct AuditEventRow {
     pub details: String,
     pub chain_seq: Option<i64>,
     pub chain_hash: Option<String>,
+    /// The chain key that made `chain_hash` (empty for links made before key ids were kept).
+    pub chain_key_id: Option<String>,
 }
 
 pub fn insert(conn: &mut DbConnection, row: &NewAuditEventRow) -> Result<(), StoreError> {
@@ -143,8 +145,14 @@ pub fn unlinked_since(
         .load(conn)?)
 }
 
-/// Links one event (only ever from empty to set).
-pub fn link(conn: &mut DbConnection, id: i64, seq: i64, hash: &str) -> Result<bool, StoreError> {
+/// Links one event (only ever from empty to set), naming the chain key that made its hash.
+pub fn link(
+    conn: &mut DbConnection,
+    id: i64,
+    seq: i64,
+    hash: &str,
+    key_id: &str,
+) -> Result<bool, StoreError> {
     let n = diesel::update(
         audit_events::table
             .find(id)
@@ -153,6 +161,7 @@ pub fn link(conn: &mut DbConnection, id: i64, seq: i64, hash: &str) -> Result<bo
     .set((
         audit_events::chain_seq.eq(Some(seq)),
         audit_events::chain_hash.eq(Some(hash)),
+        audit_events::chain_key_id.eq(Some(key_id)),
     ))
     .execute(conn)?;
     Ok(n == 1)

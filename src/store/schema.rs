@@ -30,6 +30,7 @@ diesel::table! {
         details -> Text,
         chain_seq -> Nullable<BigInt>,
         chain_hash -> Nullable<Text>,
+        chain_key_id -> Nullable<Text>,
     }
 }
 

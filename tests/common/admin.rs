@@ -137,6 +137,8 @@ pub struct Reply {
     pub etag: Option<String>,
     pub location: Option<String>,
     pub www_authenticate: Option<String>,
+    /// Ward's `X-Request-Id` for this response (what its audit events record).
+    pub request_id: Option<String>,
     pub text: String,
     /// The body as JSON (`Null` when empty or not JSON).
     pub body: Value,
@@ -265,10 +267,11 @@ impl Api {
             response.status(),
             header("content-type").unwrap_or_default(),
         );
-        let (etag, location, www_authenticate) = (
+        let (etag, location, www_authenticate, request_id) = (
             header("etag"),
             header("location"),
             header("www-authenticate"),
+            header("x-request-id"),
         );
         let text = response.text().await.unwrap_or_default();
         Reply {
@@ -277,6 +280,7 @@ impl Api {
             etag,
             location,
             www_authenticate,
+            request_id,
             body: serde_json::from_str(&text).unwrap_or(Value::Null),
             text,
         }

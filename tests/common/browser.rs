@@ -17,6 +17,8 @@ pub struct Page {
     pub location: Option<String>,
     pub body: String,
     pub set_cookies: Vec<String>,
+    /// Ward's `X-Request-Id` for this response (what its audit events record).
+    pub request_id: Option<String>,
 }
 
 impl Page {
@@ -54,6 +56,7 @@ impl Browser {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .user_agent(super::USER_AGENT)
             .cookie_provider(jar.clone())
             .build()
             .expect("client");
@@ -77,11 +80,17 @@ impl Browser {
             .iter()
             .filter_map(|v| v.to_str().ok().map(str::to_owned))
             .collect();
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Page {
             status,
             location,
             body: response.text().await.unwrap_or_default(),
             set_cookies,
+            request_id,
         }
     }
 

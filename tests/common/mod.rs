@@ -56,10 +56,14 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// Every test client announces itself, so audit events can be checked for the user agent.
+pub const USER_AGENT: &str = "ward-test-kit/1";
+
 pub fn http_client() -> reqwest::Client {
     install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .user_agent(USER_AGENT)
         .build()
         .expect("http client")
 }

@@ -257,6 +257,11 @@ pub async fn submit_consent(browser: &Browser, body: &str) -> Landing {
         .get("location")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let text = response.text().await.unwrap_or_default();
     match location {
         Some(l) if status == StatusCode::SEE_OTHER => follow(browser, &l, None).await,
@@ -265,6 +270,7 @@ pub async fn submit_consent(browser: &Browser, body: &str) -> Landing {
             location: None,
             body: text,
             set_cookies: Vec::new(),
+            request_id,
         }),
     }
 }
