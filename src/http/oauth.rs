@@ -24,6 +24,7 @@ use crate::authn::session::Stage;
 use crate::error::AppError;
 use crate::oauth::authorize::{self, ApproveInput, Pending, Step, Subject};
 use crate::oauth::authorize_request::{error_redirect, Rejection};
+use crate::oauth::break_glass;
 use crate::oauth::client_auth::{self, Presented};
 use crate::oauth::error::{OAuthError, Params};
 use crate::oauth::token::{self, Issuer};
@@ -164,7 +165,7 @@ pub(crate) async fn continuation_target(
         .map(|p| p.request.redirect_uri))
 }
 
-fn bad_request_page(text: &str) -> Result<HttpResponse, AppError> {
+pub(super) fn bad_request_page(text: &str) -> Result<HttpResponse, AppError> {
     message(
         StatusCode::BAD_REQUEST,
         "This sign-in request cannot continue",
@@ -173,7 +174,7 @@ fn bad_request_page(text: &str) -> Result<HttpResponse, AppError> {
     )
 }
 
-fn expired_request() -> Result<HttpResponse, AppError> {
+pub(super) fn expired_request() -> Result<HttpResponse, AppError> {
     bad_request_page(
         "This request has expired or was already completed. Go back to the app and start again.",
     )
@@ -225,11 +226,11 @@ pub async fn authorize(
     }
 }
 
-fn encode(value: &str) -> String {
+pub(super) fn encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-fn continue_url(handle: &str) -> String {
+pub(super) fn continue_url(handle: &str) -> String {
     format!("/authorize/continue?request={}", encode(handle))
 }
 
@@ -240,14 +241,14 @@ pub struct RequestQuery {
 }
 
 /// Everything a page of a pending request needs.
-struct Flow {
-    pending: Pending,
-    session: Option<SessionInfo>,
-    subject: Option<Subject>,
+pub(super) struct Flow {
+    pub(super) pending: Pending,
+    pub(super) session: Option<SessionInfo>,
+    pub(super) subject: Option<Subject>,
     remembered: Option<String>,
 }
 
-async fn load_flow(
+pub(super) async fn load_flow(
     req: &HttpRequest,
     state: &AppState,
     handle: &str,
@@ -291,7 +292,7 @@ async fn load_flow(
     }))
 }
 
-fn step_of(flow: &Flow, now: i64) -> Step {
+pub(super) fn step_of(flow: &Flow, now: i64) -> Step {
     authorize::next_step(
         &flow.pending,
         flow.session.as_ref(),
@@ -338,7 +339,7 @@ pub async fn continue_get(
     }
 }
 
-async fn refuse(
+pub(super) async fn refuse(
     req: &HttpRequest,
     state: &AppState,
     pending: Pending,
@@ -430,6 +431,9 @@ async fn consent_page(
         None => None,
     };
     let settings = &flow.pending.client.settings;
+    // Emergency access is for one patient: offered on the consent page when one is in context.
+    let offer_break_glass =
+        patient.is_some() && break_glass::offered(subject, &flow.pending.client);
     let mut response = render(
         StatusCode::OK,
         &ConsentView {
@@ -441,6 +445,7 @@ async fn consent_page(
             patient_id: patient.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
             patient,
             summary: consent::summarize(candidate),
+            break_glass: offer_break_glass,
         },
     )?;
     set_form_action(&mut response, state, &flow.pending.request.redirect_uri);
@@ -620,6 +625,10 @@ pub async fn patients_get(
             searched,
             results,
             error,
+            break_glass: flow
+                .subject
+                .as_ref()
+                .is_some_and(|s| break_glass::offered(s, &flow.pending.client)),
         },
     )?;
     set_form_action(&mut response, &state, &flow.pending.request.redirect_uri);

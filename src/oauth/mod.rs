@@ -5,6 +5,7 @@ pub mod apps;
 pub mod assertion;
 pub mod authorize;
 pub mod authorize_request;
+pub mod break_glass;
 pub mod client_auth;
 pub mod error;
 pub mod pkce;
