@@ -5,6 +5,7 @@ mod common;
 
 mod admin_api;
 mod audit_chain;
+mod break_glass;
 mod chromium;
 mod demo;
 

@@ -195,7 +195,7 @@ mod tests {
         let csv = to_csv(&[d]);
         let line = csv.lines().nth(1).unwrap();
         assert!(line.contains("\"growth, \"\"chart\"\"\""), "{line}");
-        assert!(line.ends_with(",7"));
+        assert!(line.ends_with(",7,"), "{line}");
         assert!(to_text("Patient/1", &[]).contains("FHIR server's own audit log"));
     }
 }
