@@ -354,6 +354,7 @@ async fn a_clinician_breaks_the_glass_for_one_patient(backend: Backend) {
     assert_eq!(row.target_patient.as_deref(), Some("p2"));
     assert!(ward::audit::alerts::is_alert(&row));
     assert_eq!(count(app, "consents"), 0, "never remembered");
+    validate_fhir(&row, &app.state.issuer);
 
     // The person's connected apps and the admin's grants view show it as break-glass.
     let apps = browser.get("/account/apps").await;
@@ -381,6 +382,53 @@ async fn a_clinician_breaks_the_glass_for_one_patient(backend: Backend) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The event's FHIR export (purposeOfEvent ETREAT/BTG) parses with a FHIR model library and
+/// passes the BALP checks of tests/fhir/validate_audit.py (skipped only outside CI without it).
+fn validate_fhir(row: &ward::store::audit_events::AuditEventRow, issuer: &str) {
+    let observer = ward::audit::fhir::Observer {
+        issuer,
+        node_hint: None,
+    };
+    let event = ward::audit::fhir::to_audit_event(row, &observer);
+    assert_eq!(event["purposeOfEvent"][0]["coding"][0]["code"], "ETREAT");
+    assert_eq!(event["purposeOfEvent"][1]["coding"][0]["code"], "BTG");
+    let python =
+        std::env::var("WARD_FHIR_PYTHON").unwrap_or_else(|_| "/opt/ward-fhir/bin/python".into());
+    if !std::path::Path::new(&python).exists() {
+        assert!(!crate::common::in_ci(), "{python} is missing");
+        return;
+    }
+    let mut child = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fhir/validate_audit.py"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(
+                ward::audit::fhir::to_ndjson(std::slice::from_ref(row), &observer).as_bytes(),
+            )
+            .unwrap();
+    }
+    let result = child.wait_with_output().unwrap();
+    assert!(
+        result.status.success(),
+        "FHIR validation failed:\n{}\n{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+/// A refusal case: its name, the form, the status and the audited `error`.
+type Case<'a> = (&'a str, [(&'a str, &'a str); 5], StatusCode, &'a str);
 
 /// Posts the break-glass form.
 async fn invoke(browser: &Browser, fields: &[(&str, &str)]) -> Page {
@@ -486,7 +534,7 @@ async fn rejects_break_glass_without_reason_permission_human_app_second_factor_o
             .unwrap()
             .code_at_step(s.clock.now_secs() / 30 - 1)
     };
-    let cases: [(&str, [(&str, &str); 5], StatusCode, &str); 6] = [
+    let cases: [Case<'_>; 6] = [
         (
             "no reason",
             [

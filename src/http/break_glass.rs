@@ -11,7 +11,6 @@ use super::oauth::{
 use super::pages::{audit_context, message, redirect, render, session_csrf, session_csrf_ok};
 use super::views::{BreakGlassDoneView, BreakGlassView};
 use crate::app::AppState;
-use crate::authn::login::LoginError;
 use crate::authn::session::Stage;
 use crate::error::AppError;
 use crate::oauth::authorize::{self, Step};
@@ -259,8 +258,7 @@ pub async fn break_glass_post(
         ),
         Ok(Ok(None)) => expired_request(),
         Ok(Err(refusal)) => refused_page(&state, &flow, &form, &refusal).await,
-        Err(LoginError::Store(e)) => Err(e.into()),
-        Err(other) => Err(other.into()),
+        Err(e) => Err(AppError::from(e)),
     }
 }
 
