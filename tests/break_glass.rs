@@ -430,6 +430,15 @@ fn validate_fhir(row: &ward::store::audit_events::AuditEventRow, issuer: &str) {
 /// A refusal case: its name, the form, the status and the audited `error`.
 type Case<'a> = (&'a str, [(&'a str, &'a str); 5], StatusCode, &'a str);
 
+/// Posts the break-glass form from owned fields.
+async fn post_owned(browser: &Browser, pairs: Vec<(String, String)>) -> Page {
+    let borrowed: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    invoke(browser, &borrowed).await
+}
+
 /// Posts the break-glass form.
 async fn invoke(browser: &Browser, fields: &[(&str, &str)]) -> Page {
     browser.post("/authorize/break-glass", fields).await
@@ -660,4 +669,27 @@ async fn rejects_break_glass_without_reason_permission_human_app_second_factor_o
     assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.body);
     assert_eq!(refused(app)[before]["error"], "second_factor_replayed");
     assert_eq!(count(app, "authorization_codes"), 1);
+    // Sign-in's back-off applies: after a third failed guess even a right code waits.
+    let fields = |code: &str| -> Vec<(String, String)> {
+        vec![
+            ("csrf".into(), consent.csrf()),
+            ("request".into(), consent.field("request").unwrap()),
+            ("patient".into(), "p1".into()),
+            ("reason".into(), REASON.into()),
+            ("code".into(), code.into()),
+        ]
+    };
+    let post = |pairs: Vec<(String, String)>| post_owned(&nina, pairs);
+    for _ in 0..2 {
+        assert_eq!(post(fields(&wrong)).await.status, StatusCode::UNAUTHORIZED);
+    }
+    let next = Totp::new(&s.secret)
+        .unwrap()
+        .code_at_step(s.clock.now_secs() / 30 + 1);
+    let before = refused(app).len();
+    assert_eq!(post(fields(&next)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused(app)[before]["error"], "second_factor_throttled");
+    s.clock.advance_secs(2);
+    assert_eq!(post(fields(&next)).await.status, StatusCode::OK);
+    assert_eq!(audit_actions(app, "break_glass.invoked").len(), 2);
 }
