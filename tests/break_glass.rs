@@ -25,6 +25,7 @@ use crate::on_both_backends;
 on_both_backends!(
     a_clinician_breaks_the_glass_for_one_patient,
     rejects_break_glass_without_reason_permission_human_app_second_factor_or_csrf,
+    a_role_that_allows_nothing_asked_for_can_still_break_the_glass,
 );
 
 const START: i64 = 1_900_000_000;
@@ -381,6 +382,80 @@ async fn a_clinician_breaks_the_glass_for_one_patient(backend: Backend) {
         assert!(std::time::Instant::now() < deadline, "no alert delivered");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+async fn a_role_that_allows_nothing_asked_for_can_still_break_the_glass(backend: Backend) {
+    let Some(s) = setup(backend, &[]).await else {
+        return;
+    };
+    let scope = "launch/patient patient/Observation.rs";
+    // Without break-glass: refused at once, as ever.
+    let carl = sign_in(&s, "carl").await;
+    let (_, challenge) = pkce();
+    let params = [
+        ("response_type", "code"),
+        ("client_id", s.client.as_str()),
+        ("redirect_uri", CALLBACK),
+        ("scope", scope),
+        ("aud", FHIR),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    let landed = follow(&carl, &authorize_url(&s.app, &params), None)
+        .await
+        .callback();
+    assert_eq!(landed["error"], "invalid_scope");
+    // The nurse reaches the picker and the consent page, which offers only emergency access.
+    let nina = sign_in(&s, "nina").await;
+    let (verifier, picker, at_picker) = start(&s, &nina, &s.client, scope).await;
+    assert!(at_picker);
+    let consent = choose(&nina, &picker, "p1").await;
+    assert!(
+        consent.body.contains("id=\"nothing-grantable\""),
+        "{}",
+        consent.body
+    );
+    assert!(consent.body.contains("id=\"break-glass-link\""));
+    let request = consent.field("request").unwrap();
+    let form = nina
+        .get(&format!("/authorize/break-glass?request={request}"))
+        .await;
+    s.clock.advance_secs(30);
+    let done = invoke(
+        &nina,
+        &[
+            ("csrf", &form.csrf()),
+            ("request", &request),
+            ("patient", "p1"),
+            ("reason", REASON),
+            ("code", &code_now(&s.secret, &s.clock)),
+        ],
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let link = done
+        .body
+        .split("href=\"")
+        .find(|p| p.starts_with(CALLBACK))
+        .and_then(|p| p.split('"').next())
+        .unwrap()
+        .replace("&#38;", "&")
+        .replace("&amp;", "&");
+    let (status, tokens) = redeem(&s.app, &query_of(&link)["code"], &verifier, &s.client).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(
+        tokens["scope"],
+        "launch/patient patient/Observation.rs __ward.break_glass"
+    );
+    assert_eq!(tokens["patient"], "p1");
+    // Allowing on that page grants nothing: the request ends as it always did.
+    let (_, picker, _) = start(&s, &nina, &s.client, scope).await;
+    let consent = choose(&nina, &picker, "p1").await;
+    let landed = crate::common::smart::approve(&nina, &consent, &[])
+        .await
+        .callback();
+    assert_eq!(landed["error"], "invalid_scope");
+    assert_eq!(count(&s.app, "authorization_codes"), 1);
 }
 
 /// The event's FHIR export (purposeOfEvent ETREAT/BTG) parses with a FHIR model library and

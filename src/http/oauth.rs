@@ -446,6 +446,7 @@ async fn consent_page(
             patient,
             summary: consent::summarize(candidate),
             break_glass: offer_break_glass,
+            nothing_grantable: !authorize::grants_something(candidate),
         },
     )?;
     set_form_action(&mut response, state, &flow.pending.request.redirect_uri);
@@ -518,6 +519,18 @@ pub async fn consent_post(
             };
             if !form.offline {
                 granted = authorize::without_refresh(&granted);
+            }
+            // Shown only so the person could break the glass: ordinary approval grants nothing.
+            if !authorize::grants_something(&candidate) {
+                return refuse(
+                    &req,
+                    &state,
+                    flow.pending,
+                    OAuthError::invalid_scope(
+                        "none of the requested scopes may be granted to this user and app",
+                    ),
+                )
+                .await;
             }
             approve(&req, &state, &flow, granted, patient, form.remember, false).await
         }

@@ -93,6 +93,8 @@ pub struct ConsentView {
     pub summary: crate::smart::consent::ConsentSummary,
     /// The person may invoke emergency access (break-glass) for this app and patient.
     pub break_glass: bool,
+    /// The person's roles allow nothing asked for (shown only because of break-glass).
+    pub nothing_grantable: bool,
 }
 
 #[derive(Template)]

@@ -349,6 +349,19 @@ pub fn auth_time(session: &SessionInfo) -> i64 {
     })
 }
 
+/// Whether approving a candidate would grant anything: clinical data, or the person's identity.
+pub fn grants_something(candidate: &ScopeSet) -> bool {
+    candidate.resource_scopes().next().is_some()
+        || candidate.iter().any(|s| {
+            matches!(
+                s,
+                crate::smart::scopes::Scope::Identity(
+                    IdentityScope::OpenId | IdentityScope::FhirUser
+                )
+            )
+        })
+}
+
 /// Whether a scope set needs a patient in context: `launch/patient`, or any `patient/` scope.
 pub fn needs_patient(scopes: &ScopeSet) -> bool {
     scopes.has(IdentityScope::LaunchPatient)
@@ -407,16 +420,15 @@ pub fn next_step(
         }
     }
     let candidate = candidate(pending, subject);
-    if candidate.resource_scopes().next().is_none()
-        && !candidate.iter().any(|s| {
-            matches!(
-                s,
-                crate::smart::scopes::Scope::Identity(
-                    IdentityScope::OpenId | IdentityScope::FhirUser
-                )
-            )
-        })
-    {
+    // Nothing grantable under the person's roles: refused — unless they may break the glass
+    // for this app, which then goes on to the picker and consent page that offer it.
+    let emergency_only = !grants_something(&candidate)
+        && crate::oauth::break_glass::offered(subject, &pending.client)
+        && break_glass_candidate(pending)
+            .resource_scopes()
+            .next()
+            .is_some();
+    if !grants_something(&candidate) && !emergency_only {
         return Step::Fail(OAuthError::invalid_scope(
             "none of the requested scopes may be granted to this user and app",
         ));
@@ -435,7 +447,7 @@ pub fn next_step(
     let patient = patient_in_context(pending, subject);
     // A patient-context request without a patient from the EHR or the user's own record goes
     // through the picker (also in an EHR launch whose context has no patient) — for clinicians.
-    if needs_patient(&candidate) && patient.is_none() {
+    if (needs_patient(&candidate) || emergency_only) && patient.is_none() {
         if !subject.may_pick_patients() {
             return Step::Fail(OAuthError::access_denied(
                 "no patient record is linked to this account",
@@ -1094,5 +1106,43 @@ mod tests {
             decide(&identity_only, &allowed, consent, "p1", why),
             Err(Refusal::NothingToGrant)
         );
+    }
+
+    #[test]
+    fn nothing_grantable_still_reaches_the_picker_for_someone_who_may_break_the_glass() {
+        let p = pending(
+            "launch/patient patient/Observation.rs",
+            Prompt::default(),
+            None,
+        );
+        let mut nurse = subject(Some("Practitioner/9"), "user/Coverage.rs");
+        let live = session("s", T0);
+        assert!(matches!(
+            next_step(&p, Some(&live), Some(&nurse), None, T0),
+            Step::Fail(e) if e.code == "invalid_scope"
+        ));
+        nurse.break_glass = true;
+        assert_eq!(
+            next_step(&p, Some(&live), Some(&nurse), None, T0),
+            Step::PickPatient
+        );
+        let mut picked = p.clone();
+        picked.patient = Some("p1".into());
+        match next_step(&picked, Some(&live), Some(&nurse), None, T0) {
+            Step::Consent { candidate, patient } => {
+                assert!(
+                    !grants_something(&candidate),
+                    "nothing but by breaking the glass"
+                );
+                assert_eq!(patient.as_deref(), Some("p1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut ai = p.clone();
+        ai.client.settings.ai_tool = true;
+        assert!(matches!(
+            next_step(&ai, Some(&live), Some(&nurse), None, T0),
+            Step::Fail(e) if e.code == "invalid_scope"
+        ));
     }
 }
