@@ -464,7 +464,7 @@ pub fn next_step(
         let remembered = ScopeSet::parse(scope).0;
         remembered.covers_all(&candidate) && candidate.identity_scopes().all(|i| remembered.has(i))
     });
-    if covered && !request.prompt.consent {
+    if covered && !request.prompt.consent && !emergency_only {
         return Step::Approve { candidate, patient };
     }
     if request.prompt.none {
@@ -1138,6 +1138,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(
+            matches!(
+                next_step(
+                    &picked,
+                    Some(&live),
+                    Some(&nurse),
+                    Some("launch/patient"),
+                    T0
+                ),
+                Step::Consent { .. }
+            ),
+            "a remembered consent never approves an empty grant"
+        );
         let mut ai = p.clone();
         ai.client.settings.ai_tool = true;
         assert!(matches!(
