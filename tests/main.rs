@@ -6,6 +6,7 @@ mod common;
 mod admin_api;
 mod audit_chain;
 mod audit_events;
+mod break_glass;
 mod chromium;
 mod demo;
 mod faults;

@@ -1,6 +1,6 @@
 //! Accounting of disclosures (HIPAA 45 CFR 164.528): for one patient, every app and person that
 //! obtained access to that patient's data as far as Ward can know it — launches naming the
-//! patient, approvals and tokens with the patient in context, introspections and policy checks
+//! patient, approvals (emergency access too) and tokens with the patient in context, introspections and policy checks
 //! by resource servers, the clinician's choice in the patient picker — with times and scopes.
 //! Ward sees authorizations, not the data itself: for user- and system-level tokens the FHIR
 //! server's own audit log completes the picture (the report says so).
@@ -25,6 +25,9 @@ pub struct Disclosure {
     pub app: Option<String>,
     pub user: Option<String>,
     pub scope: Option<String>,
+    /// Emergency access: the justification the person gave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub justification: Option<String>,
 }
 
 /// `Patient/123` or `123` → `123`.
@@ -41,6 +44,10 @@ fn describe(action: &str) -> &'static str {
         "patient.selected" => "A clinician chose this patient for an app",
         "authorization.granted" => "Access to this patient's data was approved for an app",
         "token.issued" => "An app received a token for this patient's data",
+        "break_glass.invoked" => {
+            "Emergency access (break-glass): a user bypassed their role's limits for this patient"
+        }
+        "break_glass.refused" => "An emergency access (break-glass) to this patient was refused",
         "token.introspected" => "A FHIR server checked an app's token for this patient",
         "policy.checked" => {
             "A FHIR server asked whether an app may make a request for this patient"
@@ -95,6 +102,9 @@ pub fn disclosures(
             app,
             user,
             scope: details["scope"].as_str().map(str::to_owned),
+            justification: (row.action == "break_glass.invoked")
+                .then(|| details["reason"].as_str().map(str::to_owned))
+                .flatten(),
         });
     }
     Ok(out)
@@ -110,7 +120,7 @@ fn csv_field(text: &str) -> String {
 
 /// CSV with a header line (RFC 4180 quoting).
 pub fn to_csv(items: &[Disclosure]) -> String {
-    let mut out = String::from("time,action,description,app,user,scope,event_id\r\n");
+    let mut out = String::from("time,action,description,app,user,scope,event_id,justification\r\n");
     for d in items {
         let fields = [
             d.time.clone(),
@@ -120,6 +130,7 @@ pub fn to_csv(items: &[Disclosure]) -> String {
             d.user.clone().unwrap_or_default(),
             d.scope.clone().unwrap_or_default(),
             d.event_id.to_string(),
+            d.justification.clone().unwrap_or_default(),
         ];
         out.push_str(
             &fields
@@ -151,6 +162,9 @@ pub fn to_text(patient: &str, items: &[Disclosure]) -> String {
         if let Some(scope) = &d.scope {
             out.push_str(&format!("    scope: {scope}\n"));
         }
+        if let Some(why) = &d.justification {
+            out.push_str(&format!("    justification: {why}\n"));
+        }
     }
     out.push_str(&format!("\n{LIMITS}\n"));
     out
@@ -176,11 +190,12 @@ mod tests {
             app: Some("growth, \"chart\"".into()),
             user: None,
             scope: Some("patient/*.rs".into()),
+            justification: None,
         };
         let csv = to_csv(&[d]);
         let line = csv.lines().nth(1).unwrap();
         assert!(line.contains("\"growth, \"\"chart\"\"\""), "{line}");
-        assert!(line.ends_with(",7"));
+        assert!(line.ends_with(",7,"), "{line}");
         assert!(to_text("Patient/1", &[]).contains("FHIR server's own audit log"));
     }
 }

@@ -268,6 +268,25 @@ pub enum AuditEvent {
     /// `ward audit verify` found the chain broken (the problem, as it reported it).
     #[serde(rename = "audit.verification_failed")]
     AuditVerificationFailed { verified: u64, problem: String },
+    /// Emergency access (break-glass, HIPAA 164.312(a)(2)(ii)): a person whose role allows it
+    /// bypassed their role ceiling for one patient, with this justification, re-authenticated
+    /// with a fresh second factor; the grant (`family`) is marked `__ward.break_glass`.
+    #[serde(rename = "break_glass.invoked")]
+    BreakGlassInvoked {
+        client_id: String,
+        family: String,
+        patient: String,
+        reason: String,
+        scope: String,
+    },
+    /// An emergency-access attempt was refused (`error`: the rule, `reason`: what the person saw).
+    #[serde(rename = "break_glass.refused")]
+    BreakGlassRefused {
+        client_id: String,
+        patient: Option<String>,
+        error: String,
+        reason: String,
+    },
     /// Every grant of a client or of a user was revoked at once.
     #[serde(rename = "token.revoked_all")]
     TokensRevokedAll {
@@ -344,6 +363,8 @@ impl AuditEvent {
         "user.enrolment_link_created",
         "token.revoked_all",
         "audit.verification_failed",
+        "break_glass.invoked",
+        "break_glass.refused",
     ];
 
     pub fn action(&self) -> &'static str {
@@ -395,6 +416,8 @@ impl AuditEvent {
             Self::EnrolmentLinkCreated { .. } => "user.enrolment_link_created",
             Self::TokensRevokedAll { .. } => "token.revoked_all",
             Self::AuditVerificationFailed { .. } => "audit.verification_failed",
+            Self::BreakGlassInvoked { .. } => "break_glass.invoked",
+            Self::BreakGlassRefused { .. } => "break_glass.refused",
         }
     }
 
@@ -409,6 +432,7 @@ impl AuditEvent {
             | Self::TokenReuseDetected { .. }
             | Self::TokenRevocationRefused { .. }
             | Self::AdminAccessDenied { .. }
+            | Self::BreakGlassRefused { .. }
             | Self::AuditVerificationFailed { .. } => Outcome::Failure,
             _ => Outcome::Success,
         }
@@ -431,6 +455,8 @@ impl AuditEvent {
             | Self::TokenRevocationRefused { .. }
             | Self::AdminAccessDenied { .. }
             | Self::TokensRevokedAll { .. }
+            | Self::BreakGlassInvoked { .. }
+            | Self::BreakGlassRefused { .. }
             | Self::AuditVerificationFailed { .. } => Severity::High,
             // A replayed client assertion: someone holds a copy of a signed credential.
             Self::ClientAuthenticationFailed { reason, .. }
@@ -452,10 +478,12 @@ impl AuditEvent {
             | Self::AuthorizationGranted { patient, .. }
             | Self::TokenIssued { patient, .. }
             | Self::TokenIntrospected { patient, .. }
-            | Self::PolicyChecked { patient, .. } => patient.as_deref(),
+            | Self::PolicyChecked { patient, .. }
+            | Self::BreakGlassRefused { patient, .. } => patient.as_deref(),
             Self::PatientSelected { patient, .. }
             | Self::PatientUpdated { patient, .. }
-            | Self::PatientRemoved { patient, .. } => Some(patient),
+            | Self::PatientRemoved { patient, .. }
+            | Self::BreakGlassInvoked { patient, .. } => Some(patient),
             _ => None,
         }
     }
@@ -671,8 +699,24 @@ mod tests {
                 verified: 3,
                 problem: "p".into(),
             },
+            AuditEvent::BreakGlassInvoked {
+                client_id: "c".into(),
+                family: "f".into(),
+                patient: "p".into(),
+                reason: "unconscious patient in the emergency room".into(),
+                scope: "patient/*.rs __ward.break_glass".into(),
+            },
+            AuditEvent::BreakGlassRefused {
+                client_id: "c".into(),
+                patient: None,
+                error: "not_permitted".into(),
+                reason: "r".into(),
+            },
         ];
         assert_eq!(samples.len(), AuditEvent::ACTIONS.len());
+        for event in &samples[samples.len() - 2..] {
+            assert_eq!(event.severity(), Severity::High, "break-glass is alerted");
+        }
         for (event, name) in samples.iter().zip(AuditEvent::ACTIONS) {
             let json = serde_json::to_value(event).expect("serialises");
             assert_eq!(json["action"], *name);

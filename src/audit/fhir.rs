@@ -67,6 +67,7 @@ const LIFECYCLE: &str = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecyc
 const IHE_EVENT_TYPE: &str = "urn:ihe:event-type-code";
 const BALP_AUTHZ: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType";
 const BALP_ENTITY_TYPE: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType";
+const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
 
 const CLIENT_ID_SYSTEM: &str = "urn:ietf:params:oauth:client-id";
 const USER_SYSTEM: &str = "urn:ward:user";
@@ -125,6 +126,10 @@ const AUTHZ_CONSENT: Code = code(
 );
 const DISCLOSE: Code = code(LIFECYCLE, "disclose", "Disclose Record Lifecycle Event");
 
+// Purposes of use (AuditEvent.purposeOfEvent): emergency access.
+const EMERGENCY_TREATMENT: Code = code(ACT_REASON, "ETREAT", "Emergency Treatment");
+const BREAK_THE_GLASS: Code = code(ACT_REASON, "BTG", "break the glass");
+
 // Agent types.
 const HUMAN_USER: Code = code(SECURITY_ROLE_TYPE, "humanuser", "human user");
 const AUTH_SERVER: Code = code(SECURITY_ROLE_TYPE, "authserver", "authorization server");
@@ -176,6 +181,8 @@ struct Mapping {
     object: Object,
     /// Ward discloses to the requesting client: Ward is the source, the client the destination.
     disclosure: bool,
+    /// Emergency access: `purposeOfEvent` is emergency treatment, by breaking the glass.
+    emergency: bool,
 }
 
 const fn map(kind: Code, subtype: Option<Code>, action: &'static str, object: Object) -> Mapping {
@@ -185,6 +192,7 @@ const fn map(kind: Code, subtype: Option<Code>, action: &'static str, object: Ob
         action,
         object,
         disclosure: false,
+        emergency: false,
     }
 }
 
@@ -244,6 +252,11 @@ fn mapping(action: &str) -> Option<Mapping> {
         "patient.updated" => map(PATIENT_RECORD, None, "U", O::Patient),
         "patient.removed" => map(PATIENT_RECORD, None, "D", O::Patient),
         "admin.access_denied" => alert(Some(RESTRICTED_FUNCTION), O::Other),
+        // Emergency access: the use of a restricted function, for emergency treatment.
+        "break_glass.invoked" | "break_glass.refused" => Mapping {
+            emergency: true,
+            ..alert(Some(RESTRICTED_FUNCTION), O::Grant)
+        },
         // The audit trail failed its integrity check: a security alert about Ward itself.
         "audit.verification_failed" => alert(None, O::Other),
         _ => return None,
@@ -308,6 +321,13 @@ pub fn to_audit_event(row: &AuditEventRow, observer: &Observer<'_>) -> Value {
         disclosure: mapping.disclosure,
     };
     event.insert("agent".into(), Value::Array(agents(&parties)));
+    if mapping.emergency {
+        // BALP/IHE: the purpose the person claimed (v3-ActReason ETREAT), and how (BTG).
+        event.insert(
+            "purposeOfEvent".into(),
+            json!([concept(EMERGENCY_TREATMENT), concept(BREAK_THE_GLASS)]),
+        );
+    }
     let mut source = Map::new();
     let site = fhir_string(&row.node).or_else(|| observer.node_hint.and_then(fhir_string));
     if let Some(site) = site {
@@ -1137,6 +1157,70 @@ mod tests {
             .map(|x| &x["what"]["reference"])
             .collect();
         assert_eq!(refs, [&json!("Patient/p1"), &json!("Patient/p2")]);
+    }
+
+    #[test]
+    fn break_glass_is_a_restricted_function_used_for_emergency_treatment() {
+        let mut r = row(
+            "break_glass.invoked",
+            "success",
+            "high",
+            json!({
+                "client_id": "app",
+                "family": "fam-1",
+                "patient": "p-9",
+                "reason": "unconscious patient, allergies unknown",
+                "scope": "patient/*.rs __ward.break_glass",
+            }),
+        );
+        r.actor_user = Some("u-1".into());
+        r.actor_client = Some("app".into());
+        r.target_patient = Some("p-9".into());
+        let e = to_audit_event(&r, &OBSERVER);
+        assert_valid_r4(&e);
+        assert_eq!(e["type"]["code"], "110113");
+        assert!(has_coding(&e["subtype"], DCM, "110132"));
+        assert!(has_coding(
+            &e["subtype"],
+            WARD_ACTION_SYSTEM,
+            "break_glass.invoked"
+        ));
+        assert_eq!(e["outcome"], "0");
+        let purposes = &e["purposeOfEvent"];
+        assert_eq!(purposes[0]["coding"][0]["system"], ACT_REASON);
+        assert_eq!(purposes[0]["coding"][0]["code"], "ETREAT");
+        assert_eq!(purposes[1]["coding"][0]["code"], "BTG");
+        let patient = entity_with_role(&e, "1");
+        assert_eq!(patient["what"]["reference"], "Patient/p-9");
+        let grant = e["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x.get("detail").is_some())
+            .unwrap();
+        assert_eq!(
+            detail(grant, "reason"),
+            "unconscious patient, allergies unknown"
+        );
+        let refused = to_audit_event(
+            &row(
+                "break_glass.refused",
+                "failure",
+                "high",
+                json!({"client_id": "app", "error": "not_permitted", "reason": "no role allows it"}),
+            ),
+            &OBSERVER,
+        );
+        assert_valid_r4(&refused);
+        assert_eq!(refused["outcome"], "8");
+        assert_eq!(refused["purposeOfEvent"][1]["coding"][0]["code"], "BTG");
+        assert!(row_has_no_purpose("token.issued"));
+    }
+
+    fn row_has_no_purpose(action: &str) -> bool {
+        to_audit_event(&row(action, "success", "notice", json!({})), &OBSERVER)
+            .get("purposeOfEvent")
+            .is_none()
     }
 
     #[test]

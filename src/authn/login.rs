@@ -616,6 +616,49 @@ pub fn verify_second_factor(
     })
 }
 
+/// Outcome of re-authenticating with a fresh TOTP code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reauthentication {
+    Accepted,
+    /// Wrong, replayed or throttled (the detail is for the audit trail only).
+    Refused(LoginFailure),
+}
+
+/// Re-authentication with a fresh TOTP code at a sensitive moment (emergency access), inside
+/// the caller's transaction, under the same rules as the sign-in's second factor: back-off per
+/// (account, IP) and per account, the code's time step claimed so it can never be used again,
+/// a wrong or replayed code counted as a failed guess (enough of them lock the account). No
+/// audit event of its own: the caller records the decision, in the same transaction, as its
+/// one event (an account lock is its own event).
+pub fn reauthenticate_with_totp(
+    conn: &mut DbConnection,
+    clock: &dyn Clock,
+    sealer: &Sealer,
+    policy: &LoginPolicy,
+    ctx: &AuditContext,
+    user_id: &str,
+    code: &str,
+) -> Result<Reauthentication, LoginError> {
+    let ctx = audit_as(ctx, Some(user_id));
+    let now = clock.now_secs();
+    let keys = second_factor_keys(user_id, ctx.source_ip.as_deref());
+    if backed_off(conn, policy, &keys, now)? {
+        return Ok(Reauthentication::Refused(LoginFailure::Throttled));
+    }
+    let failure = match check_totp(conn, sealer, user_id, code, now, TotpSearch::Confirmed)? {
+        TotpCheck::Accepted(_) => {
+            for key in &keys {
+                creds::clear_failures(conn, key)?;
+            }
+            return Ok(Reauthentication::Accepted);
+        }
+        TotpCheck::Replayed => LoginFailure::ReplayedCode,
+        TotpCheck::Wrong => LoginFailure::BadCode,
+    };
+    count_factor_failure(conn, clock, policy, &ctx, user_id, &keys)?;
+    Ok(Reauthentication::Refused(failure))
+}
+
 enum TotpCheck {
     /// The code matched; the credential id whose step was claimed.
     Accepted(String),

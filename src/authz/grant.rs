@@ -11,7 +11,9 @@
 use serde::Serialize;
 
 use crate::clients::ClientSettings;
-use crate::smart::scopes::{intersect, Scope, ScopeContext, ScopeSet};
+use crate::smart::scopes::{
+    intersect, IdentityScope, ResourceScope, Scope, ScopeContext, ScopeSet,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -66,6 +68,51 @@ pub fn grantable(
             "narrowed to what the client and the user's roles allow",
         ))
     })
+}
+
+/// What emergency access (break-glass) grants a user through a client: requested ∩ the
+/// client's allowed scopes, *not* cut by the user's role ceilings, bound to one patient
+/// (`user/` scopes become `patient/` scopes, so only the patient in context is reached), no
+/// refresh (`offline_access`, `online_access` dropped), never `system/` or admin scopes, and
+/// the [`Scope::BreakGlass`] marking. Never wider than the client's allowance: `patient/X` is
+/// covered by the `user/X` it came from.
+pub fn grantable_in_emergency(client: &ClientSettings, requested: &str) -> GrantDecision {
+    let mut decision = decide(client, requested, false, |scope, client_allowed| {
+        if scope.context == ScopeContext::System {
+            return Err(
+                "system/ scopes are only granted to backend services (client_credentials)".into(),
+            );
+        }
+        let for_one_patient: Vec<ResourceScope> = client_allowed
+            .resource_scopes()
+            .map(|r| {
+                ResourceScope::new(
+                    ScopeContext::Patient,
+                    r.resource.clone(),
+                    r.permissions,
+                    r.constraints.clone(),
+                    r.syntax,
+                )
+            })
+            .collect();
+        Ok((
+            for_one_patient.into_iter().map(Scope::Resource).collect(),
+            "emergency access: the client's allowed scopes, for the one patient in context",
+        ))
+    });
+    decision.granted = decision
+        .granted
+        .iter()
+        .filter(|s| {
+            !matches!(
+                s,
+                Scope::Identity(IdentityScope::OfflineAccess | IdentityScope::OnlineAccess)
+            )
+        })
+        .cloned()
+        .collect();
+    decision.granted.insert(Scope::BreakGlass);
+    decision
 }
 
 /// What a backend service may be granted (`client_credentials`): requested ∩ its allowance,
@@ -127,6 +174,10 @@ fn decide(
                 }
             }
             Scope::Admin(_) => refuse("outside the client's allowed scopes".into()),
+            Scope::BreakGlass => refuse(
+                "the break-glass marking is set by Ward on emergency access; it cannot be requested"
+                    .into(),
+            ),
             Scope::Resource(resource) => {
                 let client_allowed = intersect(&single(scope), &ceiling);
                 if client_allowed.is_empty() {

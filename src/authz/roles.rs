@@ -84,6 +84,12 @@ pub fn parse_ceiling(text: &str) -> Result<ScopeSet, Vec<FieldError>> {
             format!("`{identity}` is decided by client settings and consent, not by roles"),
         ));
     }
+    if set.is_break_glass() {
+        errors.push(FieldError::new(
+            "scope_ceiling",
+            "`__ward.break_glass` is not a ceiling: allow emergency access with the role's break_glass setting",
+        ));
+    }
     for scope in set.resource_scopes() {
         if scope.context == ScopeContext::System {
             errors.push(FieldError::new(

@@ -449,6 +449,12 @@ pub fn validate(spec: &ClientSpec) -> Result<ClientSettings, Vec<FieldError>> {
             errors.push(FieldError::new("scope", format!("`{scope}`: AI-tool clients may not hold wildcard resource scopes; name each resource type")));
         }
     }
+    if scopes.is_break_glass() {
+        errors.push(FieldError::new(
+            "scope",
+            "`__ward.break_glass` marks emergency-access tokens; Ward sets it, no client may be registered for it",
+        ));
+    }
     if scopes.admin_scopes().next().is_some() {
         if !backend {
             errors.push(FieldError::new(
@@ -629,6 +635,15 @@ mod tests {
         assert!(errors_of(&s)
             .iter()
             .any(|e| e.contains("AI-tool clients may not hold admin API scopes")));
+    }
+
+    #[test]
+    fn no_client_is_registered_for_the_break_glass_marking() {
+        let mut s = spec("public");
+        s.scope = "openid patient/*.rs __ward.break_glass".into();
+        assert!(errors_of(&s)
+            .iter()
+            .any(|e| e.contains("no client may be registered for it")));
     }
 
     #[test]

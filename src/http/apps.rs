@@ -50,6 +50,7 @@ pub async fn apps_get(
                     since: format_secs(a.since),
                     offline: a.offline,
                     remembered: a.remembered,
+                    break_glass: a.break_glass,
                 })
                 .collect(),
             notice,

@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod apps;
+mod break_glass;
 pub mod client_ip;
 pub mod cookies;
 pub mod csrf;
@@ -108,6 +109,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/authorize", web::post().to(oauth::authorize))
         .route("/authorize/continue", web::get().to(oauth::continue_get))
         .route("/authorize/patients", web::get().to(oauth::patients_get))
+        .route(
+            "/authorize/break-glass",
+            web::get().to(break_glass::break_glass_get),
+        )
+        .route(
+            "/authorize/break-glass",
+            web::post().to(break_glass::break_glass_post),
+        )
         .route("/authorize/patients", web::post().to(oauth::patients_post))
         .route("/authorize/consent", web::post().to(oauth::consent_post))
         .route("/token", web::post().to(oauth::token))

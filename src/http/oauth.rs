@@ -24,6 +24,7 @@ use crate::authn::session::Stage;
 use crate::error::AppError;
 use crate::oauth::authorize::{self, ApproveInput, Pending, Step, Subject};
 use crate::oauth::authorize_request::{error_redirect, Rejection};
+use crate::oauth::break_glass;
 use crate::oauth::client_auth::{self, Presented};
 use crate::oauth::error::{OAuthError, Params};
 use crate::oauth::resource_server::{self, TokenCheck};
@@ -165,7 +166,7 @@ pub(crate) async fn continuation_target(
         .map(|p| p.request.redirect_uri))
 }
 
-fn bad_request_page(text: &str) -> Result<HttpResponse, AppError> {
+pub(super) fn bad_request_page(text: &str) -> Result<HttpResponse, AppError> {
     message(
         StatusCode::BAD_REQUEST,
         "This sign-in request cannot continue",
@@ -174,7 +175,7 @@ fn bad_request_page(text: &str) -> Result<HttpResponse, AppError> {
     )
 }
 
-fn expired_request() -> Result<HttpResponse, AppError> {
+pub(super) fn expired_request() -> Result<HttpResponse, AppError> {
     bad_request_page(
         "This request has expired or was already completed. Go back to the app and start again.",
     )
@@ -226,11 +227,11 @@ pub async fn authorize(
     }
 }
 
-fn encode(value: &str) -> String {
+pub(super) fn encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-fn continue_url(handle: &str) -> String {
+pub(super) fn continue_url(handle: &str) -> String {
     format!("/authorize/continue?request={}", encode(handle))
 }
 
@@ -241,14 +242,14 @@ pub struct RequestQuery {
 }
 
 /// Everything a page of a pending request needs.
-struct Flow {
-    pending: Pending,
-    session: Option<SessionInfo>,
-    subject: Option<Subject>,
+pub(super) struct Flow {
+    pub(super) pending: Pending,
+    pub(super) session: Option<SessionInfo>,
+    pub(super) subject: Option<Subject>,
     remembered: Option<String>,
 }
 
-async fn load_flow(
+pub(super) async fn load_flow(
     req: &HttpRequest,
     state: &AppState,
     handle: &str,
@@ -292,7 +293,7 @@ async fn load_flow(
     }))
 }
 
-fn step_of(flow: &Flow, now: i64) -> Step {
+pub(super) fn step_of(flow: &Flow, now: i64) -> Step {
     authorize::next_step(
         &flow.pending,
         flow.session.as_ref(),
@@ -344,7 +345,7 @@ pub async fn continue_get(
 
 /// Ends an authorization request without a grant. The actor is the app's request and, when
 /// someone is signed in (who denied it, or whom a rule refused), that person.
-async fn refuse(
+pub(super) async fn refuse(
     req: &HttpRequest,
     state: &AppState,
     pending: Pending,
@@ -439,6 +440,9 @@ async fn consent_page(
         None => None,
     };
     let settings = &flow.pending.client.settings;
+    // Emergency access is for one patient: offered on the consent page when one is in context.
+    let offer_break_glass =
+        patient.is_some() && break_glass::offered(subject, &flow.pending.client);
     let mut response = render(
         StatusCode::OK,
         &ConsentView {
@@ -450,6 +454,8 @@ async fn consent_page(
             patient_id: patient.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
             patient,
             summary: consent::summarize(candidate),
+            break_glass: offer_break_glass,
+            nothing_grantable: !authorize::grants_something(candidate),
         },
     )?;
     set_form_action(&mut response, state, &flow.pending.request.redirect_uri);
@@ -524,6 +530,18 @@ pub async fn consent_post(
             };
             if !form.offline {
                 granted = authorize::without_refresh(&granted);
+            }
+            // Shown only so the person could break the glass: ordinary approval grants nothing.
+            if !authorize::grants_something(&candidate) {
+                return refuse(
+                    &req,
+                    &state,
+                    flow.pending,
+                    OAuthError::invalid_scope(
+                        "none of the requested scopes may be granted to this user and app",
+                    ),
+                )
+                .await;
             }
             approve(&req, &state, &flow, granted, patient, form.remember, false).await
         }
@@ -633,6 +651,10 @@ pub async fn patients_get(
             searched,
             results,
             error,
+            break_glass: flow
+                .subject
+                .as_ref()
+                .is_some_and(|s| break_glass::offered(s, &flow.pending.client)),
         },
     )?;
     set_form_action(&mut response, &state, &flow.pending.request.redirect_uri);

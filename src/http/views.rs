@@ -91,6 +91,10 @@ pub struct ConsentView {
     /// The patient id shown, sent back so approval is for exactly what was displayed.
     pub patient_id: String,
     pub summary: crate::smart::consent::ConsentSummary,
+    /// The person may invoke emergency access (break-glass) for this app and patient.
+    pub break_glass: bool,
+    /// The person's roles allow nothing asked for (shown only because of break-glass).
+    pub nothing_grantable: bool,
 }
 
 #[derive(Template)]
@@ -103,6 +107,36 @@ pub struct PatientPickerView {
     pub searched: bool,
     pub results: Vec<crate::patients::PatientSummary>,
     pub error: Option<String>,
+    /// The person may invoke emergency access (break-glass) for this app.
+    pub break_glass: bool,
+}
+
+/// The emergency-access (break-glass) form.
+#[derive(Template)]
+#[template(path = "break_glass.html")]
+pub struct BreakGlassView {
+    pub csrf: String,
+    pub request: String,
+    pub app_name: String,
+    pub user_name: String,
+    pub patient: Option<crate::patients::PatientSummary>,
+    pub patient_id: String,
+    /// What emergency access would grant.
+    pub scopes: String,
+    pub error: Option<String>,
+    pub minutes: i64,
+    pub min_chars: usize,
+    pub max_chars: usize,
+}
+
+/// After emergency access was granted: the banner, then on to the app.
+#[derive(Template)]
+#[template(path = "break_glass_done.html")]
+pub struct BreakGlassDoneView {
+    pub app_name: String,
+    pub patient: String,
+    pub redirect: String,
+    pub minutes: i64,
 }
 
 #[derive(Template)]
@@ -122,6 +156,7 @@ pub struct AppRowView {
     pub since: String,
     pub offline: bool,
     pub remembered: bool,
+    pub break_glass: bool,
 }
 
 #[derive(Template)]

@@ -24,6 +24,8 @@ pub struct ConnectedApp {
     pub offline: bool,
     /// Consent is remembered for the next launch.
     pub remembered: bool,
+    /// A live grant is emergency access (break-glass).
+    pub break_glass: bool,
 }
 
 /// The person's live grants and remembered consents, one entry per app.
@@ -44,9 +46,11 @@ pub fn connected(
                 since: family.created_at,
                 offline: false,
                 remembered: false,
+                break_glass: false,
             });
         entry.since = entry.since.min(family.created_at);
         entry.offline |= scopes.has(IdentityScope::OfflineAccess);
+        entry.break_glass |= family.grant_kind == super::authorize::BREAK_GLASS_GRANT;
         for s in scopes.iter().map(ToString::to_string) {
             if !entry.scopes.contains(&s) {
                 entry.scopes.push(s);
@@ -67,6 +71,7 @@ pub fn connected(
                 since: consent.created_at,
                 offline: false,
                 remembered: false,
+                break_glass: false,
             });
         entry.remembered = true;
     }

@@ -86,6 +86,8 @@ pub struct Subject {
     pub display_name: String,
     pub fhir_user: Option<String>,
     pub ceilings: Vec<ScopeSet>,
+    /// Some role of the person allows emergency access (break-glass).
+    pub break_glass: bool,
 }
 
 impl Subject {
@@ -259,16 +261,17 @@ pub fn subject(conn: &mut DbConnection, user_id: &str) -> Result<Option<Subject>
         return Ok(None);
     }
     let role_names = users::roles_of(conn, user_id)?;
-    let ceilings = roles::find_many(conn, &role_names)?
+    let roles: Vec<Role> = roles::find_many(conn, &role_names)?
         .into_iter()
-        .map(|r| Role::from(r).ceiling())
+        .map(Role::from)
         .collect();
     Ok(Some(Subject {
         user_id: user.id,
         username: user.username,
         display_name: user.display_name,
         fhir_user: user.fhir_user,
-        ceilings,
+        ceilings: roles.iter().map(Role::ceiling).collect(),
+        break_glass: roles.iter().any(|r| r.break_glass),
     }))
 }
 
@@ -314,6 +317,14 @@ pub fn candidate(pending: &Pending, subject: &Subject) -> ScopeSet {
     granted
 }
 
+/// What emergency access (break-glass) would grant for this request: requested ∩ the client's
+/// allowance, bound to one patient, not cut by the person's role ceilings, never refreshable,
+/// marked `__ward.break_glass` (see [`crate::authz::grant::grantable_in_emergency`]).
+pub fn break_glass_candidate(pending: &Pending) -> ScopeSet {
+    crate::authz::grant::grantable_in_emergency(&pending.client.settings, &pending.request.scope)
+        .granted
+}
+
 /// The scopes without `offline_access` and `online_access`: no refresh token will come of them.
 pub fn without_refresh(scopes: &ScopeSet) -> ScopeSet {
     scopes
@@ -354,6 +365,19 @@ pub fn auth_time(session: &SessionInfo) -> i64 {
     session.mfa_at.map_or(session.authenticated_at, |m| {
         m.max(session.authenticated_at)
     })
+}
+
+/// Whether approving a candidate would grant anything: clinical data, or the person's identity.
+pub fn grants_something(candidate: &ScopeSet) -> bool {
+    candidate.resource_scopes().next().is_some()
+        || candidate.iter().any(|s| {
+            matches!(
+                s,
+                crate::smart::scopes::Scope::Identity(
+                    IdentityScope::OpenId | IdentityScope::FhirUser
+                )
+            )
+        })
 }
 
 /// Whether a scope set needs a patient in context: `launch/patient`, or any `patient/` scope.
@@ -414,16 +438,15 @@ pub fn next_step(
         }
     }
     let candidate = candidate(pending, subject);
-    if candidate.resource_scopes().next().is_none()
-        && !candidate.iter().any(|s| {
-            matches!(
-                s,
-                crate::smart::scopes::Scope::Identity(
-                    IdentityScope::OpenId | IdentityScope::FhirUser
-                )
-            )
-        })
-    {
+    // Nothing grantable under the person's roles: refused — unless they may break the glass
+    // for this app, which then goes on to the picker and consent page that offer it.
+    let emergency_only = !grants_something(&candidate)
+        && crate::oauth::break_glass::offered(subject, &pending.client)
+        && break_glass_candidate(pending)
+            .resource_scopes()
+            .next()
+            .is_some();
+    if !grants_something(&candidate) && !emergency_only {
         return Step::Fail(OAuthError::invalid_scope(
             "none of the requested scopes may be granted to this user and app",
         ));
@@ -442,7 +465,7 @@ pub fn next_step(
     let patient = patient_in_context(pending, subject);
     // A patient-context request without a patient from the EHR or the user's own record goes
     // through the picker (also in an EHR launch whose context has no patient) — for clinicians.
-    if needs_patient(&candidate) && patient.is_none() {
+    if (needs_patient(&candidate) || emergency_only) && patient.is_none() {
         if !subject.may_pick_patients() {
             return Step::Fail(OAuthError::access_denied(
                 "no patient record is linked to this account",
@@ -459,7 +482,7 @@ pub fn next_step(
         let remembered = ScopeSet::parse(scope).0;
         remembered.covers_all(&candidate) && candidate.identity_scopes().all(|i| remembered.has(i))
     });
-    if covered && !request.prompt.consent {
+    if covered && !request.prompt.consent && !emergency_only {
         return Step::Approve { candidate, patient };
     }
     if request.prompt.none {
@@ -509,10 +532,63 @@ pub fn approve(
     ctx: &AuditContext,
     input: ApproveInput<'_>,
 ) -> Result<Option<Approval>, StoreError> {
-    let now = clock.now_secs();
+    let prepared = prepare_grant(clock.now_secs(), &input, false)?;
+    let done = write_transaction(conn, |conn| {
+        if !write_grant(conn, &prepared)? {
+            return Ok::<_, StoreError>(false);
+        }
+        audit::append(
+            conn,
+            clock,
+            ctx,
+            &AuditEvent::AuthorizationGranted {
+                client_id: input.pending.client.client_id.clone(),
+                scope: input.granted.to_string(),
+                patient: prepared.patient.clone(),
+                remembered: input.remembered_before,
+            },
+        )?;
+        Ok(true)
+    })?;
+    Ok(done.then(|| prepared.approval(input.pending, input.issuer)))
+}
+
+/// Emergency access: how long its access token lives (a constant, never a setting), at most.
+pub const BREAK_GLASS_TOKEN_LIFETIME: i64 = 900;
+
+/// A grant ready to be written: the rows of the family and the code, and the code itself.
+pub(crate) struct PreparedGrant {
+    code: String,
+    pub(crate) family: FamilyRow,
+    code_row: CodeRow,
+    consent: Option<ConsentRow>,
+    id_hash: String,
+    pub(crate) patient: Option<String>,
+}
+
+impl PreparedGrant {
+    pub(crate) fn approval(&self, pending: &Pending, issuer: &str) -> Approval {
+        let mut pairs = vec![("code", self.code.as_str())];
+        if let Some(state) = &pending.request.state {
+            pairs.push(("state", state));
+        }
+        pairs.push(("iss", issuer));
+        Approval {
+            redirect: authorize_request::redirect_with(&pending.request.redirect_uri, &pairs),
+        }
+    }
+}
+
+/// Builds the rows of an approval. `emergency` (break-glass): the family is kind `break_glass`,
+/// lives only as long as its one short-lived access token, and consent is never remembered.
+pub(crate) fn prepare_grant(
+    now: i64,
+    input: &ApproveInput<'_>,
+    emergency: bool,
+) -> Result<PreparedGrant, StoreError> {
     let pending = input.pending;
     let settings = &pending.client.settings;
-    let granted = input.granted;
+    let granted = &input.granted;
     let mut context = pending
         .launch
         .as_ref()
@@ -525,12 +601,14 @@ pub fn approve(
             context.need_patient_banner = Some(true);
         }
     }
-    let context = context.limited_to(&granted);
+    let context = context.limited_to(granted);
     let online =
         granted.has(IdentityScope::OnlineAccess) && !granted.has(IdentityScope::OfflineAccess);
     let refreshable =
         granted.has(IdentityScope::OnlineAccess) || granted.has(IdentityScope::OfflineAccess);
-    let family_expires = if refreshable {
+    let family_expires = if emergency {
+        now + CODE_TTL + BREAK_GLASS_TOKEN_LIFETIME.min(settings.access_token_lifetime)
+    } else if refreshable {
         now + settings.refresh_token_absolute_lifetime
     } else {
         now + CODE_TTL + settings.access_token_lifetime
@@ -552,79 +630,70 @@ pub fn approve(
         serde_json::to_string(&grant).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let context_json =
         serde_json::to_string(&context).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let done = write_transaction(conn, |conn| {
-        if !grants::complete_auth_request(conn, &pending.id_hash, now)? {
-            return Ok::<_, StoreError>(false);
-        }
-        grants::insert_family(
-            conn,
-            &FamilyRow {
-                id: family_id.clone(),
-                client_id: pending.client.client_id.clone(),
-                user_id: Some(input.subject.user_id.clone()),
-                session_id: online.then(|| input.session.public_id.clone()),
-                grant_kind: "authorization_code".into(),
-                scope: granted.to_string(),
-                aud: pending.request.aud.clone(),
-                context: context_json.clone(),
-                created_at: now,
-                expires_at: family_expires,
-                revoked_at: None,
-                revoked_reason: None,
+    Ok(PreparedGrant {
+        family: FamilyRow {
+            id: family_id.clone(),
+            client_id: pending.client.client_id.clone(),
+            user_id: Some(input.subject.user_id.clone()),
+            session_id: (online && !emergency).then(|| input.session.public_id.clone()),
+            grant_kind: if emergency {
+                BREAK_GLASS_GRANT.into()
+            } else {
+                "authorization_code".into()
             },
-        )?;
-        grants::insert_code(
-            conn,
-            &CodeRow {
-                code_hash: sha256_b64(code.as_bytes()),
-                client_id: pending.client.client_id.clone(),
-                user_id: input.subject.user_id.clone(),
-                redirect_uri: pending.request.redirect_uri.clone(),
-                code_challenge: pending.request.code_challenge.clone(),
-                grant_details: grant_json.clone(),
-                family_id: family_id.clone(),
-                created_at: now,
-                expires_at: now + CODE_TTL,
-                redeemed_at: None,
-            },
-        )?;
-        if input.remember {
-            grants::remember_consent(
-                conn,
-                &ConsentRow {
-                    user_id: input.subject.user_id.clone(),
-                    client_id: pending.client.client_id.clone(),
-                    scope: granted.to_string(),
-                    aud: pending.request.aud.clone(),
-                    created_at: now,
-                    updated_at: now,
-                },
-            )?;
-        }
-        audit::append(
-            conn,
-            clock,
-            ctx,
-            &AuditEvent::AuthorizationGranted {
-                client_id: pending.client.client_id.clone(),
-                scope: granted.to_string(),
-                patient: context.patient.clone(),
-                remembered: input.remembered_before,
-            },
-        )?;
-        Ok(true)
-    })?;
-    if !done {
-        return Ok(None);
+            scope: granted.to_string(),
+            aud: pending.request.aud.clone(),
+            context: context_json,
+            created_at: now,
+            expires_at: family_expires,
+            revoked_at: None,
+            revoked_reason: None,
+        },
+        code_row: CodeRow {
+            code_hash: sha256_b64(code.as_bytes()),
+            client_id: pending.client.client_id.clone(),
+            user_id: input.subject.user_id.clone(),
+            redirect_uri: pending.request.redirect_uri.clone(),
+            code_challenge: pending.request.code_challenge.clone(),
+            grant_details: grant_json,
+            family_id,
+            created_at: now,
+            expires_at: now + CODE_TTL,
+            redeemed_at: None,
+        },
+        consent: (input.remember && !emergency).then(|| ConsentRow {
+            user_id: input.subject.user_id.clone(),
+            client_id: pending.client.client_id.clone(),
+            scope: granted.to_string(),
+            aud: pending.request.aud.clone(),
+            created_at: now,
+            updated_at: now,
+        }),
+        id_hash: pending.id_hash.clone(),
+        patient: context.patient,
+        code,
+    })
+}
+
+/// The `grant_kind` of an emergency-access family.
+pub const BREAK_GLASS_GRANT: &str = "break_glass";
+
+/// Writes a prepared grant inside the caller's transaction: completes the request (false when
+/// it was already completed, and then nothing is written), the family, the code, the consent.
+pub(crate) fn write_grant(
+    conn: &mut DbConnection,
+    prepared: &PreparedGrant,
+) -> Result<bool, StoreError> {
+    let now = prepared.family.created_at;
+    if !grants::complete_auth_request(conn, &prepared.id_hash, now)? {
+        return Ok(false);
     }
-    let mut pairs = vec![("code", code.as_str())];
-    if let Some(state) = &pending.request.state {
-        pairs.push(("state", state));
+    grants::insert_family(conn, &prepared.family)?;
+    grants::insert_code(conn, &prepared.code_row)?;
+    if let Some(consent) = &prepared.consent {
+        grants::remember_consent(conn, consent)?;
     }
-    pairs.push(("iss", input.issuer));
-    Ok(Some(Approval {
-        redirect: authorize_request::redirect_with(&pending.request.redirect_uri, &pairs),
-    }))
+    Ok(true)
 }
 
 /// Ends a pending request with an error at the client (denied, or refused by a rule).
@@ -785,6 +854,7 @@ mod tests {
             display_name: "Dr".into(),
             fhir_user: fhir_user.map(str::to_owned),
             ceilings: vec![ScopeSet::parse(ceiling).0],
+            break_glass: false,
         }
     }
 
@@ -925,6 +995,184 @@ mod tests {
         let s = subject(None, "user/Coverage.rs");
         assert!(matches!(
             next_step(&p, Some(&session("s", T0)), Some(&s), None, T0),
+            Step::Fail(e) if e.code == "invalid_scope"
+        ));
+    }
+
+    #[test]
+    fn break_glass_grants_the_clients_allowance_for_one_patient_past_the_role_ceiling() {
+        // The client allows `openid fhirUser launch launch/patient offline_access patient/*.rs
+        // user/*.rs`; the person's role covers only Coverage.
+        let p = pending(
+            "openid fhirUser launch/patient offline_access user/Observation.rs patient/Condition.rs",
+            Prompt::default(),
+            None,
+        );
+        let normal = candidate(&p, &subject(None, "user/Coverage.rs"));
+        assert_eq!(normal.resource_scopes().count(), 0);
+        let emergency = break_glass_candidate(&p);
+        let text = emergency.to_string();
+        for wanted in [
+            "openid",
+            "fhirUser",
+            "launch/patient",
+            "patient/Observation.rs",
+            "patient/Condition.rs",
+            "__ward.break_glass",
+        ] {
+            assert!(text.split(' ').any(|s| s == wanted), "{wanted} in {text}");
+        }
+        assert!(emergency.is_break_glass());
+        assert!(
+            !emergency.has(IdentityScope::OfflineAccess),
+            "never a refresh token"
+        );
+        assert!(
+            emergency
+                .resource_scopes()
+                .all(|r| r.context == crate::smart::scopes::ScopeContext::Patient),
+            "bound to the one patient: {text}"
+        );
+    }
+
+    #[test]
+    fn break_glass_never_widens_the_clients_allowance() {
+        let mut p = pending(
+            "openid patient/Observation.rs patient/Condition.rs system/Patient.rs __ward.break_glass __ward.admin.read",
+            Prompt::default(),
+            None,
+        );
+        p.client.settings = validate(&ClientSpec {
+            name: "Narrow".into(),
+            kind: Some("public".into()),
+            redirect_uris: vec!["https://app.example.com/cb".into()],
+            scope: "openid patient/Observation.r".into(),
+            ..ClientSpec::default()
+        })
+        .unwrap();
+        let emergency = break_glass_candidate(&p);
+        assert_eq!(
+            emergency.to_string(),
+            ScopeSet::parse("openid patient/Observation.r __ward.break_glass")
+                .0
+                .to_string()
+        );
+        let allowance = p.client.settings.scope_set();
+        assert!(allowance.covers_all(&emergency));
+    }
+
+    #[test]
+    fn the_marking_cannot_be_requested_through_the_normal_rule() {
+        let p = pending(
+            "openid patient/*.rs __ward.break_glass",
+            Prompt::default(),
+            None,
+        );
+        let normal = candidate(&p, &subject(Some("Patient/1"), "patient/*.rs"));
+        assert!(!normal.is_break_glass());
+        assert!(normal.resource_scopes().next().is_some());
+    }
+
+    #[test]
+    fn break_glass_needs_the_role_a_human_app_a_reason_and_the_patient_in_context() {
+        use crate::oauth::break_glass::{decide, Origin, Refusal};
+        let p = pending(
+            "openid launch/patient patient/Observation.rs",
+            Prompt::default(),
+            None,
+        );
+        let mut allowed = subject(Some("Practitioner/9"), "user/Coverage.rs");
+        allowed.break_glass = true;
+        let plain = subject(Some("Practitioner/9"), "user/Coverage.rs");
+        let consent = Origin::Consent {
+            patient: Some("p1"),
+        };
+        let why = "cardiac arrest, chart needed now";
+        let ok = decide(&p, &allowed, consent, "p1", why).unwrap();
+        assert_eq!(ok.patient, "p1");
+        assert_eq!(ok.reason, why);
+        assert!(ok.granted.is_break_glass());
+        assert_eq!(
+            decide(&p, &plain, consent, "p1", why),
+            Err(Refusal::NotPermitted)
+        );
+        assert_eq!(
+            decide(&p, &allowed, consent, "p1", "  "),
+            Err(Refusal::BadReason)
+        );
+        assert_eq!(
+            decide(&p, &allowed, consent, "p2", why),
+            Err(Refusal::BadPatient),
+            "only the patient in context"
+        );
+        let offered = vec!["p3".to_owned()];
+        let picker = Origin::Picker { offered: &offered };
+        assert!(decide(&p, &allowed, picker, "p3", why).is_ok());
+        assert_eq!(
+            decide(&p, &allowed, picker, "p4", why),
+            Err(Refusal::BadPatient),
+            "only a patient the picker showed"
+        );
+        let mut ai = p.clone();
+        ai.client.settings.ai_tool = true;
+        assert_eq!(
+            decide(&ai, &allowed, consent, "p1", why),
+            Err(Refusal::ClientExcluded)
+        );
+        let identity_only = pending("openid fhirUser", Prompt::default(), None);
+        assert_eq!(
+            decide(&identity_only, &allowed, consent, "p1", why),
+            Err(Refusal::NothingToGrant)
+        );
+    }
+
+    #[test]
+    fn nothing_grantable_still_reaches_the_picker_for_someone_who_may_break_the_glass() {
+        let p = pending(
+            "launch/patient patient/Observation.rs",
+            Prompt::default(),
+            None,
+        );
+        let mut nurse = subject(Some("Practitioner/9"), "user/Coverage.rs");
+        let live = session("s", T0);
+        assert!(matches!(
+            next_step(&p, Some(&live), Some(&nurse), None, T0),
+            Step::Fail(e) if e.code == "invalid_scope"
+        ));
+        nurse.break_glass = true;
+        assert_eq!(
+            next_step(&p, Some(&live), Some(&nurse), None, T0),
+            Step::PickPatient
+        );
+        let mut picked = p.clone();
+        picked.patient = Some("p1".into());
+        match next_step(&picked, Some(&live), Some(&nurse), None, T0) {
+            Step::Consent { candidate, patient } => {
+                assert!(
+                    !grants_something(&candidate),
+                    "nothing but by breaking the glass"
+                );
+                assert_eq!(patient.as_deref(), Some("p1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(
+                next_step(
+                    &picked,
+                    Some(&live),
+                    Some(&nurse),
+                    Some("launch/patient"),
+                    T0
+                ),
+                Step::Consent { .. }
+            ),
+            "a remembered consent never approves an empty grant"
+        );
+        let mut ai = p.clone();
+        ai.client.settings.ai_tool = true;
+        assert!(matches!(
+            next_step(&ai, Some(&live), Some(&nurse), None, T0),
             Step::Fail(e) if e.code == "invalid_scope"
         ));
     }

@@ -6,6 +6,7 @@ pub mod assertion;
 pub mod assertion_claims;
 pub mod authorize;
 pub mod authorize_request;
+pub mod break_glass;
 pub mod client_auth;
 pub mod client_credentials;
 pub mod error;

@@ -561,10 +561,14 @@ fn issue(
 ) -> Result<Value, OAuthError> {
     let settings = &client.settings;
     let context = context_of(family);
-    let lifetime = settings
-        .access_token_lifetime
-        .min(family.expires_at - now)
-        .max(1);
+    let break_glass = scopes.is_break_glass();
+    // Emergency access: a short fixed lifetime, never longer than the client's own.
+    let ceiling = if break_glass {
+        super::authorize::BREAK_GLASS_TOKEN_LIFETIME.min(settings.access_token_lifetime)
+    } else {
+        settings.access_token_lifetime
+    };
+    let lifetime = ceiling.min(family.expires_at - now).max(1);
     let fhir_user = code
         .and_then(|c| c.fhir_user.clone())
         .or_else(|| fhir_user_of(conn, family).ok().flatten())
@@ -586,6 +590,7 @@ fn issue(
         patient: context.patient.clone(),
         encounter: context.encounter.clone(),
         fhir_user: fhir_user.clone(),
+        break_glass,
     };
     let signer = iss.keys.signer(KeyAlg::Es256, now)?;
     let access_token = tokens::mint_access(&signer, &claims)?;
@@ -609,9 +614,13 @@ fn issue(
     body.insert("token_type".into(), json!("Bearer"));
     body.insert("expires_in".into(), json!(lifetime));
     body.insert("scope".into(), json!(scopes.to_string()));
+    if break_glass {
+        body.insert("break_glass".into(), json!(true));
+    }
     let family_scopes = ScopeSet::parse(&family.scope).0;
     // Backend services never get refresh tokens (RFC 6749 §4.4.3, SMART Backend Services).
     let refreshable = family.grant_kind != "client_credentials"
+        && !break_glass
         && (family_scopes.has(IdentityScope::OfflineAccess)
             || family_scopes.has(IdentityScope::OnlineAccess));
     if refreshable && settings.grant_types.contains(&GrantType::RefreshToken) {

@@ -30,6 +30,10 @@ pub struct AccessClaims {
     pub encounter: Option<String>,
     #[serde(rename = "fhirUser", skip_serializing_if = "Option::is_none")]
     pub fhir_user: Option<String>,
+    /// Emergency access (break-glass): the user's role ceiling was bypassed for this patient.
+    /// Present (`true`) only then; the scope carries `__ward.break_glass` too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -571,7 +571,7 @@ fn check_representable(granted: &ScopeSet) -> Result<(), ConsentError> {
 fn check_within(candidate: &ScopeSet, granted: &ScopeSet) -> Result<(), ConsentError> {
     let outside = granted.iter().find(|scope| match scope {
         Scope::Resource(resource) => !candidate.covers_scope(resource),
-        Scope::Identity(_) | Scope::Admin(_) => !candidate.contains(scope),
+        Scope::Identity(_) | Scope::Admin(_) | Scope::BreakGlass => !candidate.contains(scope),
     });
     match outside {
         Some(scope) => Err(ConsentError::WiderThanCandidate {

@@ -420,26 +420,34 @@ impl AdminScope {
     }
 }
 
+/// The marking of an emergency-access (break-glass) grant. Named per SMART's `__` rule for
+/// scopes outside HL7's grammar. Ward alone puts it in a token's scope: no client may request
+/// it or be registered for it, and it grants nothing by itself; it tells resource servers (in
+/// the token and its introspection) that the user's role ceiling was bypassed for one patient.
+pub const BREAK_GLASS_SCOPE: &str = "__ward.break_glass";
+
 /// Any scope Ward understands.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
     Identity(IdentityScope),
     Resource(ResourceScope),
     Admin(AdminScope),
+    /// [`BREAK_GLASS_SCOPE`]: set by Ward on emergency-access grants only.
+    BreakGlass,
 }
 
 impl Scope {
     pub fn as_resource(&self) -> Option<&ResourceScope> {
         match self {
             Scope::Resource(scope) => Some(scope),
-            Scope::Identity(_) | Scope::Admin(_) => None,
+            Scope::Identity(_) | Scope::Admin(_) | Scope::BreakGlass => None,
         }
     }
 
     pub fn as_admin(&self) -> Option<AdminScope> {
         match self {
             Scope::Admin(scope) => Some(*scope),
-            Scope::Identity(_) | Scope::Resource(_) => None,
+            Scope::Identity(_) | Scope::Resource(_) | Scope::BreakGlass => None,
         }
     }
 
@@ -457,6 +465,7 @@ impl fmt::Display for Scope {
             Scope::Identity(scope) => scope.fmt(f),
             Scope::Resource(scope) => scope.fmt(f),
             Scope::Admin(scope) => f.write_str(scope.as_str()),
+            Scope::BreakGlass => f.write_str(BREAK_GLASS_SCOPE),
         }
     }
 }
@@ -594,6 +603,9 @@ fn parse_token(token: &str) -> Result<Scope, ScopeErrorReason> {
     }
     if let Some(admin) = AdminScope::from_token(token) {
         return Ok(Scope::Admin(admin));
+    }
+    if token == BREAK_GLASS_SCOPE {
+        return Ok(Scope::BreakGlass);
     }
     let Some((prefix, rest)) = token.split_once('/') else {
         return Err(ScopeErrorReason::Unknown);
@@ -767,7 +779,7 @@ impl ScopeSet {
     pub fn identity_scopes(&self) -> impl Iterator<Item = IdentityScope> + '_ {
         self.scopes.iter().filter_map(|scope| match scope {
             Scope::Identity(identity) => Some(*identity),
-            Scope::Resource(_) | Scope::Admin(_) => None,
+            Scope::Resource(_) | Scope::Admin(_) | Scope::BreakGlass => None,
         })
     }
 
@@ -777,6 +789,11 @@ impl ScopeSet {
 
     pub fn contains(&self, scope: &Scope) -> bool {
         self.scopes.iter().any(|member| member.same_meaning(scope))
+    }
+
+    /// Whether the set carries the break-glass marking ([`BREAK_GLASS_SCOPE`]).
+    pub fn is_break_glass(&self) -> bool {
+        self.scopes.contains(&Scope::BreakGlass)
     }
 
     /// Whether an identity or context scope (`openid`, `launch/patient`, …) is present.
@@ -1117,6 +1134,26 @@ mod tests {
         );
         assert_eq!(set.resource_scopes().count(), 1);
         assert_eq!(set.identity_scopes().count(), 0);
+    }
+
+    #[test]
+    fn the_break_glass_marking_round_trips_and_is_no_other_kind_of_scope() {
+        assert_eq!("__ward.break_glass".parse::<Scope>(), Ok(Scope::BreakGlass));
+        for near in [
+            "__ward.break-glass",
+            "__ward.BREAK_GLASS",
+            "ward.break_glass",
+        ] {
+            assert!(near.parse::<Scope>().is_err(), "{near}");
+        }
+        let set =
+            ScopeSet::parse_strict("openid patient/Observation.rs __ward.break_glass").unwrap();
+        assert!(set.is_break_glass());
+        assert!(set.to_string().contains("__ward.break_glass"));
+        assert_eq!(set.resource_scopes().count(), 1);
+        assert_eq!(set.admin_scopes().count(), 0);
+        assert_eq!(set.identity_scopes().count(), 1);
+        assert!(!ScopeSet::parse_strict("openid").unwrap().is_break_glass());
     }
 
     #[test]
