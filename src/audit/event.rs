@@ -735,7 +735,7 @@ mod tests {
         assert_eq!(names.len(), VARIANTS, "action names are distinct");
     }
 
-    const VARIANTS: usize = 47;
+    const VARIANTS: usize = 49;
 
     /// Each variant's position; exhaustive on purpose (no `_` arm).
     fn variant_index(event: &AuditEvent) -> usize {
@@ -788,6 +788,8 @@ mod tests {
             E::EnrolmentLinkCreated { .. } => 44,
             E::TokensRevokedAll { .. } => 45,
             E::AuditVerificationFailed { .. } => 46,
+            E::BreakGlassInvoked { .. } => 47,
+            E::BreakGlassRefused { .. } => 48,
         }
     }
 }

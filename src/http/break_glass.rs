@@ -195,7 +195,14 @@ pub async fn break_glass_post(
     let place = place(&flow, state.clock.now_secs());
     match &place {
         Place::Elsewhere(Step::Fail(error)) => {
-            return refuse(&req, &state, flow.pending.clone(), error.clone()).await
+            return refuse(
+                &req,
+                &state,
+                flow.pending.clone(),
+                Some(session.user_id.clone()),
+                error.clone(),
+            )
+            .await
         }
         Place::Elsewhere(_) => return Ok(redirect(&continue_url(&form.request))),
         Place::Consent(_) | Place::Picker(_) => {}

@@ -533,10 +533,12 @@ pub async fn consent_post(
             }
             // Shown only so the person could break the glass: ordinary approval grants nothing.
             if !authorize::grants_something(&candidate) {
+                let user = flow.session.as_ref().map(|s| s.user_id.clone());
                 return refuse(
                     &req,
                     &state,
                     flow.pending,
+                    user,
                     OAuthError::invalid_scope(
                         "none of the requested scopes may be granted to this user and app",
                     ),
