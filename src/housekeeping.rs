@@ -1,7 +1,7 @@
 //! Housekeeping (DESIGN.md §4): rows that have outlived their purpose — ended or expired
 //! sessions, stale back-off counters, expired WebAuthn ceremonies, abandoned TOTP enrolments,
 //! expired authorization requests, launches, codes, assertion jtis, token families, expired
-//! access tokens and rotated refresh tokens, and old rows of the change feed —
+//! access tokens, and old rows of the change feed —
 //! are deleted in bounded batches by a background task on every node (deletes are idempotent,
 //! so nodes need no coordination). Audit events are never touched.
 
@@ -179,10 +179,10 @@ fn sweep_grants(conn: &mut DbConnection, now: i64, batch: i64) -> Result<usize, 
     deleted +=
         diesel::delete(enrolment_links::table.filter(enrolment_links::token_hash.eq_any(&links)))
             .execute(conn)?;
-    // Inside a long-lived family, access tokens that expired and refresh tokens that were
-    // rotated away are kept a day (a rotated refresh token presented within a day still
-    // revokes its family as reuse), then go: a family refreshed every few minutes for months
-    // must not grow without bound.
+    // Inside a long-lived family, access tokens that expired are kept a day, then go: a family
+    // refreshed every few minutes for months must not keep every access token it ever had.
+    // Rotated refresh tokens (a hash and two times each) stay for the family's life: presenting
+    // one, however late, is reuse and revokes the family (RFC 9700 §4.14.2).
     let expired_access: Vec<String> = access_tokens::table
         .select(access_tokens::jti)
         .filter(access_tokens::expires_at.lt(now - GRANT_RETENTION_SECONDS))
@@ -190,14 +190,6 @@ fn sweep_grants(conn: &mut DbConnection, now: i64, batch: i64) -> Result<usize, 
         .load(conn)?;
     deleted +=
         diesel::delete(access_tokens::table.filter(access_tokens::jti.eq_any(&expired_access)))
-            .execute(conn)?;
-    let rotated: Vec<String> = refresh_tokens::table
-        .select(refresh_tokens::token_hash)
-        .filter(refresh_tokens::used_at.lt(now - GRANT_RETENTION_SECONDS))
-        .limit(batch)
-        .load(conn)?;
-    deleted +=
-        diesel::delete(refresh_tokens::table.filter(refresh_tokens::token_hash.eq_any(&rotated)))
             .execute(conn)?;
     // A family's tokens never outlive it, so an expired family goes with its tokens.
     let families: Vec<String> = token_families::table

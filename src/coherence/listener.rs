@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
+use diesel::RunQueryDsl;
 
 use super::{Coherence, POLL};
 use crate::app::AppState;
@@ -123,7 +124,17 @@ fn round(
     };
     match conn {
         Connection::Postgres(pg) => {
-            pg.batch_execute("SELECT 1")?;
+            // The round trip also proves this session still listens (a connection pooler in
+            // transaction mode would answer while the LISTEN sits on another server session).
+            let listening: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                &format!("'{CHANNEL}' = ANY(ARRAY(SELECT pg_listening_channels()))"),
+            ))
+            .get_result(pg)?;
+            if !listening {
+                return Err(StoreError::Unavailable(
+                    "the change listener's session is not listening (connect it directly to PostgreSQL, not through a transaction-mode pooler)".into(),
+                ));
+            }
             let mut changes = Vec::new();
             for notification in pg.notifications_iter() {
                 let notification = notification?;
@@ -135,29 +146,31 @@ fn round(
             Ok(Round::Changes(changes))
         }
         Connection::Sqlite { conn, last_id } => {
-            let rows = changes::since(conn, *last_id, BATCH)?;
-            let (decoded, next) = read_sqlite_rows(*last_id, &rows);
-            *last_id = next;
-            Ok(decoded)
+            // The last id assigned first: every row up to it has committed, so the rows read
+            // next must be exactly `last_id+1 ..= latest`, or some were purged unseen.
+            let latest = changes::latest_id(conn)?;
+            if latest == *last_id {
+                return Ok(Round::Changes(Vec::new()));
+            }
+            let rows = changes::since(conn, *last_id, latest, BATCH)?;
+            let round = read_sqlite_rows(*last_id, latest, &rows);
+            *last_id = latest;
+            Ok(round)
         }
     }
 }
 
-/// The pure part of a SQLite round: the changes after `last_id`, and the new last id.
-fn read_sqlite_rows(last_id: i64, rows: &[(i64, String)]) -> (Round, i64) {
-    let Some(&(newest, _)) = rows.last() else {
-        return (Round::Changes(Vec::new()), last_id);
-    };
-    let contiguous = rows
-        .iter()
-        .enumerate()
-        .all(|(i, (id, _))| *id == last_id + 1 + i as i64);
+/// The pure part of a SQLite round: the changes after `last_id` up to `latest`.
+fn read_sqlite_rows(last_id: i64, latest: i64, rows: &[(i64, String)]) -> Round {
+    let complete = i64::try_from(rows.len()).ok() == latest.checked_sub(last_id)
+        && rows
+            .iter()
+            .enumerate()
+            .all(|(i, (id, _))| i64::try_from(i).is_ok_and(|i| *id == last_id + 1 + i));
     let decoded: Option<Vec<Change>> = rows.iter().map(|(_, text)| Change::decode(text)).collect();
     match decoded {
-        Some(changes) if contiguous && rows.len() < BATCH as usize => {
-            (Round::Changes(changes), newest)
-        }
-        _ => (Round::Flush, newest),
+        Some(changes) if complete => Round::Changes(changes),
+        _ => Round::Flush,
     }
 }
 
@@ -229,25 +242,27 @@ mod tests {
     #[test]
     fn sqlite_rounds_read_contiguous_changes_and_flush_on_a_gap_or_unknown_change() {
         assert_eq!(
-            read_sqlite_rows(4, &[]),
-            (Round::Changes(vec![]), 4),
-            "nothing new"
+            read_sqlite_rows(4, 6, &rows(&[(5, "token:a"), (6, "keys")])),
+            Round::Changes(vec![Change::Token("a".into()), Change::Keys])
         );
         assert_eq!(
-            read_sqlite_rows(4, &rows(&[(5, "token:a"), (6, "keys")])),
-            (
-                Round::Changes(vec![Change::Token("a".into()), Change::Keys]),
-                6
-            )
-        );
-        assert_eq!(
-            read_sqlite_rows(4, &rows(&[(6, "token:a")])),
-            (Round::Flush, 6),
+            read_sqlite_rows(4, 6, &rows(&[(6, "token:a")])),
+            Round::Flush,
             "row 5 was purged unseen"
         );
         assert_eq!(
-            read_sqlite_rows(4, &rows(&[(5, "grant:x")])),
-            (Round::Flush, 5),
+            read_sqlite_rows(4, 6, &rows(&[(5, "token:a")])),
+            Round::Flush,
+            "row 6, the newest, was purged unseen"
+        );
+        assert_eq!(
+            read_sqlite_rows(4, 6, &[]),
+            Round::Flush,
+            "everything was purged unseen"
+        );
+        assert_eq!(
+            read_sqlite_rows(4, 5, &rows(&[(5, "grant:x")])),
+            Round::Flush,
             "a change kind this node does not know"
         );
     }

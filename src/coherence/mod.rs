@@ -43,6 +43,10 @@ pub const TOKEN_CAPACITY: usize = 16_384;
 pub const DEAD_CAPACITY: usize = 16_384;
 /// At most this many client registrations are cached.
 pub const CLIENT_CAPACITY: usize = 4_096;
+/// No entry is used longer than this after it was read from the database, whatever the change
+/// feed says: a bound for writes that do not publish (a node of a release before the change
+/// feed during a rolling upgrade, or an operator's hand-written SQL).
+pub const MAX_AGE: Duration = Duration::from_secs(60);
 
 const SHARDS: usize = 16;
 
@@ -126,7 +130,9 @@ impl Coherence {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.tokens.clear();
         self.clients.clear();
-        // Dead tokens stay dead: nothing revives a bad signature, an expiry or a revocation.
+        // A key rotation may be among what was missed.
+        self.keys_changed.notify_one();
+        // Dead tokens stay dead: nothing revives a bad signature or an expiry.
     }
 
     /// A cached verified token, if the caches are trusted.
@@ -134,7 +140,9 @@ impl Coherence {
         if !self.trusted() {
             return None;
         }
-        self.tokens.get(hash)
+        self.tokens
+            .get(hash)
+            .filter(|t| t.loaded_at.elapsed() < MAX_AGE)
     }
 
     /// Whether the token is known to be dead for good (needs no trust: it never changes back).
@@ -161,7 +169,9 @@ impl Coherence {
         if !self.trusted() {
             return None;
         }
-        self.clients.get(&client_key(client_id))
+        self.clients
+            .get(&client_key(client_id))
+            .filter(|c| c.loaded_at.elapsed() < MAX_AGE)
     }
 
     /// Remembers a client registration read at `epoch`.
@@ -217,6 +227,8 @@ pub struct CachedToken {
     pub client: String,
     pub user: Option<String>,
     pub session: Option<String>,
+    /// When the answer was read from the database (see [`MAX_AGE`]).
+    pub loaded_at: Instant,
 }
 
 /// A client registration as client authentication needs it.
@@ -228,6 +240,8 @@ pub struct CachedClient {
     /// Keys from an inline JWKS, parsed once (`None`: no inline JWKS, or it failed to parse —
     /// then every request parses it and is refused with the reason).
     pub inline_keys: Option<Vec<crate::clients::jwks::ClientKey>>,
+    /// When the registration was read from the database (see [`MAX_AGE`]).
+    pub loaded_at: Instant,
 }
 
 /// A bounded map from 32-byte keys, split in shards so concurrent requests rarely contend.
@@ -323,6 +337,7 @@ mod tests {
             client: client.into(),
             user: user.map(str::to_owned),
             session: Some(format!("session-of-{jti}")),
+            loaded_at: Instant::now(),
         }
     }
 
@@ -438,12 +453,24 @@ mod tests {
                 client,
                 secrets: vec![],
                 inline_keys: None,
+                loaded_at: Instant::now(),
             }),
             c.epoch(),
         );
         assert!(c.client("app1").is_some());
         c.apply(&[Change::Client("app1".into())]);
         assert!(c.client("app1").is_none());
+    }
+
+    #[test]
+    fn entries_older_than_the_maximum_age_are_not_used() {
+        let c = trusted();
+        let mut old = token("t1", "f1", "app", None);
+        old.loaded_at = Instant::now()
+            .checked_sub(MAX_AGE + Duration::from_secs(1))
+            .expect("the monotonic clock has run for a minute");
+        c.remember_token(key(1), old, c.epoch());
+        assert!(c.token(&key(1)).is_none());
     }
 
     #[test]

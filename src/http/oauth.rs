@@ -1583,6 +1583,7 @@ fn cached_token(
         client: live.row.client_id.clone(),
         user: live.row.user_id.clone(),
         session: live.family.session_id.clone(),
+        loaded_at: std::time::Instant::now(),
     }
 }
 

@@ -166,6 +166,7 @@ async fn registration(
                 client,
                 secrets,
                 inline_keys,
+                loaded_at: std::time::Instant::now(),
             })))
         })
         .await?;

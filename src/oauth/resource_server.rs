@@ -34,9 +34,13 @@ pub struct LiveToken {
 #[derive(Debug)]
 pub enum TokenCheck {
     Live(Box<LiveToken>),
-    /// Not live now, and never again (bad signature, expired, revoked): safe to remember.
+    /// Not live, and never again, for reasons anyone holding the token can see without Ward
+    /// (a bad signature or format, another issuer, an expiry): safe to remember and to answer
+    /// quickly for any caller.
     Dead,
-    /// Not live now (unknown key, foreign audience, disabled client or user, ended session).
+    /// Not live now (unknown key, foreign audience, revoked, disabled client or user, ended
+    /// session). Not remembered: a quick answer would tell another audience's resource server
+    /// that this token was revoked.
     Inactive,
 }
 
@@ -84,7 +88,7 @@ pub fn check_access_token(
         return Ok(TokenCheck::Inactive);
     };
     if row.revoked_at.is_some() || family.revoked_at.is_some() || row.expires_at <= now {
-        return Ok(TokenCheck::Dead);
+        return Ok(TokenCheck::Inactive);
     }
     // A disabled client's tokens die with it (an incident response must not wait for expiry).
     let Some(client) = crate::store::clients::find(conn, &row.client_id)?.filter(|c| c.enabled)

@@ -143,18 +143,32 @@ fn apply_here(changes: &[Change]) {
     });
 }
 
+/// Held by `write_transaction` while its transaction is open on this thread. Dropped without
+/// [`OpenTransaction::ended`] (the work panicked), it forgets what was published.
+pub(super) struct OpenTransaction(());
+
 /// Called by `write_transaction`: a transaction began on this thread.
-pub(super) fn transaction_began() {
+pub(super) fn transaction_began() -> OpenTransaction {
     IN_TRANSACTION.with(|t| *t.borrow_mut() = true);
     PENDING.with(|p| p.borrow_mut().clear());
+    OpenTransaction(())
 }
 
-/// Called by `write_transaction` after it ended: applies what committed, drops the rest.
-pub(super) fn transaction_ended(committed: bool) {
-    IN_TRANSACTION.with(|t| *t.borrow_mut() = false);
-    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    if committed {
-        apply_here(&pending);
+impl OpenTransaction {
+    /// The transaction ended: applies what committed, drops the rest.
+    pub(super) fn ended(self, committed: bool) {
+        let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        drop(self);
+        if committed {
+            apply_here(&pending);
+        }
+    }
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        IN_TRANSACTION.with(|t| *t.borrow_mut() = false);
+        PENDING.with(|p| p.borrow_mut().clear());
     }
 }
 
@@ -172,22 +186,30 @@ pub(super) fn with_sink<T>(sink: Option<Arc<dyn ChangeSink>>, work: impl FnOnce(
     work()
 }
 
-/// SQLite: the highest change id so far (0 when none).
-pub fn latest_id(conn: &mut DbConnection) -> Result<i64, StoreError> {
-    Ok(changes::table
-        .select(diesel::dsl::max(changes::id))
-        .first::<Option<i64>>(conn)?
-        .unwrap_or(0))
+#[derive(QueryableByName)]
+struct Sequence {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    seq: i64,
 }
 
-/// SQLite: the changes committed after `after`, oldest first (at most `limit`).
+/// SQLite: the last change id ever assigned (0 when none), even if purged since
+/// (AUTOINCREMENT's `sqlite_sequence`).
+pub fn latest_id(conn: &mut DbConnection) -> Result<i64, StoreError> {
+    let rows: Vec<Sequence> =
+        diesel::sql_query("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").load(conn)?;
+    Ok(rows.first().map_or(0, |r| r.seq))
+}
+
+/// SQLite: the changes with ids in `after+1 ..= upto`, oldest first (at most `limit`).
 pub fn since(
     conn: &mut DbConnection,
     after: i64,
+    upto: i64,
     limit: i64,
 ) -> Result<Vec<(i64, String)>, StoreError> {
     Ok(changes::table
         .filter(changes::id.gt(after))
+        .filter(changes::id.le(upto))
         .order(changes::id)
         .select((changes::id, changes::change))
         .limit(limit)

@@ -364,11 +364,15 @@ pub fn end_session(
     .execute(conn)?
         == 1;
     if ended {
-        let public_id: String = sessions::table
+        // Only a fully signed-in session can hold grants (online_access) that caches know of;
+        // the sign-in steps before it end theirs without troubling every node's caches.
+        let (public_id, stage): (String, String) = sessions::table
             .find(id_hash)
-            .select(sessions::public_id)
+            .select((sessions::public_id, sessions::stage))
             .first(conn)?;
-        changes::publish(conn, Change::Session(public_id))?;
+        if stage == crate::authn::session::Stage::Active.as_str() {
+            changes::publish(conn, Change::Session(public_id))?;
+        }
     }
     Ok(ended)
 }

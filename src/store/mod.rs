@@ -147,8 +147,11 @@ impl r2d2::ManageConnection for ConnectionManager {
             .map_err(diesel::ConnectionError::CouldntSetupConfiguration)
     }
 
-    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
-        false
+    /// A connection given back while a transaction is still open (work that panicked) is
+    /// discarded, never handed to the next request mid-transaction.
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        std::thread::panicking()
+            || <DbConnection as Connection>::TransactionManager::is_broken_transaction_manager(conn)
     }
 }
 
@@ -323,18 +326,18 @@ where
         }
     };
     begun.map_err(|e| E::from(StoreError::from(e)))?;
-    changes::transaction_began();
+    let open = changes::transaction_began();
     match work(conn) {
         Ok(value) => {
             let committed =
                 <DbConnection as Connection>::TransactionManager::commit_transaction(conn);
             // Published changes reach this node's caches only once they are durable.
-            changes::transaction_ended(committed.is_ok());
+            open.ended(committed.is_ok());
             committed.map_err(|e| E::from(StoreError::from(e)))?;
             Ok(value)
         }
         Err(err) => {
-            changes::transaction_ended(false);
+            open.ended(false);
             // The work's error is the one worth reporting; a failed rollback leaves the
             // connection broken and r2d2's check-out test discards it.
             let _ = <DbConnection as Connection>::TransactionManager::rollback_transaction(conn);
