@@ -1275,3 +1275,132 @@ async fn rejects_hostile_bodies_with_4xx_and_writes_nothing() {
         .unwrap();
     assert!(row.locked_at.is_none());
 }
+
+/// The argon2 flood of the reliability issue, against the real binary: 1000 sign-ins at once
+/// are bounded — each is answered (a wrong password, or a quick 503 when the hash queue is
+/// full), the process's memory stays bounded, and other endpoints keep answering meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_a_thousand_sign_ins_is_bounded_in_time_and_memory() {
+    use crate::common::process::WardProcess;
+    let dir = tempfile::tempdir().unwrap();
+    let node = WardProcess::spawn(
+        dir.path(),
+        &[(
+            "WARD_DANGER_DISABLE_LOGIN_THROTTLE".to_owned(),
+            "true".to_owned(),
+        )],
+    )
+    .await;
+    let rss_mib = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib / 1024
+    };
+    let pid = node.child.id();
+    let browser = Arc::new(Browser::new(&node.base));
+    let csrf = browser.get("/login").await.csrf();
+    // One sign-in first, so the baseline includes a warmed-up hasher.
+    browser
+        .post(
+            "/login",
+            &[
+                ("username", "nobody"),
+                ("password", "wrong password here"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    let baseline = rss_mib(pid);
+    let first = flood(&node.base, &browser, &csrf, pid, &rss_mib).await;
+    // A second flood: memory reached a plateau — it is bounded by the pools (hashing threads,
+    // connections), not by how many sign-ins arrive.
+    let second = flood(&node.base, &browser, &csrf, pid, &rss_mib).await;
+    eprintln!("RSS {baseline} MiB at rest, peak {first} MiB in the first flood, {second} MiB in the second");
+    assert!(
+        first.saturating_sub(baseline) < 400,
+        "RSS grew from {baseline} to {first} MiB"
+    );
+    assert!(
+        second <= first + 48,
+        "memory keeps growing with more sign-ins: {first} then {second} MiB"
+    );
+    assert_eq!(
+        browser.get("/login").await.status,
+        StatusCode::OK,
+        "still serving afterwards"
+    );
+}
+
+/// 1000 sign-ins at once while liveness, keys and discovery are probed; every one is answered
+/// (checked, or shed with a quick 503) in bounded time. Returns the peak RSS seen (MiB).
+async fn flood(
+    base: &str,
+    browser: &Arc<Browser>,
+    csrf: &str,
+    pid: u32,
+    rss_mib: &dyn Fn(u32) -> u64,
+) -> u64 {
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let (browser, csrf) = (browser.clone(), csrf.to_owned());
+            tokio::spawn(async move {
+                let user = format!("user{i}");
+                browser
+                    .post(
+                        "/login",
+                        &[
+                            ("username", user.as_str()),
+                            ("password", "wrong password here"),
+                            ("csrf", &csrf),
+                        ],
+                    )
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let mut peak = rss_mib(pid);
+    let probe = reqwest::Client::new();
+    for _ in 0..10 {
+        for path in ["/healthz", "/jwks", "/.well-known/smart-configuration"] {
+            let answered = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                probe.get(format!("{base}{path}")).send(),
+            )
+            .await;
+            assert!(
+                answered.is_ok_and(|r| r.is_ok_and(|r| r.status() == StatusCode::OK)),
+                "{path} stalled during the flood"
+            );
+        }
+        peak = peak.max(rss_mib(pid));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (mut refused, mut shed) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            StatusCode::UNAUTHORIZED => refused += 1,
+            StatusCode::SERVICE_UNAVAILABLE => shed += 1,
+            other => panic!("unexpected {other}"),
+        }
+        peak = peak.max(rss_mib(pid));
+    }
+    let elapsed = started.elapsed();
+    eprintln!("1000 sign-ins: {refused} checked, {shed} shed in {elapsed:?}; peak RSS {peak} MiB");
+    assert_eq!(refused + shed, 1000);
+    assert!(
+        shed > 0,
+        "excess sign-ins are shed, not queued without bound"
+    );
+    assert!(refused > 0, "some sign-ins were checked");
+    assert!(
+        elapsed < std::time::Duration::from_secs(60),
+        "every sign-in got an answer in bounded time"
+    );
+    peak
+}

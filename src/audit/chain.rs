@@ -227,6 +227,14 @@ pub enum Break {
         event_id: i64,
         key_id: String,
     },
+    /// The event at `seq` is linked under a key (or under no recorded key) after the chain had
+    /// moved on to another key. Chain keys only move forward, with master-key rotations, so
+    /// this is a link rewritten with an old (perhaps leaked) key.
+    KeyOutOfOrder {
+        seq: i64,
+        event_id: i64,
+        key_id: String,
+    },
 }
 
 /// One chain key's stretch of the chain, as `verify` found it.
@@ -254,6 +262,25 @@ pub struct Head {
     pub hash: String,
 }
 
+/// Chain keys only move forward: a link may use the key of the current stretch or a new one,
+/// never a key whose stretch has ended; and a link without a recorded key id (made before ids
+/// were recorded) may only come before every link that names one. `Err`: the key out of order.
+fn key_order(
+    keys: &[KeyUse],
+    key_id: &str,
+    unnamed: bool,
+    named_before: bool,
+) -> Result<(), String> {
+    if unnamed && named_before {
+        return Err(format!("(none recorded; checks under {key_id})"));
+    }
+    let current = keys.last().map(|k| k.key_id.as_str());
+    if current != Some(key_id) && keys.iter().any(|k| k.key_id == key_id) {
+        return Err(key_id.to_owned());
+    }
+    Ok(())
+}
+
 /// Walks the whole chain from the first event; with a checkpoint, also requires that the
 /// chain still reaches it with the same hash.
 pub fn verify(
@@ -265,6 +292,7 @@ pub fn verify(
     let (mut seq, mut previous) = (0_i64, GENESIS.to_owned());
     let mut first_break = None;
     let mut keys: Vec<KeyUse> = Vec::new();
+    let mut named_before = false;
     // A checkpoint of the empty chain is the genesis hash.
     let mut at_checkpoint: Option<String> = checkpoint
         .filter(|c| c.seq == 0)
@@ -290,18 +318,30 @@ pub fn verify(
                 break 'walk;
             }
             match check_link(sealer, &previous, row_seq, &row, &stored) {
-                LinkCheck::Good(key_id) => match keys.last_mut() {
-                    Some(last) if last.key_id == key_id => {
-                        last.events += 1;
-                        last.last_seq = row_seq;
+                LinkCheck::Good(key_id) => {
+                    let unnamed = row.chain_key_id.is_none();
+                    if let Err(out_of_order) = key_order(&keys, &key_id, unnamed, named_before) {
+                        first_break = Some(Break::KeyOutOfOrder {
+                            seq: row_seq,
+                            event_id: row.id,
+                            key_id: out_of_order,
+                        });
+                        break 'walk;
                     }
-                    _ => keys.push(KeyUse {
-                        key_id,
-                        events: 1,
-                        first_seq: row_seq,
-                        last_seq: row_seq,
-                    }),
-                },
+                    named_before |= !unnamed;
+                    match keys.last_mut() {
+                        Some(last) if last.key_id == key_id => {
+                            last.events += 1;
+                            last.last_seq = row_seq;
+                        }
+                        _ => keys.push(KeyUse {
+                            key_id,
+                            events: 1,
+                            first_seq: row_seq,
+                            last_seq: row_seq,
+                        }),
+                    }
+                }
                 LinkCheck::Bad => {
                     first_break = Some(Break::Altered {
                         seq: row_seq,
@@ -505,5 +545,45 @@ mod tests {
             vec![LinkCheck::Good(ka.clone()), LinkCheck::Good(ka)]
         );
         assert_eq!(check_all(&Sealer::new(&b), &rows)[0], LinkCheck::Bad);
+    }
+
+    #[test]
+    fn chain_keys_only_move_forward() {
+        // Walks (key, recorded?) links through `key_order` as `verify` does.
+        let walk = |links: &[(&str, bool)]| -> Result<(), String> {
+            let (mut keys, mut named_before): (Vec<KeyUse>, bool) = (Vec::new(), false);
+            for (seq, (key, named)) in (1..).zip(links) {
+                key_order(&keys, key, !named, named_before)?;
+                named_before |= named;
+                match keys.last_mut() {
+                    Some(last) if last.key_id == *key => last.last_seq = seq,
+                    _ => keys.push(KeyUse {
+                        key_id: (*key).to_owned(),
+                        events: 1,
+                        first_seq: seq,
+                        last_seq: seq,
+                    }),
+                }
+            }
+            Ok(())
+        };
+        assert!(walk(&[
+            ("A", false),
+            ("A", true),
+            ("A", true),
+            ("B", true),
+            ("B", true)
+        ])
+        .is_ok());
+        assert_eq!(
+            walk(&[("A", true), ("B", true), ("A", true)]),
+            Err("A".into()),
+            "a leaked old key cannot rewrite links after a rotation"
+        );
+        assert!(
+            walk(&[("A", true), ("B", true), ("A", false)]).is_err(),
+            "nor by dropping the key id"
+        );
+        assert!(walk(&[("A", true), ("A", false)]).is_err());
     }
 }

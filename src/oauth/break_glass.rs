@@ -51,6 +51,8 @@ pub enum Refusal {
     SecondFactor(LoginFailure),
     /// The form's CSRF token did not match the session.
     Csrf,
+    /// The second factor held, but the request had been completed meanwhile (another tab).
+    RequestCompleted,
 }
 
 impl Refusal {
@@ -66,6 +68,7 @@ impl Refusal {
             Refusal::SecondFactor(LoginFailure::ReplayedCode) => "second_factor_replayed",
             Refusal::SecondFactor(_) => "second_factor_failed",
             Refusal::Csrf => "csrf",
+            Refusal::RequestCompleted => "request_completed",
         }
     }
 
@@ -87,6 +90,7 @@ impl Refusal {
                 "That authenticator code did not work. Wait for a new code and try again.".into()
             }
             Refusal::Csrf => "For your security the form could not be accepted. Reload the page and try again.".into(),
+            Refusal::RequestCompleted => "This request was already completed.".into(),
         }
     }
 }
@@ -109,11 +113,21 @@ pub fn reason(text: &str) -> Result<String, Refusal> {
     let trimmed = text.trim();
     let chars = trimmed.chars().count();
     if !(REASON_MIN_CHARS..=REASON_MAX_CHARS).contains(&chars)
-        || trimmed.chars().any(char::is_control)
+        || trimmed
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c))
     {
         return Err(Refusal::BadReason);
     }
     Ok(trimmed.to_owned())
+}
+
+/// Invisible formatting characters (bidi overrides and isolates, zero-width characters, the
+/// byte-order mark) that would make a reason read differently in a report than it was written.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Where the person stands in the request: which patients emergency access may name.
@@ -149,13 +163,7 @@ pub fn decide(
         return Err(Refusal::ClientExcluded);
     }
     let reason = reason(reason_text)?;
-    let allowed = match origin {
-        Origin::Consent {
-            patient: in_context,
-        } => in_context == Some(patient),
-        Origin::Picker { offered } => offered.iter().any(|o| o == patient),
-    };
-    if !allowed || !crate::smart::launch::valid_fhir_id(patient) {
+    if !patient_allowed(origin, patient) {
         return Err(Refusal::BadPatient);
     }
     let granted = authorize::break_glass_candidate(pending);
@@ -167,6 +175,19 @@ pub fn decide(
         patient: patient.to_owned(),
         reason,
     })
+}
+
+/// Whether emergency access may name `patient` here: the patient in context on the consent
+/// page, or one the picker showed for this request. Only such a patient is recorded as the
+/// target of a refusal (a posted id must not land in someone's accounting of disclosures).
+pub fn patient_allowed(origin: Origin<'_>, patient: &str) -> bool {
+    let shown = match origin {
+        Origin::Consent {
+            patient: in_context,
+        } => in_context == Some(patient),
+        Origin::Picker { offered } => offered.iter().any(|o| o == patient),
+    };
+    shown && crate::smart::launch::valid_fhir_id(patient)
 }
 
 /// Records a refusal as the decision's one event, in its own committed transaction.
@@ -210,7 +231,8 @@ pub struct Invocation<'a> {
 /// Checks the fresh TOTP code and, if it holds, grants — one transaction, so the request is
 /// completed, the family and code written and `break_glass.invoked` appended together; a
 /// failed code commits only its failure count and `break_glass.refused`. `Ok(Ok(None))`: the
-/// request was completed meanwhile (nothing written but the consumed code step).
+/// request was completed meanwhile (nothing granted; the code step is spent and the refusal
+/// recorded).
 pub fn invoke(
     conn: &mut DbConnection,
     clock: &dyn Clock,
@@ -253,6 +275,17 @@ pub fn invoke(
             return Ok(Err(refusal));
         }
         if !authorize::write_grant(conn, &prepared)? {
+            // Still one event for the decision: the code was spent, nothing was granted.
+            audit::append(
+                conn,
+                clock,
+                ctx,
+                &refusal_event(
+                    &client_id,
+                    Some(&input.decision.patient),
+                    &Refusal::RequestCompleted,
+                ),
+            )?;
             return Ok(Ok(None));
         }
         audit::append(
@@ -287,6 +320,8 @@ mod tests {
             "too short",
             "line one\nline two is long",
             "bell\u{7} character here",
+            "reason \u{202E}desrever\u{202C} text",
+            "zero\u{200B}width joiner here",
         ] {
             assert_eq!(reason(bad), Err(Refusal::BadReason), "{bad:?}");
         }
