@@ -180,10 +180,19 @@ async fn rotation_publishes_the_next_key_before_it_signs(backend: Backend) {
 
     // After the longest token lifetime, the retired key leaves the JWKS.
     let gone = activation + timing.max_token_lifetime_seconds;
-    // The node's own reload (woken by the rotation's change) reads the same clock.
+    // The node also reloads on its own (woken by the rotation's change, or its period), with
+    // the clock it read when it began: a reload begun before the clock moved may land after
+    // ours, so wait for the published set to settle.
     clock.set_secs(gone);
-    ring.reload(&mut app.conn(), gone).unwrap();
-    let published = kids(&jwks(&app).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let published = loop {
+        ring.reload(&mut app.conn(), gone).unwrap();
+        let published = kids(&jwks(&app).await);
+        if !published.contains(&old) || std::time::Instant::now() > deadline {
+            break published;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert!(!published.contains(&old));
     assert!(published.contains(&new) && published.contains(&old_rsa));
 

@@ -1032,7 +1032,35 @@ async fn changes_on_one_node_reach_every_node_within_a_second(backend: Backend) 
     })
     .await;
 
-    // 5. A signing key rotated on one node is published by the other within a second.
+    // 5. A role changed on one node (here through the first node's database) applies to the
+    //    next refresh on the other at once: roles are read on every grant, never cached.
+    let (_, tokens) = flow_with(
+        app_id.clone(),
+        "pat",
+        "openid launch/patient offline_access patient/Observation.rs patient/Condition.rs",
+    )
+    .await;
+    ward::authz::roles::update(
+        &mut first.conn(),
+        first.state.clock.as_ref(),
+        &ward::audit::AuditContext::cli(),
+        "patient",
+        ward::authz::roles::RoleChanges {
+            scope_ceiling: Some("patient/Condition.rs".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (status, refreshed) =
+        refresh(&second, tokens["refresh_token"].as_str().unwrap(), &app_id).await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let granted = refreshed["scope"].as_str().unwrap();
+    assert!(
+        granted.contains("patient/Condition.rs") && !granted.contains("Observation"),
+        "the other node follows today's role: {granted}"
+    );
+
+    // 6. A signing key rotated on one node is published by the other within a second.
     let kids = |node: &TestApp| {
         let url = node.url("/jwks");
         async move {
