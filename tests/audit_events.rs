@@ -391,23 +391,6 @@ async fn enrol_totp(
     (secret, code, recovery, done)
 }
 
-fn base32(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let (mut out, mut buffer, mut bits) = (String::new(), 0u32, 0);
-    for b in bytes {
-        buffer = (buffer << 8) | u32::from(*b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(char::from(ALPHABET[((buffer >> bits) & 31) as usize]));
-        }
-    }
-    if bits > 0 {
-        out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
-    }
-    out
-}
-
 async fn every_event_type_is_written_once_with_its_fields(backend: Backend) {
     let Some(storage) = Storage::new(backend) else {
         return;
@@ -702,7 +685,7 @@ async fn every_event_type_is_written_once_with_its_fields(backend: Backend) {
     );
 
     let (secret, first_code, recovery, enrolled) = enrol_totp(&browser, &clock).await;
-    trail.secret(&base32(&secret));
+    trail.secret(&ward::authn::totp::base32(&secret));
     trail.codes.push(first_code);
     for code in &recovery {
         trail.secret(code);
@@ -769,7 +752,7 @@ async fn every_event_type_is_written_once_with_its_fields(backend: Backend) {
             .details(json!({"method": "totp"})),
     );
     let (secret, first_code, recovery, _) = enrol_totp(&browser, &clock).await;
-    trail.secret(&base32(&secret));
+    trail.secret(&ward::authn::totp::base32(&secret));
     trail.codes.push(first_code);
     for code in &recovery {
         trail.secret(code);
