@@ -8,7 +8,9 @@
 //! operator's mistake, a VM restored from a snapshot) a token that was already expired stays
 //! expired — time stands still until the system clock catches up, which fails closed. The
 //! guard lives in the process: a restart trusts the system clock again, which is also how an
-//! operator recovers from a clock that had jumped far forward.
+//! operator recovers from a clock that had jumped far forward. Such a node would stamp tokens
+//! ahead of true time until restarted, so once it runs more than [`MAX_LEAD_MILLIS`] ahead its
+//! `/readyz` fails (a load balancer takes it out) and it logs why.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -22,7 +24,17 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now_secs(&self) -> i64 {
         self.now_millis().div_euclid(1000)
     }
+
+    /// How far this clock runs ahead of the time source beneath it (ms; 0 for plain clocks).
+    fn lead_millis(&self) -> i64 {
+        0
+    }
 }
+
+/// A lead beyond this means the system clock jumped back after running ahead: `/readyz`
+/// fails and the log says so, because the node keeps issuing tokens stamped ahead of true
+/// time until it is restarted (see the module docs).
+pub const MAX_LEAD_MILLIS: i64 = 5 * 60 * 1000;
 
 pub type SharedClock = Arc<dyn Clock>;
 
@@ -60,6 +72,14 @@ impl Clock for MonotonicClock {
         let now = self.inner.now_millis();
         let before = self.highest.fetch_max(now, Ordering::SeqCst);
         before.max(now)
+    }
+
+    fn lead_millis(&self) -> i64 {
+        let now = self.inner.now_millis();
+        self.highest
+            .load(Ordering::SeqCst)
+            .saturating_sub(now)
+            .max(0)
     }
 }
 
@@ -141,5 +161,18 @@ mod tests {
         // …until the system clock passes the highest time seen.
         manual.advance_secs(10);
         assert_eq!(clock.now_secs(), 1_015);
+    }
+
+    #[test]
+    fn the_monotonic_clock_says_how_far_it_runs_ahead() {
+        let manual = Arc::new(ManualClock::at_secs(1_000));
+        let clock = MonotonicClock::new(manual.clone());
+        assert_eq!((clock.now_secs(), clock.lead_millis()), (1_000, 0));
+        manual.advance_secs(-600);
+        assert_eq!(clock.lead_millis(), 600_000);
+        assert!(clock.lead_millis() > MAX_LEAD_MILLIS);
+        manual.advance_secs(600);
+        assert_eq!(clock.lead_millis(), 0);
+        assert_eq!(SystemClock.lead_millis(), 0);
     }
 }

@@ -528,6 +528,14 @@ async fn a_backward_clock_jump_never_revives_an_expired_token(backend: Backend) 
     );
     // Every expiry decision read the one clock: it still says the highest time it has seen.
     assert!(app.state.clock.now_secs() >= start + 400 * 24 * 3600);
+    // So this node stamps times far ahead of its system clock: it takes itself out of the
+    // load balancer until restarted.
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        ready.json::<serde_json::Value>().await.unwrap()["status"],
+        "clock"
+    );
 }
 
 /// Runs one refresh chain per token response concurrently; once every chain has rotated once,

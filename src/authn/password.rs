@@ -168,12 +168,20 @@ impl PasswordHashing {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Busy> {
+        /// Counts one waiting check until dropped: also when the request goes away while it
+        /// waits, so the count cannot creep up to the limit and refuse every sign-in.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let waiting = Waiting(&self.waiting);
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue_limit {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(Busy);
         }
         let permit = Arc::clone(&self.permits).acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        drop(waiting);
         let permit = permit.map_err(|_| Busy)?;
         let started = Instant::now();
         let (done, result) = tokio::sync::oneshot::channel();
@@ -302,6 +310,31 @@ mod tests {
                 needs_rehash: true
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_check_abandoned_while_waiting_frees_its_place_in_the_queue() {
+        // One hashing thread, one waiting place.
+        let pool = Arc::new(PasswordHashing::new(1, 1));
+        let busy = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.hash("violet tractor sings at dawn".into()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Abandon waiters again and again (a client that disconnects while queued)…
+        for _ in 0..5 {
+            let _ = tokio::time::timeout(
+                Duration::from_millis(1),
+                pool.hash("violet tractor sings at dawn".into()),
+            )
+            .await;
+        }
+        assert!(busy.await.unwrap().is_ok());
+        // …and the queue still admits a check: none of them kept its place.
+        assert!(pool
+            .hash("violet tractor sings at dawn".into())
+            .await
+            .is_ok());
     }
 
     #[tokio::test]

@@ -28,7 +28,17 @@ pub async fn readyz_get(state: web::Data<AppState>) -> HttpResponse {
         tokio::time::timeout(Duration::from_secs(3), probe).await,
         Ok(Ok(()))
     );
-    let (mut response, status) = if ready {
+    let lead = state.clock.lead_millis();
+    let clock_ok = lead <= crate::clock::MAX_LEAD_MILLIS;
+    if !clock_ok {
+        tracing::error!(
+            lead_seconds = lead / 1000,
+            "the system clock went back after running ahead: this node still stamps times ahead of it; restart it"
+        );
+    }
+    let (mut response, status) = if !clock_ok {
+        (HttpResponse::ServiceUnavailable(), "clock")
+    } else if ready {
         (HttpResponse::Ok(), "ready")
     } else {
         (HttpResponse::ServiceUnavailable(), "unavailable")
