@@ -21,8 +21,8 @@ use ward::authn::totp::Totp;
 use ward::clock::{Clock, ManualClock};
 use ward::store::audit_events::AuditEventRow;
 
-use crate::common::admin::{first_admin_sign_in, unix_now};
-use crate::common::browser::{base32_decode, value_by_id, Browser, Page};
+use crate::common::admin::{enrol_totp, first_admin_sign_in, unix_now, TotpEnrolment};
+use crate::common::browser::{Browser, Page};
 use crate::common::smart::*;
 use crate::common::{Backend, Storage, TestApp, USER_AGENT};
 use crate::on_both_backends;
@@ -362,35 +362,6 @@ fn location(page: &Page) -> String {
         .unwrap_or_else(|| panic!("expected a redirect: {} {}", page.status, page.body))
 }
 
-/// Enrols TOTP for a signed-in browser; returns (secret, first code used, recovery codes).
-async fn enrol_totp(
-    browser: &Browser,
-    clock: &ManualClock,
-) -> (Vec<u8>, String, Vec<String>, Page) {
-    let page = browser.get("/account/mfa/totp").await;
-    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-    let secret = base32_decode(&value_by_id(&page.body, "secret").expect("key shown"));
-    let code = Totp::new(&secret)
-        .unwrap()
-        .code_at_step(clock.now_secs() / 30);
-    let done = browser
-        .post(
-            "/account/mfa/totp",
-            &[("code", &code), ("csrf", &page.csrf())],
-        )
-        .await;
-    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
-    let recovery: Vec<String> = done
-        .body
-        .split("<li>")
-        .skip(1)
-        .filter_map(|s| s.split("</li>").next())
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(recovery.len(), 10);
-    (secret, code, recovery, done)
-}
-
 async fn every_event_type_is_written_once_with_its_fields(backend: Backend) {
     let Some(storage) = Storage::new(backend) else {
         return;
@@ -684,7 +655,12 @@ async fn every_event_type_is_written_once_with_its_fields(backend: Backend) {
             .details(json!({"user_id": dana, "by_operator": false})),
     );
 
-    let (secret, first_code, recovery, enrolled) = enrol_totp(&browser, &clock).await;
+    let TotpEnrolment {
+        secret,
+        code: first_code,
+        recovery,
+        page: enrolled,
+    } = enrol_totp(&browser, &clock).await;
     trail.secret(&ward::authn::totp::base32(&secret));
     trail.codes.push(first_code);
     for code in &recovery {
@@ -751,7 +727,12 @@ async fn every_event_type_is_written_once_with_its_fields(backend: Backend) {
             .user(&dana)
             .details(json!({"method": "totp"})),
     );
-    let (secret, first_code, recovery, _) = enrol_totp(&browser, &clock).await;
+    let TotpEnrolment {
+        secret,
+        code: first_code,
+        recovery,
+        ..
+    } = enrol_totp(&browser, &clock).await;
     trail.secret(&ward::authn::totp::base32(&secret));
     trail.codes.push(first_code);
     for code in &recovery {

@@ -10,6 +10,7 @@ use ward::authz::users::{self, NewUser};
 use ward::clock::{Clock, ManualClock};
 use ward::store::audit_events;
 
+use crate::common::admin::{enrol_totp, TotpEnrolment};
 use crate::common::browser::{base32_decode, value_by_id, Browser};
 use crate::common::{Backend, TestApp};
 use crate::on_both_backends;
@@ -71,33 +72,6 @@ fn actions(app: &TestApp, action: &str) -> Vec<serde_json::Value> {
         .iter()
         .map(|e| serde_json::from_str(&e.details).unwrap())
         .collect()
-}
-
-/// Enrols TOTP for a signed-in (or enrolment-stage) browser; returns the secret.
-async fn enrol_totp(browser: &Browser, clock: &ManualClock) -> (Vec<u8>, Vec<String>) {
-    let page = browser.get("/account/mfa/totp").await;
-    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-    assert!(page.body.contains("<svg"), "QR code rendered inline");
-    let secret = base32_decode(&value_by_id(&page.body, "secret").expect("key shown"));
-    let code = Totp::new(&secret)
-        .unwrap()
-        .code_at_step(clock.now_secs() / 30);
-    let done = browser
-        .post(
-            "/account/mfa/totp",
-            &[("code", &code), ("csrf", &page.csrf())],
-        )
-        .await;
-    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
-    let codes: Vec<String> = done
-        .body
-        .split("<li>")
-        .skip(1)
-        .filter_map(|s| s.split("</li>").next())
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(codes.len(), 10, "ten recovery codes shown once");
-    (secret, codes)
 }
 
 async fn a_password_only_user_signs_in_and_out(backend: Backend) {
@@ -206,7 +180,11 @@ async fn mfa_enrolment_totp_and_recovery_codes(backend: Backend) {
         blocked.location.unwrap().starts_with("/account/mfa/totp"),
         "nothing else before enrolment"
     );
-    let (secret, codes) = enrol_totp(&browser, &clock).await;
+    let TotpEnrolment {
+        secret,
+        recovery: codes,
+        ..
+    } = enrol_totp(&browser, &clock).await;
     assert_eq!(browser.get("/account").await.status, StatusCode::OK);
     let logout_csrf = browser.get("/account").await.csrf();
     browser.post("/logout", &[("csrf", &logout_csrf)]).await;
@@ -353,7 +331,7 @@ async fn session_ids_change_at_every_sign_in_step(backend: Backend) {
     browser.sign_in("who", PASSWORD).await;
     let enrolment_id = browser.session_cookie().unwrap();
     assert_ne!(enrolment_id, "planted-by-attacker");
-    let (secret, _) = enrol_totp(&browser, &clock).await;
+    let secret = enrol_totp(&browser, &clock).await.secret;
     let full_id = browser.session_cookie().unwrap();
     assert_ne!(full_id, enrolment_id, "a new id once MFA completes");
     // The pre-MFA id is dead.
@@ -485,7 +463,7 @@ async fn the_same_totp_code_wins_only_once_under_concurrency(backend: Backend) {
     add_user(&app, "who", &["physician"]);
     let enrolling = Browser::new(&app.base);
     enrolling.sign_in("who", PASSWORD).await;
-    let (secret, _) = enrol_totp(&enrolling, &clock).await;
+    let secret = enrol_totp(&enrolling, &clock).await.secret;
     clock.advance_secs(30);
     let code = Totp::new(&secret)
         .unwrap()
@@ -678,7 +656,7 @@ async fn operators_disable_reset_and_people_end_their_own_sessions(backend: Back
     add_user(&app, "who", &["physician"]);
     let (laptop, phone) = (Browser::new(&app.base), Browser::new(&app.base));
     laptop.sign_in("who", PASSWORD).await;
-    let (secret, _) = enrol_totp(&laptop, &clock).await;
+    let secret = enrol_totp(&laptop, &clock).await.secret;
     clock.advance_secs(30);
     phone.sign_in("who", PASSWORD).await;
     let mfa = phone.get("/login/mfa").await;
@@ -883,7 +861,7 @@ async fn second_factor_guesses_are_limited_per_account_across_addresses(backend:
     add_user(&app, "who", &["physician"]);
     let owner = Browser::new(&app.base);
     owner.sign_in("who", PASSWORD).await;
-    let (secret, _) = enrol_totp(&owner, &clock).await;
+    let secret = enrol_totp(&owner, &clock).await.secret;
     // An attacker with the password guesses codes, each time from a new address.
     let attacker = Browser::new(&app.base);
     attacker.sign_in("who", PASSWORD).await;
@@ -963,7 +941,7 @@ async fn an_old_enrolment_session_cannot_replace_a_factor_set_up_meanwhile(backe
         early_secret,
         "each session gets its own pending secret"
     );
-    let (secret, _) = enrol_totp(&owner, &clock).await;
+    let secret = enrol_totp(&owner, &clock).await.secret;
     // The early session can no longer set up (and so replace) a factor.
     clock.advance_secs(30);
     let code = Totp::new(&early_secret)

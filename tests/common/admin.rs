@@ -375,10 +375,22 @@ pub async fn session_csrf(browser: &Browser) -> String {
     account.csrf()
 }
 
-/// Enrols TOTP for a browser in the enrolment stage; returns the secret.
-async fn enrol_totp(browser: &Browser, clock: &ManualClock) -> Vec<u8> {
+/// What enrolling a TOTP factor through the account page gave.
+pub struct TotpEnrolment {
+    pub secret: Vec<u8>,
+    /// The code that confirmed the enrolment (its time step is now spent).
+    pub code: String,
+    /// The ten recovery codes, shown once.
+    pub recovery: Vec<String>,
+    /// The page that showed them.
+    pub page: crate::common::browser::Page,
+}
+
+/// Enrols TOTP for a signed-in (or enrolment-stage) browser through `/account/mfa/totp`.
+pub async fn enrol_totp(browser: &Browser, clock: &ManualClock) -> TotpEnrolment {
     let page = browser.get("/account/mfa/totp").await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("<svg"), "QR code rendered inline");
     let secret = base32_decode(&value_by_id(&page.body, "secret").expect("key shown"));
     let code = Totp::new(&secret)
         .expect("totp")
@@ -390,7 +402,20 @@ async fn enrol_totp(browser: &Browser, clock: &ManualClock) -> Vec<u8> {
         )
         .await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
-    secret
+    let recovery: Vec<String> = done
+        .body
+        .split("<li>")
+        .skip(1)
+        .filter_map(|s| s.split("</li>").next())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(recovery.len(), 10, "ten recovery codes shown once");
+    TotpEnrolment {
+        secret,
+        code,
+        recovery,
+        page: done,
+    }
 }
 
 /// Signs `username` (who holds `admin`, which requires MFA, and has no factor yet) in with
@@ -411,7 +436,7 @@ pub async fn first_admin_sign_in(
         "{:?}",
         first.location
     );
-    let secret = enrol_totp(&browser, clock).await;
+    let secret = enrol_totp(&browser, clock).await.secret;
     let csrf = session_csrf(&browser).await;
     AdminSession {
         browser,
