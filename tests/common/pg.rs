@@ -50,15 +50,47 @@ impl PgDatabase {
     }
 
     /// Refuse new connections and cut existing ones: the database "goes away".
+    ///
+    /// The refusal is committed before any backend is terminated, so nothing reconnects in
+    /// between; `pg_terminate_backend` only signals, so each call waits (up to 5 s) for its
+    /// backend to exit, and the loop ends once none is left: when this returns, no
+    /// connection of the node still answers.
     pub fn cut_connections(&self) {
+        use diesel::RunQueryDsl;
+
+        #[derive(diesel::QueryableByName)]
+        struct Remaining {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+
         let mut admin = admin().expect("admin connection");
         admin
             .batch_execute(&format!(
-                "ALTER DATABASE {0} ALLOW_CONNECTIONS false; \
-                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}';",
+                "ALTER DATABASE {} ALLOW_CONNECTIONS false",
                 self.name
             ))
-            .expect("cut connections");
+            .expect("refuse new connections");
+        for _ in 0..50 {
+            admin
+                .batch_execute(&format!(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+                     WHERE datname = '{}'",
+                    self.name
+                ))
+                .expect("terminate connections");
+            let left: Remaining = diesel::sql_query(format!(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = '{}'",
+                self.name
+            ))
+            .get_result(&mut admin)
+            .expect("count connections");
+            if left.n == 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("the test database still has connections after 50 attempts to cut them");
     }
 
     pub fn restore_connections(&self) {
