@@ -762,7 +762,7 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
                 let client_id = ctx.actor_client.clone();
                 let _ = state
                     .db
-                    .run(move |conn| {
+                    .write(move |conn| {
                         write_transaction(conn, |conn| {
                             crate::audit::append(
                                 conn,
@@ -848,7 +848,7 @@ async fn token_inner(
     ctx.actor_client = Some(client.client_id.clone());
     state
         .db
-        .run(move |conn| {
+        .write(move |conn| {
             let iss = Issuer {
                 issuer: &issuer,
                 keys: &keys,

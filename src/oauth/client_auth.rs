@@ -55,7 +55,7 @@ pub async fn authenticate(
             let why = reason.clone();
             state
                 .db
-                .run(move |conn| {
+                .write(move |conn| {
                     write_transaction(conn, |conn| {
                         audit::append(
                             conn,
@@ -212,7 +212,7 @@ async fn verify_assertion(
     let (id, jti) = (client.client_id.clone(), verified.jti.clone());
     let fresh = state
         .db
-        .run(move |conn| grants::record_assertion_jti(conn, &id, &jti, verified.exp))
+        .write(move |conn| grants::record_assertion_jti(conn, &id, &jti, verified.exp))
         .await?;
     if !fresh {
         return Err(Failure::Refused(

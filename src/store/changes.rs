@@ -165,6 +165,22 @@ impl OpenTransaction {
     }
 }
 
+/// A savepoint inside an open transaction: what it publishes is kept for the outer commit when
+/// it is released, and dropped when it is rolled back.
+pub(super) struct Savepoint(usize);
+
+pub(super) fn savepoint_began() -> Savepoint {
+    Savepoint(PENDING.with(|p| p.borrow().len()))
+}
+
+impl Savepoint {
+    pub(super) fn ended(self, released: bool) {
+        if !released {
+            PENDING.with(|p| p.borrow_mut().truncate(self.0));
+        }
+    }
+}
+
 impl Drop for OpenTransaction {
     fn drop(&mut self) {
         IN_TRANSACTION.with(|t| *t.borrow_mut() = false);

@@ -20,6 +20,7 @@ pub mod roles;
 pub mod schema;
 pub mod signing_keys;
 pub mod users;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -91,7 +92,7 @@ impl StoreError {
 }
 
 /// Opens connections of the configured backend, with SQLite's PRAGMAs on every connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConnectionManager {
     target: DatabaseTarget,
 }
@@ -170,6 +171,9 @@ pub struct Db {
     /// Which database this is (the SQLite path or the PostgreSQL URL): test fault points are
     /// armed per database (`crate::fault`).
     identity: std::sync::Arc<str>,
+    /// SQLite only: the in-process write lock and the group-commit writer (`writer`).
+    write_lock: Option<writer::WriteLock>,
+    combiner: Option<std::sync::Arc<writer::Combiner>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -199,16 +203,36 @@ impl Db {
             .max_size(pool_size)
             .min_idle(Some(0))
             .connection_timeout(connect_timeout)
-            .test_on_check_out(true)
+            // A PostgreSQL connection can die while idle (server restart, proxy); a SQLite
+            // file cannot, and the check would cost a statement per piece of work.
+            .test_on_check_out(backend == Backend::Postgres)
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(ConnectionManager::new(target.clone()));
+        let sink: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn changes::ChangeSink>>> =
+            std::sync::Arc::default();
+        let identity: std::sync::Arc<str> = identity.into();
+        let (write_lock, combiner) = match backend {
+            Backend::Sqlite => {
+                let lock = writer::WriteLock::default();
+                let combiner = writer::Combiner::start(writer::WriterSetup {
+                    manager: ConnectionManager::new(target.clone()),
+                    lock: std::sync::Arc::clone(&lock),
+                    sink: std::sync::Arc::clone(&sink),
+                    identity: std::sync::Arc::clone(&identity),
+                })?;
+                (Some(lock), Some(std::sync::Arc::new(combiner)))
+            }
+            Backend::Postgres => (None, None),
+        };
         Ok(Self {
             pool,
             backend,
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(pool_size as usize)),
             wait: connect_timeout,
-            sink: std::sync::Arc::default(),
-            identity: identity.into(),
+            sink,
+            identity,
+            write_lock,
+            combiner,
         })
     }
 
@@ -257,6 +281,7 @@ impl Db {
         let pool = self.pool.clone();
         let sink = self.sink.get().cloned();
         let identity = std::sync::Arc::clone(&self.identity);
+        let write_lock = self.write_lock.clone();
         let joined = tokio::task::spawn_blocking(move || {
             // Held until the work ends, even if the request that asked for it went away.
             let _permit = permit;
@@ -265,7 +290,7 @@ impl Db {
                 let mut conn = pool
                     .get()
                     .map_err(|e| E::from(StoreError::Unavailable(e.to_string())))?;
-                changes::with_sink(sink, || work(&mut conn))
+                writer::with_write_lock(write_lock, || changes::with_sink(sink, || work(&mut conn)))
             })
         })
         .await;
@@ -274,6 +299,23 @@ impl Db {
             Err(e) => Err(E::from(StoreError::Unavailable(format!(
                 "database task failed: {e}"
             )))),
+        }
+    }
+}
+
+impl Db {
+    /// Like `run`, for the hot write paths (the token endpoint): on SQLite the work is
+    /// group-committed with whatever else is waiting (`writer`), on PostgreSQL it is `run`.
+    /// The work is written as for `run`: its `write_transaction`s are atomic on their own.
+    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        match &self.combiner {
+            Some(combiner) => combiner.submit(self.wait, work).await,
+            None => self.run(work).await,
         }
     }
 }
@@ -311,12 +353,23 @@ impl Page {
 /// Run `work` in one write transaction: all of it commits, or none of it does.
 ///
 /// On SQLite the transaction starts `BEGIN IMMEDIATE`, taking the write lock up front, so two
-/// writers never both read and then fail to upgrade their lock.
+/// writers never both read and then fail to upgrade their lock; Ward's own writers first queue
+/// in order on the in-process write lock (`writer`). Inside a transaction already open (a
+/// group-committed batch, or an enclosing `write_transaction`) it is a savepoint: its writes
+/// and published changes are undone alone when `work` fails, and last once the outer
+/// transaction commits.
 pub fn write_transaction<T, E, F>(conn: &mut DbConnection, work: F) -> Result<T, E>
 where
     F: FnOnce(&mut DbConnection) -> Result<T, E>,
     E: From<StoreError>,
 {
+    if matches!(writer::depth(conn), Ok(Some(_))) {
+        return savepoint(conn, work);
+    }
+    let _held = match conn {
+        DbConnection::Sqlite(_) => writer::hold(),
+        DbConnection::Postgres(_) => None,
+    };
     let begun = match conn {
         DbConnection::Sqlite(inner) => {
             AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")
@@ -341,6 +394,29 @@ where
             // The work's error is the one worth reporting; a failed rollback leaves the
             // connection broken and r2d2's check-out test discards it.
             let _ = <DbConnection as Connection>::TransactionManager::rollback_transaction(conn);
+            Err(err)
+        }
+    }
+}
+
+fn savepoint<T, E, F>(conn: &mut DbConnection, work: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+    E: From<StoreError>,
+{
+    type Manager = <DbConnection as Connection>::TransactionManager;
+    Manager::begin_transaction(conn).map_err(|e| E::from(StoreError::from(e)))?;
+    let mark = changes::savepoint_began();
+    match work(conn) {
+        Ok(value) => {
+            let released = Manager::commit_transaction(conn);
+            mark.ended(released.is_ok());
+            released.map_err(|e| E::from(StoreError::from(e)))?;
+            Ok(value)
+        }
+        Err(err) => {
+            mark.ended(false);
+            let _ = Manager::rollback_transaction(conn);
             Err(err)
         }
     }
