@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use josekit::jwk::Jwk;
-use josekit::jws::{ES256, ES384, ES512, PS256, PS384, PS512, RS256, RS384, RS512};
+use josekit::jws::{JwsVerifier, ES256, ES384, ES512, PS256, PS384, PS512, RS256, RS384, RS512};
 use serde_json::{Map, Value};
 
 /// Signature algorithms a client key may declare (defined with the assertion checks that use it).
@@ -41,6 +41,17 @@ pub struct ClientKey {
     /// The algorithms this key may verify: its declared `alg`, or what its type implies.
     pub algs: Vec<&'static str>,
     pub jwk: Jwk,
+    /// A verifier per entry of `algs`, built once when the key set is read (parsing a key
+    /// costs as much as an RSA verification), shared by every request.
+    pub verifiers: Vec<std::sync::Arc<dyn JwsVerifier>>,
+}
+
+impl ClientKey {
+    /// The verifier for `alg`, when this key is registered for it.
+    pub fn verifier(&self, alg: &str) -> Option<&dyn JwsVerifier> {
+        let index = self.algs.iter().position(|a| *a == alg)?;
+        self.verifiers.get(index).map(|v| v.as_ref())
+    }
 }
 
 /// Parses and checks a JWKS document: public asymmetric keys only, unique `kid`s, allowed
@@ -149,10 +160,16 @@ fn validate_key(map: &Map<String, Value>) -> Result<ClientKey, String> {
         }
     }
     // Building a verifier proves the key material is well-formed for each algorithm.
-    for alg in &algs {
-        verifier_check(alg, &jwk).map_err(|e| format!("unusable for {alg}: {e}"))?;
-    }
-    Ok(ClientKey { kid, algs, jwk })
+    let verifiers = algs
+        .iter()
+        .map(|alg| build_verifier(alg, &jwk).map_err(|e| format!("unusable for {alg}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ClientKey {
+        kid,
+        algs,
+        jwk,
+        verifiers,
+    })
 }
 
 /// Bit length of a big-endian unsigned integer.
@@ -164,17 +181,20 @@ fn significant_bits(bytes: &[u8]) -> usize {
     }
 }
 
-fn verifier_check(alg: &str, jwk: &Jwk) -> Result<(), String> {
+fn build_verifier(alg: &str, jwk: &Jwk) -> Result<std::sync::Arc<dyn JwsVerifier>, String> {
+    fn shared(v: impl JwsVerifier + 'static) -> std::sync::Arc<dyn JwsVerifier> {
+        std::sync::Arc::new(v)
+    }
     let built = match alg {
-        "RS256" => RS256.verifier_from_jwk(jwk).map(drop),
-        "RS384" => RS384.verifier_from_jwk(jwk).map(drop),
-        "RS512" => RS512.verifier_from_jwk(jwk).map(drop),
-        "PS256" => PS256.verifier_from_jwk(jwk).map(drop),
-        "PS384" => PS384.verifier_from_jwk(jwk).map(drop),
-        "PS512" => PS512.verifier_from_jwk(jwk).map(drop),
-        "ES256" => ES256.verifier_from_jwk(jwk).map(drop),
-        "ES384" => ES384.verifier_from_jwk(jwk).map(drop),
-        "ES512" => ES512.verifier_from_jwk(jwk).map(drop),
+        "RS256" => RS256.verifier_from_jwk(jwk).map(shared),
+        "RS384" => RS384.verifier_from_jwk(jwk).map(shared),
+        "RS512" => RS512.verifier_from_jwk(jwk).map(shared),
+        "PS256" => PS256.verifier_from_jwk(jwk).map(shared),
+        "PS384" => PS384.verifier_from_jwk(jwk).map(shared),
+        "PS512" => PS512.verifier_from_jwk(jwk).map(shared),
+        "ES256" => ES256.verifier_from_jwk(jwk).map(shared),
+        "ES384" => ES384.verifier_from_jwk(jwk).map(shared),
+        "ES512" => ES512.verifier_from_jwk(jwk).map(shared),
         other => return Err(format!("algorithm {other} is not supported")),
     };
     built.map_err(|e| e.to_string())

@@ -830,12 +830,13 @@ async fn token_inner(
     let presented = client_auth::presented(authorization_header(req), &params).map_err(&fail)?;
     let audiences = vec![state.url("/token"), state.issuer.to_string()];
     // A failed authentication is audited by client_auth itself.
-    let client = client_auth::authenticate(state, ctx, presented, "token", &audiences)
-        .await
-        .map_err(|e| TokenFailure {
-            audited: e.code == "invalid_client",
-            ..fail(e)
-        })?;
+    let (client, assertion) =
+        client_auth::authenticate_deferring_jti(state, ctx, presented, "token", &audiences)
+            .await
+            .map_err(|e| TokenFailure {
+                audited: e.code == "invalid_client",
+                ..fail(e)
+            })?;
     *client_out = Some(client.clone());
     let (keys, clock, issuer, policy, mut ctx, bases) = (
         state.keys.clone(),
@@ -855,6 +856,19 @@ async fn token_inner(
                 clock: clock.as_ref(),
                 session_timeouts: policy.timeouts,
             };
+            // The assertion's jti first, outside the issuance's transaction: it stays consumed
+            // whatever happens to the grant (a replay is refused and audited as
+            // `invalid_client`).
+            if let Some(assertion) = assertion {
+                let mut auth_ctx = ctx.clone();
+                auth_ctx.actor_client = None;
+                assertion
+                    .record(conn, clock.as_ref(), &auth_ctx)?
+                    .map_err(|error| token::TokenRefusal {
+                        error,
+                        audited: true,
+                    })?;
+            }
             match grant.as_str() {
                 "authorization_code" => {
                     token::authorization_code(conn, &iss, &ctx, &client, &params)

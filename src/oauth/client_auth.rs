@@ -5,8 +5,10 @@
 //!
 //! Rules: a request uses exactly one method; the method must be the one the client registered;
 //! every failure is `invalid_client` (401) with a short reason, and is audited. A replayed
-//! assertion `jti` is refused; the jti is recorded in its own committed step, so it stays
-//! consumed even when the request fails later (DESIGN.md §4).
+//! assertion `jti` is refused; the jti is recorded outside the action's own transaction, so it
+//! stays consumed even when the request fails later (DESIGN.md §4). The token endpoint records
+//! it in the same group-committed piece of work as the issuance ([`authenticate_deferring_jti`]),
+//! before the issuance's transaction: one commit per request instead of two.
 
 use super::assertion::{self, Expectations};
 pub use super::client_credentials::{presented, Presented};
@@ -40,6 +42,68 @@ pub async fn authenticate(
     endpoint: &str,
     audiences: &[String],
 ) -> Result<Client, OAuthError> {
+    let (client, assertion) =
+        authenticate_deferring_jti(state, ctx, presented, endpoint, audiences).await?;
+    if let Some(assertion) = assertion {
+        let (clock, ctx) = (state.clock.clone(), ctx.clone());
+        state
+            .db
+            .write(move |conn| assertion.record(conn, clock.as_ref(), &ctx))
+            .await??;
+    }
+    Ok(client)
+}
+
+/// A verified client assertion whose `jti` is still to be recorded: the caller must call
+/// [`UnrecordedAssertion::record`] before it acts for the client, in a piece of database work
+/// of its own choosing, outside the action's transaction.
+#[must_use = "an assertion is not authenticated until its jti is recorded"]
+#[derive(Debug)]
+pub struct UnrecordedAssertion {
+    client_id: String,
+    endpoint: String,
+    jti: String,
+    exp: i64,
+}
+
+impl UnrecordedAssertion {
+    /// Records the `jti`; a replay is refused (`invalid_client`) and audited here. The outer
+    /// `Err` is the database failing.
+    pub fn record(
+        self,
+        conn: &mut crate::store::DbConnection,
+        clock: &dyn crate::clock::Clock,
+        ctx: &AuditContext,
+    ) -> Result<Result<(), OAuthError>, StoreError> {
+        if grants::record_assertion_jti(conn, &self.client_id, &self.jti, self.exp)? {
+            return Ok(Ok(()));
+        }
+        let reason = "this client assertion (jti) was already used".to_owned();
+        write_transaction(conn, |conn| {
+            audit::append(
+                conn,
+                clock,
+                ctx,
+                &AuditEvent::ClientAuthenticationFailed {
+                    client_id: Some(self.client_id.clone()),
+                    endpoint: self.endpoint.clone(),
+                    reason: reason.clone(),
+                },
+            )
+        })?;
+        Ok(Err(OAuthError::invalid_client(reason)))
+    }
+}
+
+/// [`authenticate`], but a client assertion's `jti` is handed back to be recorded by the caller
+/// (see [`UnrecordedAssertion`]).
+pub async fn authenticate_deferring_jti(
+    state: &AppState,
+    ctx: &AuditContext,
+    presented: Presented,
+    endpoint: &str,
+    audiences: &[String],
+) -> Result<(Client, Option<UnrecordedAssertion>), OAuthError> {
     let claimed = presented
         .client_id()
         .map(str::to_owned)
@@ -48,7 +112,15 @@ pub async fn authenticate(
             _ => None,
         });
     match check(state, &presented, claimed.as_deref(), audiences).await {
-        Ok(client) => Ok(client),
+        Ok((client, jti)) => {
+            let assertion = jti.map(|(jti, exp)| UnrecordedAssertion {
+                client_id: client.client_id.clone(),
+                endpoint: endpoint.to_owned(),
+                jti,
+                exp,
+            });
+            Ok((client, assertion))
+        }
         Err(Failure::Refused(reason)) => {
             let (state2, ctx2, endpoint2) = (state.clone(), ctx.clone(), endpoint.to_owned());
             let claimed2 = claimed.clone();
@@ -87,12 +159,13 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// The client, and a verified assertion's `(jti, exp)`.
 async fn check(
     state: &AppState,
     presented: &Presented,
     claimed: Option<&str>,
     audiences: &[String],
-) -> Result<Client, Failure> {
+) -> Result<(Client, Option<(String, i64)>), Failure> {
     let refuse = |r: &str| Failure::Refused(r.to_owned());
     let Some(client_id) = claimed.map(str::to_owned) else {
         return Err(refuse("the client is not identified"));
@@ -121,14 +194,16 @@ async fn check(
         )));
     }
     match presented {
-        Presented::None { .. } => Ok(client),
-        Presented::SecretBasic { .. } | Presented::SecretPost { .. } if secret_ok => Ok(client),
+        Presented::None { .. } => Ok((client, None)),
+        Presented::SecretBasic { .. } | Presented::SecretPost { .. } if secret_ok => {
+            Ok((client, None))
+        }
         Presented::SecretBasic { .. } | Presented::SecretPost { .. } => {
             Err(refuse("client secret is wrong or expired"))
         }
         Presented::Assertion { assertion, .. } => {
-            verify_assertion(state, &registration, assertion, audiences).await?;
-            Ok(client)
+            let seen = verify_assertion(state, &registration, assertion, audiences).await?;
+            Ok((client, Some(seen)))
         }
     }
 }
@@ -178,12 +253,13 @@ async fn registration(
     Ok(loaded)
 }
 
+/// Verifies the assertion; answers its `(jti, exp)`, still to be recorded.
 async fn verify_assertion(
     state: &AppState,
     registration: &CachedClient,
     jwt: &str,
     audiences: &[String],
-) -> Result<(), Failure> {
+) -> Result<(String, i64), Failure> {
     let client = &registration.client;
     let refuse = |e: assertion::AssertionError| Failure::Refused(e.to_string());
     let header = assertion::peek_header(jwt).map_err(refuse)?;
@@ -209,17 +285,7 @@ async fn verify_assertion(
         other => other,
     }
     .map_err(refuse)?;
-    let (id, jti) = (client.client_id.clone(), verified.jti.clone());
-    let fresh = state
-        .db
-        .write(move |conn| grants::record_assertion_jti(conn, &id, &jti, verified.exp))
-        .await?;
-    if !fresh {
-        return Err(Failure::Refused(
-            "this client assertion (jti) was already used".into(),
-        ));
-    }
-    Ok(())
+    Ok((verified.jti, verified.exp))
 }
 
 /// Signature verification costs tens (RSA) to hundreds (P-384) of microseconds: it runs on a

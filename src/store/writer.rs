@@ -165,6 +165,9 @@ impl Combiner {
 fn writer_loop(mut jobs: mpsc::Receiver<Box<dyn Job>>, setup: WriterSetup) {
     let mut conn: Option<DbConnection> = None;
     while let Some(first) = jobs.blocking_recv() {
+        // The batch is gathered once the lock is ours: what arrived while another writer held
+        // it rides along.
+        let held = setup.lock.blocking_lock();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -173,54 +176,56 @@ fn writer_loop(mut jobs: mpsc::Receiver<Box<dyn Job>>, setup: WriterSetup) {
             }
         }
         let sink = setup.sink.get().cloned();
-        changes::with_sink(sink, || {
-            crate::fault::scoped(&setup.identity, || run_batch(&mut conn, &setup, batch));
+        let finished = changes::with_sink(sink, || {
+            crate::fault::scoped(&setup.identity, || run_batch(&mut conn, &setup, batch))
         });
+        drop(held);
+        for (job, outcome) in finished {
+            job.finish(outcome);
+        }
     }
 }
 
-fn run_batch(slot: &mut Option<DbConnection>, setup: &WriterSetup, batch: Vec<Box<dyn Job>>) {
+type Finished = Vec<(Box<dyn Job>, Result<(), StoreError>)>;
+
+/// Runs one batch (under the write lock); answers each piece's outcome, to be delivered once
+/// the lock is released.
+fn run_batch(
+    slot: &mut Option<DbConnection>,
+    setup: &WriterSetup,
+    batch: Vec<Box<dyn Job>>,
+) -> Finished {
+    let mut finished: Finished = Vec::with_capacity(batch.len());
     // The same per-piece fault point as `Db::run`: the database "cannot be reached".
     let mut ready = Vec::with_capacity(batch.len());
     for job in batch {
         match crate::fault::point(crate::fault::Point::DbConnect) {
             Ok(()) => ready.push(job),
-            Err(e) => job.finish(Err(e)),
+            Err(e) => finished.push((job, Err(e))),
         }
     }
     if ready.is_empty() {
-        return;
+        return finished;
     }
-    if slot.is_none() {
-        match setup.manager.establish() {
-            Ok(conn) => *slot = Some(conn),
-            Err(e) => {
-                let reason = format!("cannot connect: {e}");
-                for job in ready {
-                    job.finish(Err(StoreError::Unavailable(reason.clone())));
-                }
-                return;
-            }
-        }
+    let outcome = match slot {
+        Some(conn) => commit_together(conn, &mut ready),
+        None => match setup.manager.establish() {
+            Ok(conn) => commit_together(slot.insert(conn), &mut ready),
+            Err(e) => Err(format!("cannot connect: {e}")),
+        },
+    };
+    if outcome.is_err() {
+        // A connection that failed a batch is not trusted with the next one.
+        *slot = None;
     }
-    let Some(conn) = slot.as_mut() else { return };
-    let held = setup.lock.blocking_lock();
-    let outcome = commit_together(conn, &mut ready);
-    drop(held);
-    match outcome {
-        Ok(()) => {
-            for job in ready {
-                job.finish(Ok(()));
-            }
-        }
-        Err(reason) => {
-            // A connection that failed a batch is not trusted with the next one.
-            *slot = None;
-            for job in ready {
-                job.finish(Err(StoreError::Unavailable(reason.clone())));
-            }
-        }
+    for job in ready {
+        let result = match &outcome {
+            Ok(()) => Ok(()),
+            Err(reason) => Err(StoreError::Unavailable(reason.clone())),
+        };
+        finished.push((job, result));
     }
+    finished
 }
 
 /// Runs every piece in one `BEGIN IMMEDIATE` transaction and commits once. `Err` (with the
@@ -258,4 +263,134 @@ pub(super) fn depth(conn: &mut DbConnection) -> diesel::QueryResult<Option<u32>>
     <DbConnection as Connection>::TransactionManager::transaction_manager_status_mut(conn)
         .transaction_depth()
         .map(|d| d.map(std::num::NonZeroU32::get))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::super::changes::{self, Change, ChangeSink};
+    use super::super::{meta, migrate, write_transaction, Db, StoreError};
+    use crate::config::DatabaseTarget;
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<Change>>);
+
+    impl ChangeSink for Seen {
+        fn apply(&self, changes: &[Change]) {
+            self.0.lock().unwrap().extend_from_slice(changes);
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> (Db, Arc<Seen>) {
+        let target = DatabaseTarget::Sqlite(dir.path().join("ward.db"));
+        let db = Db::open(&target, 4, std::time::Duration::from_secs(5)).unwrap();
+        migrate::run_pending(&mut db.conn().unwrap()).unwrap();
+        let seen = Arc::new(Seen::default());
+        db.attach(seen.clone());
+        (db, seen)
+    }
+
+    fn value(db: &Db, key: &str) -> Option<String> {
+        meta::get(&mut db.conn().unwrap(), key).unwrap()
+    }
+
+    /// Holds the in-process write lock while `submit` queues work, so the writer gathers all of
+    /// it into one batch when the lock is let go.
+    async fn in_one_batch<T>(db: &Db, submit: impl FnOnce() -> T) -> T {
+        let lock = db.write_lock.clone().expect("SQLite has a write lock");
+        let held = lock.lock_owned().await;
+        let queued = submit();
+        // Let the writer take the first piece and wait for the lock.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(held);
+        queued
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_piece_that_fails_rolls_back_alone_and_its_changes_reach_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, seen) = open(&dir);
+        let tasks = in_one_batch(&db, || {
+            (0..30)
+                .map(|i| {
+                    let db = db.clone();
+                    tokio::spawn(async move {
+                        db.write(move |conn| {
+                            // Outside a transaction: lasts like an autocommit write.
+                            meta::insert(conn, &format!("free:{i}"), "x")?;
+                            write_transaction(conn, |conn| {
+                                meta::insert(conn, &format!("tx:{i}"), "x")?;
+                                changes::publish(conn, Change::User(format!("u{i}")))?;
+                                if i % 3 == 0 {
+                                    return Err(StoreError::Corrupt("refused".into()));
+                                }
+                                Ok(i)
+                            })
+                        })
+                        .await
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        for (i, task) in tasks.into_iter().enumerate() {
+            let result = task.await.unwrap();
+            assert_eq!(result.is_ok(), i % 3 != 0, "piece {i}: {result:?}");
+            assert!(value(&db, &format!("free:{i}")).is_some(), "piece {i}");
+            assert_eq!(
+                value(&db, &format!("tx:{i}")).is_some(),
+                i % 3 != 0,
+                "piece {i}"
+            );
+        }
+        let seen = seen.0.lock().unwrap().clone();
+        for i in 0..30 {
+            assert_eq!(
+                seen.contains(&Change::User(format!("u{i}"))),
+                i % 3 != 0,
+                "change of piece {i}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_cannot_commit_reports_no_success_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, seen) = open(&dir);
+        let (first, second) = in_one_batch(&db, || {
+            let (a, b) = (db.clone(), db.clone());
+            let first = tokio::spawn(async move {
+                a.write(|conn| {
+                    meta::insert(conn, "first", "x")?;
+                    changes::publish(conn, Change::User("first".into()))
+                })
+                .await
+            });
+            let second = tokio::spawn(async move {
+                b.write(|conn| -> Result<(), StoreError> {
+                    meta::insert(conn, "second", "x")?;
+                    panic!("a bug in the second piece")
+                })
+                .await
+            });
+            (first, second)
+        })
+        .await;
+        // The first piece succeeded on its own, but its batch did not commit: it must not hear
+        // "done", and nothing of it may last.
+        assert!(matches!(
+            first.await.unwrap(),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(second.await.unwrap().is_err());
+        assert_eq!(value(&db, "first"), None);
+        assert_eq!(value(&db, "second"), None);
+        assert!(seen.0.lock().unwrap().is_empty());
+        // The writer survived the panic, on a fresh connection.
+        db.write(|conn| meta::insert(conn, "after", "x"))
+            .await
+            .unwrap();
+        assert!(value(&db, "after").is_some());
+    }
 }
