@@ -288,8 +288,15 @@ async fn verify_assertion(
     Ok((verified.jti, verified.exp))
 }
 
+/// Verifications running at once: one per core this process may use. More would only
+/// time-slice: a P-384 verification interrupted by thirty others loses its caches and costs
+/// half as much again.
+static VERIFY_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+});
+
 /// Signature verification costs tens (RSA) to hundreds (P-384) of microseconds: it runs on a
-/// blocking thread, not the async executor.
+/// blocking thread, not the async executor, at most one per core at a time (`VERIFY_SLOTS`).
 async fn verify_off_executor(
     jwt: &str,
     header: &assertion::AssertionHeader,
@@ -304,7 +311,14 @@ async fn verify_off_executor(
         expect.registered_jku.map(str::to_owned),
         expect.now,
     );
+    let slot = VERIFY_SLOTS.acquire().await.map_err(|e| {
+        Failure::Store(StoreError::Unavailable(format!(
+            "verification slots closed: {e}"
+        )))
+    })?;
     tokio::task::spawn_blocking(move || {
+        // Held until the verification ends, even if the request went away meanwhile.
+        let _slot = slot;
         let expect = Expectations {
             client_id: &client_id,
             audiences: &audiences,
