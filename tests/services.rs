@@ -336,6 +336,21 @@ async fn rejects_bad_backend_client_assertions(backend: Backend) {
         1,
         "rejects_replayed_jti_concurrently"
     );
+    // A refused grant still consumes its assertion: the same jti cannot come back with other
+    // parameters (the jti is recorded outside the issuance's transaction).
+    let refused_once = rs.assertion(&token_url, now);
+    let (status, body) = backend_token(&app, &refused_once, "system/Encounter.rs").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_scope")),
+        "{body}"
+    );
+    let (status, body) = backend_token(&app, &refused_once, "system/Observation.rs").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_client")),
+        "rejects_jti_of_a_refused_grant: {body}"
+    );
     // A public or secret client cannot use client_credentials.
     let (id, secret) = register(
         &app,
