@@ -62,6 +62,7 @@ pub fn start_on(
     spawn_key_refresh(state.clone());
     spawn_audit_linker(state.clone());
     spawn_alerts(state.clone());
+    spawn_wal_checkpointer(state.clone());
     spawn_housekeeping(state);
     Ok(RunningServer {
         server: http.run(),
@@ -264,6 +265,23 @@ fn spawn_webhook_sender(
             }
             if !delivered {
                 tracing::error!("alert webhook: giving up on one alert after retries (it stays in the log and the audit trail)");
+            }
+        }
+    });
+}
+
+/// SQLite: checkpoints the write-ahead log about once a second (see `store::checkpoint_wal`).
+fn spawn_wal_checkpointer(state: AppState) {
+    if state.db.backend() != crate::store::Backend::Sqlite {
+        return;
+    }
+    actix_web::rt::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(e) = state.db.run(crate::store::checkpoint_wal).await {
+                tracing::debug!(error = %e, "WAL checkpoint skipped; will retry");
             }
         }
     });

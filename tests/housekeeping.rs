@@ -393,3 +393,54 @@ async fn the_token_tables_stop_growing_under_steady_load(backend: Backend) {
     let (status, _) = refresh(&app, &refresh_token, &app_id).await;
     assert_eq!(status, reqwest::StatusCode::OK);
 }
+
+/// A server checkpoints SQLite's write-ahead log in the background (about once a second), so
+/// no commit on the request path pays for it: what the server commits reaches the database file
+/// itself within seconds. Read here with `immutable=1`, which ignores the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_reach_the_database_file_within_seconds() {
+    use diesel::prelude::*;
+    use ward::store::schema::audit_events;
+
+    let Some(app) = TestApp::start(Backend::Sqlite).await else {
+        return;
+    };
+    let path = app
+        .storage
+        .database_url
+        .strip_prefix("sqlite://")
+        .expect("a SQLite URL")
+        .to_owned();
+    // A refused client authentication: one audit event, committed by the server.
+    let refused = app
+        .client
+        .post(app.url("/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "nobody"),
+            ("client_secret", "wrong"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let in_file = || {
+        let mut file_only =
+            diesel::SqliteConnection::establish(&format!("file:{path}?immutable=1")).unwrap();
+        audit_events::table
+            .filter(audit_events::action.eq("client.authentication_failed"))
+            .count()
+            .get_result::<i64>(&mut file_only)
+            // Before the first checkpoint even the schema is only in the log.
+            .unwrap_or(0)
+    };
+    let mut seen = 0;
+    for _ in 0..50 {
+        seen = in_file();
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 1, "the event never left the write-ahead log");
+}
