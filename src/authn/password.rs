@@ -141,14 +141,17 @@ impl PasswordHashing {
             let queue = Arc::clone(&queue);
             let spawned = std::thread::Builder::new()
                 .name(format!("ward-argon2-{i}"))
-                .spawn(move || loop {
-                    let next = queue
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .recv();
-                    let Ok(job) = next else { break };
-                    // A panicking hash answers that request (its sender drops) and no other.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                .spawn(move || {
+                    yield_to_requests();
+                    loop {
+                        let next = queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        let Ok(job) = next else { break };
+                        // A panicking hash answers that request (its sender drops) and no other.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "could not start a password-hashing thread");
@@ -225,6 +228,18 @@ impl PasswordHashing {
 
     pub fn typical_duration(&self) -> Duration {
         Duration::from_millis(self.typical_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Password hashing runs at a lower scheduling priority (nice 10) than the threads that answer
+/// requests: under a sign-in flood the CPU goes first to `/introspect` and the token endpoint,
+/// and hashing takes what is left. Linux only; elsewhere a no-op.
+fn yield_to_requests() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
     }
 }
 
