@@ -384,9 +384,10 @@ where
         return savepoint(conn, work);
     }
     let _held = match conn {
-        DbConnection::Sqlite(_) => writer::hold(),
+        DbConnection::Sqlite(_) => writer::hold().map_err(E::from)?,
         DbConnection::Postgres(_) => None,
     };
+    let _ = writer::take_poison();
     let begun = match conn {
         DbConnection::Sqlite(inner) => {
             AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")
@@ -398,6 +399,14 @@ where
     begun.map_err(|e| E::from(StoreError::from(e)))?;
     let open = changes::transaction_began();
     match work(conn) {
+        Ok(value) if writer::take_poison() => {
+            open.ended(false);
+            let _ = <DbConnection as Connection>::TransactionManager::rollback_transaction(conn);
+            drop(value);
+            Err(E::from(StoreError::Unavailable(
+                "a savepoint could not be undone; nothing was committed".into(),
+            )))
+        }
         Ok(value) => {
             let committed =
                 <DbConnection as Connection>::TransactionManager::commit_transaction(conn);
@@ -424,16 +433,23 @@ where
     type Manager = <DbConnection as Connection>::TransactionManager;
     Manager::begin_transaction(conn).map_err(|e| E::from(StoreError::from(e)))?;
     let mark = changes::savepoint_began();
+    // A savepoint that can be neither released nor rolled back leaves the transaction around
+    // it in an unknown state: it is poisoned, so it cannot commit.
     match work(conn) {
         Ok(value) => {
             let released = Manager::commit_transaction(conn);
             mark.ended(released.is_ok());
-            released.map_err(|e| E::from(StoreError::from(e)))?;
+            if let Err(e) = released {
+                writer::poison();
+                return Err(E::from(StoreError::from(e)));
+            }
             Ok(value)
         }
         Err(err) => {
             mark.ended(false);
-            let _ = Manager::rollback_transaction(conn);
+            if Manager::rollback_transaction(conn).is_err() {
+                writer::poison();
+            }
             Err(err)
         }
     }

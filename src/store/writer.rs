@@ -19,12 +19,15 @@
 //!   "unavailable" (503), never a success that did not last. Changes published by the batch
 //!   reach this node's caches after the commit, before any answer.
 //!
-//! A batch is poisoned, rolled back whole and its connection discarded when a piece panics or
-//! SQLite ends the transaction underneath it (disk full, I/O error): the pieces before it would
-//! otherwise be reported as done.
+//! A batch is poisoned, rolled back whole and its connection discarded when a piece panics,
+//! SQLite ends the transaction underneath it (disk full, I/O error: seen by a rollback hook),
+//! or a savepoint cannot be undone (`poison`): the pieces before it would otherwise be reported
+//! as done. The writer's connection refuses every commit but the batch's own (a commit hook), so
+//! nothing a piece does after such a failure can commit on its own either.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
@@ -43,6 +46,22 @@ pub(super) type WriteLock = Arc<tokio::sync::Mutex<()>>;
 
 thread_local! {
     static LOCK: RefCell<Option<WriteLock>> = const { RefCell::new(None) };
+    /// This thread holds its database's write lock (a top-level write transaction, or the
+    /// writer running a batch): a second top-level transaction on it would wait for itself.
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
+    /// A savepoint on this thread could not be released or rolled back: the transaction around
+    /// it must not commit.
+    static POISONED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the open transaction on this thread as one that must not commit.
+pub(super) fn poison() {
+    POISONED.with(|p| p.set(true));
+}
+
+/// Whether the open transaction was poisoned since the last call; clears the mark.
+pub(super) fn take_poison() -> bool {
+    POISONED.with(|p| p.replace(false))
 }
 
 /// Runs `work` with `lock` as the write lock `write_transaction` takes on this thread.
@@ -59,10 +78,42 @@ pub(super) fn with_write_lock<T>(lock: Option<WriteLock>, work: impl FnOnce() ->
     work()
 }
 
-/// Takes this thread's write lock, if it has one (blocking threads of `Db::run`; not the CLI).
-pub(super) fn hold() -> Option<tokio::sync::OwnedMutexGuard<()>> {
-    LOCK.with(|l| l.borrow().clone())
-        .map(tokio::sync::Mutex::blocking_lock_owned)
+/// This thread's hold on its write lock, released on drop.
+pub(super) struct Held {
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Held {
+    fn mark() -> Self {
+        HOLDING.with(|h| h.set(true));
+        Self { _guard: None }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HOLDING.with(|h| h.set(false));
+    }
+}
+
+/// Takes this thread's write lock, if it has one (blocking threads of `Db::run`; not the CLI),
+/// for a top-level write transaction. Refused on a thread that holds it already: a transaction
+/// begun while another is still open on this thread (the writer's batch, or one whose
+/// transaction state was reset underneath) would otherwise wait for itself forever, or commit
+/// alone in the middle of a batch.
+pub(super) fn hold() -> Result<Option<Held>, StoreError> {
+    if HOLDING.with(Cell::get) {
+        return Err(StoreError::Corrupt(
+            "a write transaction was begun while this thread's previous one is still open".into(),
+        ));
+    }
+    Ok(LOCK.with(|l| l.borrow().clone()).map(|lock| {
+        let guard = lock.blocking_lock_owned();
+        HOLDING.with(|h| h.set(true));
+        Held {
+            _guard: Some(guard),
+        }
+    }))
 }
 
 /// One piece of work waiting for the writer, with its answer's way back.
@@ -162,26 +213,76 @@ impl Combiner {
     }
 }
 
-fn writer_loop(mut jobs: mpsc::Receiver<Box<dyn Job>>, setup: WriterSetup) {
-    let mut conn: Option<DbConnection> = None;
-    while let Some(first) = jobs.blocking_recv() {
-        // The batch is gathered once the lock is ours: what arrived while another writer held
-        // it rides along.
-        let held = setup.lock.blocking_lock();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// The writer's own connection, with the hooks that keep a batch whole.
+struct WriterConnection {
+    conn: DbConnection,
+    /// Set only while the batch itself commits; the commit hook refuses every other commit.
+    committing: Arc<AtomicBool>,
+    /// Set by the rollback hook: SQLite rolled the transaction back (an error, not a savepoint).
+    rolled_back: Arc<AtomicBool>,
+}
+
+impl WriterConnection {
+    fn open(manager: &ConnectionManager) -> Result<Self, String> {
+        let mut conn = manager
+            .establish()
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let committing = Arc::new(AtomicBool::new(false));
+        let rolled_back = Arc::new(AtomicBool::new(false));
+        let DbConnection::Sqlite(inner) = &mut conn else {
+            return Err("group commit is for SQLite".into());
+        };
+        let allowed = Arc::clone(&committing);
+        inner.on_commit(move || {
+            if allowed.load(Ordering::SeqCst) {
+                diesel::sqlite::CommitDecision::Proceed
+            } else {
+                diesel::sqlite::CommitDecision::Rollback
             }
-        }
-        let sink = setup.sink.get().cloned();
-        let finished = changes::with_sink(sink, || {
-            crate::fault::scoped(&setup.identity, || run_batch(&mut conn, &setup, batch))
         });
-        drop(held);
-        for (job, outcome) in finished {
-            job.finish(outcome);
+        let seen = Arc::clone(&rolled_back);
+        inner.on_rollback(move || seen.store(true, Ordering::SeqCst));
+        Ok(Self {
+            conn,
+            committing,
+            rolled_back,
+        })
+    }
+}
+
+fn writer_loop(mut jobs: mpsc::Receiver<Box<dyn Job>>, setup: WriterSetup) {
+    let mut conn: Option<WriterConnection> = None;
+    while let Some(first) = jobs.blocking_recv() {
+        // A bug that panics outside a piece (a cache sink, say) costs that batch's answers
+        // (their callers hear "unavailable"), never the writer.
+        let survived = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            // The batch is gathered once the lock is ours: what arrived while another writer
+            // held it rides along.
+            let held = setup.lock.blocking_lock();
+            let marked = Held::mark();
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let sink = setup.sink.get().cloned();
+            let finished = changes::with_sink(sink, || {
+                crate::fault::scoped(&setup.identity, || run_batch(&mut conn, &setup, batch))
+            });
+            drop(marked);
+            drop(held);
+            for (job, outcome) in finished {
+                job.finish(outcome);
+            }
+        }));
+        if survived.is_err() {
+            conn = None;
+            let _ = take_poison();
+            tracing::error!(
+                "the SQLite writer recovered from a panic; its batch was answered as unavailable"
+            );
         }
     }
 }
@@ -191,7 +292,7 @@ type Finished = Vec<(Box<dyn Job>, Result<(), StoreError>)>;
 /// Runs one batch (under the write lock); answers each piece's outcome, to be delivered once
 /// the lock is released.
 fn run_batch(
-    slot: &mut Option<DbConnection>,
+    slot: &mut Option<WriterConnection>,
     setup: &WriterSetup,
     batch: Vec<Box<dyn Job>>,
 ) -> Finished {
@@ -209,9 +310,9 @@ fn run_batch(
     }
     let outcome = match slot {
         Some(conn) => commit_together(conn, &mut ready),
-        None => match setup.manager.establish() {
+        None => match WriterConnection::open(&setup.manager) {
             Ok(conn) => commit_together(slot.insert(conn), &mut ready),
-            Err(e) => Err(format!("cannot connect: {e}")),
+            Err(e) => Err(e),
         },
     };
     if outcome.is_err() {
@@ -230,30 +331,43 @@ fn run_batch(
 
 /// Runs every piece in one `BEGIN IMMEDIATE` transaction and commits once. `Err` (with the
 /// reason) when nothing of the batch committed.
-fn commit_together(conn: &mut DbConnection, batch: &mut [Box<dyn Job>]) -> Result<(), String> {
+fn commit_together(
+    writer: &mut WriterConnection,
+    batch: &mut [Box<dyn Job>],
+) -> Result<(), String> {
+    type Manager = <DbConnection as Connection>::TransactionManager;
+    let conn = &mut writer.conn;
     let DbConnection::Sqlite(inner) = conn else {
         return Err("group commit is for SQLite".into());
     };
     AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")
         .map_err(|e| format!("cannot begin: {e}"))?;
+    writer.rolled_back.store(false, Ordering::SeqCst);
+    let _ = take_poison();
     let open = changes::transaction_began();
     for job in batch.iter_mut() {
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| job.run(conn)));
-        let still_open = matches!(depth(conn), Ok(Some(1)));
-        if ran.is_err() || !still_open {
+        let problem = if ran.is_err() {
+            Some("a piece of work failed unexpectedly; its batch was rolled back")
+        } else if writer.rolled_back.load(Ordering::SeqCst) || !matches!(depth(conn), Ok(Some(1))) {
+            Some("the database ended the transaction; the batch was rolled back")
+        } else if take_poison() {
+            Some("a savepoint could not be undone; the batch was rolled back")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
             open.ended(false);
-            let _ = <DbConnection as Connection>::TransactionManager::rollback_transaction(conn);
-            return Err(if ran.is_err() {
-                "a piece of work failed unexpectedly; its batch was rolled back".into()
-            } else {
-                "the database ended the transaction; the batch was rolled back".into()
-            });
+            let _ = Manager::rollback_transaction(conn);
+            return Err(problem.into());
         }
     }
-    let committed = <DbConnection as Connection>::TransactionManager::commit_transaction(conn);
+    writer.committing.store(true, Ordering::SeqCst);
+    let committed = Manager::commit_transaction(conn);
+    writer.committing.store(false, Ordering::SeqCst);
     open.ended(committed.is_ok());
     committed.map_err(|e| {
-        let _ = <DbConnection as Connection>::TransactionManager::rollback_transaction(conn);
+        let _ = Manager::rollback_transaction(conn);
         format!("cannot commit: {e}")
     })
 }
@@ -270,7 +384,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::super::changes::{self, Change, ChangeSink};
-    use super::super::{meta, migrate, write_transaction, Db, StoreError};
+    use super::super::{meta, migrate, write_transaction, Db, DbConnection, StoreError};
     use crate::config::DatabaseTarget;
 
     #[derive(Default)]
@@ -392,5 +506,73 @@ mod tests {
             .await
             .unwrap();
         assert!(value(&db, "after").is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_ended_underneath_fails_the_whole_batch_and_nothing_commits_alone() {
+        use diesel::connection::SimpleConnection;
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _seen) = open(&dir);
+        let (first, second) = in_one_batch(&db, || {
+            let (a, b) = (db.clone(), db.clone());
+            let first =
+                tokio::spawn(async move { a.write(|conn| meta::insert(conn, "first", "x")).await });
+            let second = tokio::spawn(async move {
+                b.write(|conn| {
+                    meta::insert(conn, "second", "x")?;
+                    // What SQLite does on a full disk or an I/O error: the transaction is gone.
+                    if let DbConnection::Sqlite(inner) = conn {
+                        inner.batch_execute("ROLLBACK").map_err(StoreError::from)?;
+                    }
+                    // Whatever the piece writes next must not commit on its own.
+                    let _ = meta::insert(conn, "after-rollback", "x");
+                    Ok::<_, StoreError>(())
+                })
+                .await
+            });
+            (first, second)
+        })
+        .await;
+        assert!(matches!(
+            first.await.unwrap(),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            second.await.unwrap(),
+            Err(StoreError::Unavailable(_))
+        ));
+        for key in ["first", "second", "after-rollback"] {
+            assert_eq!(value(&db, key), None, "{key} committed");
+        }
+        db.write(|conn| meta::insert(conn, "later", "x"))
+            .await
+            .unwrap();
+        assert!(value(&db, "later").is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_top_level_transaction_on_a_thread_holding_the_lock_is_refused_not_a_deadlock()
+    {
+        use diesel::connection::SimpleConnection;
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _seen) = open(&dir);
+        let work = db.run(|conn| {
+            write_transaction(conn, |conn| {
+                // SQLite ends the transaction with an error: diesel forgets it was open.
+                if let DbConnection::Sqlite(inner) = conn {
+                    let _ = inner.batch_execute("ROLLBACK; SELECT * FROM no_such_table");
+                }
+                write_transaction(conn, |conn| meta::insert(conn, "inner", "x"))
+            })
+        });
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), work)
+            .await
+            .expect("no deadlock");
+        assert!(answered.is_err(), "{answered:?}");
+        assert_eq!(value(&db, "inner"), None);
+        // The lock was given back.
+        db.run(|conn| write_transaction(conn, |conn| meta::insert(conn, "next", "x")))
+            .await
+            .unwrap();
     }
 }
