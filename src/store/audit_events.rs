@@ -8,6 +8,9 @@ use super::{DbConnection, StoreError};
 
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = audit_events)]
+// None is bound as NULL (these columns have no defaults): the statement's SQL is the same
+// for every row, so diesel caches it by type instead of rebuilding it to look it up.
+#[diesel(treat_none_as_default_value = false)]
 pub struct NewAuditEventRow {
     pub occurred_at: i64,
     pub action: String,

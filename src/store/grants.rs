@@ -163,6 +163,9 @@ pub fn take_launch(
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = token_families)]
+// None is bound as NULL (these columns have no defaults): the statement's SQL is the same
+// for every row, so diesel caches it by type instead of rebuilding it to look it up.
+#[diesel(treat_none_as_default_value = false)]
 pub struct FamilyRow {
     pub id: String,
     pub client_id: String,
@@ -260,6 +263,9 @@ pub fn redeem_code(conn: &mut DbConnection, code_hash: &str, now: i64) -> Result
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = refresh_tokens)]
+// None is bound as NULL (these columns have no defaults): the statement's SQL is the same
+// for every row, so diesel caches it by type instead of rebuilding it to look it up.
+#[diesel(treat_none_as_default_value = false)]
 pub struct RefreshRow {
     pub token_hash: String,
     pub family_id: String,
@@ -304,6 +310,9 @@ pub fn use_refresh(
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = access_tokens)]
+// None is bound as NULL (these columns have no defaults): the statement's SQL is the same
+// for every row, so diesel caches it by type instead of rebuilding it to look it up.
+#[diesel(treat_none_as_default_value = false)]
 pub struct AccessTokenRow {
     pub jti: String,
     pub family_id: String,
