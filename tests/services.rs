@@ -1055,17 +1055,7 @@ async fn changes_on_one_node_reach_every_node_within_a_second(backend: Backend) 
         "openid launch/patient offline_access patient/Observation.rs patient/Condition.rs",
     )
     .await;
-    ward::authz::roles::update(
-        &mut first.conn(),
-        first.state.clock.as_ref(),
-        &ward::audit::AuditContext::cli(),
-        "patient",
-        ward::authz::roles::RoleChanges {
-            scope_ceiling: Some("patient/Condition.rs".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    crate::common::smart::set_role_ceiling(&first, "patient", "patient/Condition.rs");
     let (status, refreshed) =
         refresh(&second, tokens["refresh_token"].as_str().unwrap(), &app_id).await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");

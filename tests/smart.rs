@@ -1738,17 +1738,7 @@ async fn refreshes_follow_todays_roles_and_offline_access_can_be_declined(backen
     let scope = "openid launch/patient offline_access patient/Observation.rs patient/Condition.rs";
     let tokens = full_flow(&app, &browser, &app_id, "pat", scope).await;
     // The patient role now allows Conditions only: the next refresh drops Observations.
-    ward::authz::roles::update(
-        &mut app.conn(),
-        app.state.clock.as_ref(),
-        &ward::audit::AuditContext::cli(),
-        "patient",
-        ward::authz::roles::RoleChanges {
-            scope_ceiling: Some("patient/Condition.rs".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    crate::common::smart::set_role_ceiling(&app, "patient", "patient/Condition.rs");
     let (status, refreshed) =
         refresh(&app, tokens["refresh_token"].as_str().unwrap(), &app_id).await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");
@@ -1758,17 +1748,7 @@ async fn refreshes_follow_todays_roles_and_offline_access_can_be_declined(backen
         "{granted}"
     );
     // Nothing left at all: the refresh is refused.
-    ward::authz::roles::update(
-        &mut app.conn(),
-        app.state.clock.as_ref(),
-        &ward::audit::AuditContext::cli(),
-        "patient",
-        ward::authz::roles::RoleChanges {
-            scope_ceiling: Some("patient/Coverage.rs".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    crate::common::smart::set_role_ceiling(&app, "patient", "patient/Coverage.rs");
     let (status, body) = token(
         &app,
         &[
@@ -1788,17 +1768,7 @@ async fn refreshes_follow_todays_roles_and_offline_access_can_be_declined(backen
         "{body}"
     );
     // Unticking offline access on the consent page means no refresh token.
-    ward::authz::roles::update(
-        &mut app.conn(),
-        app.state.clock.as_ref(),
-        &ward::audit::AuditContext::cli(),
-        "patient",
-        ward::authz::roles::RoleChanges {
-            scope_ceiling: Some("patient/*.rs".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    crate::common::smart::set_role_ceiling(&app, "patient", "patient/*.rs");
     let (verifier, challenge) = pkce();
     let consent = follow(
         &browser,

@@ -61,6 +61,21 @@ pub fn add_user(app: &TestApp, username: &str, roles: &[&str], fhir_user: Option
 }
 
 /// A role like `physician` but without required MFA, so flows need only a password.
+/// Sets `role`'s scope ceiling in the database, as an admin at the CLI would.
+pub fn set_role_ceiling(app: &TestApp, role: &str, ceiling: &str) {
+    ward::authz::roles::update(
+        &mut app.conn(),
+        app.state.clock.as_ref(),
+        &AuditContext::cli(),
+        role,
+        ward::authz::roles::RoleChanges {
+            scope_ceiling: Some(ceiling.into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
 pub fn add_clinician_role(app: &TestApp) {
     ward::authz::roles::create(
         &mut app.conn(),
