@@ -614,7 +614,7 @@ pub(crate) fn prepare_grant(
         now + CODE_TTL + settings.access_token_lifetime
     };
     let code = random_token(32);
-    let family_id = uuid::Uuid::new_v4().to_string();
+    let family_id = crate::store::new_row_key();
     let grant = CodeGrant {
         scope: granted.to_string(),
         aud: pending.request.aud.clone(),

@@ -261,7 +261,7 @@ pub fn client_credentials(
         .access_token_lifetime
         .clamp(1, BACKEND_TOKEN_MAX_LIFETIME);
     let family = FamilyRow {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::store::new_row_key(),
         client_id: client.client_id.clone(),
         user_id: None,
         session_id: None,
@@ -573,7 +573,7 @@ fn issue(
         .and_then(|c| c.fhir_user.clone())
         .or_else(|| fhir_user_of(conn, family).ok().flatten())
         .filter(|_| scopes.has(IdentityScope::FhirUser));
-    let jti = uuid::Uuid::new_v4().to_string();
+    let jti = crate::store::new_row_key();
     let subject = family
         .user_id
         .clone()
