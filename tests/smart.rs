@@ -301,6 +301,10 @@ async fn openid_connect_relying_parties_of_every_client_type(backend: Backend) {
             refreshed.refresh_token().unwrap().secret(),
             refresh.secret()
         );
+        // The refreshed access token still names the user's FHIR resource and patient.
+        let access = decode_payload(refreshed.access_token().secret());
+        assert_eq!(access["fhirUser"], "Patient/123");
+        assert_eq!(access["patient"], "123");
         let rotated = RefreshToken::new(refresh.secret().clone());
         let again = client.exchange_refresh_token(&rotated).unwrap();
         if !asymmetric {

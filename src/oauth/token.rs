@@ -150,7 +150,15 @@ fn redeem(
             }
         }
         let scopes = ScopeSet::parse(&grant.scope).0;
-        let response = issue(conn, iss, client, &family, &scopes, Some(&grant), now)?;
+        let fhir_user = match &grant.fhir_user {
+            Some(known) => Some(known.clone()),
+            None => fhir_user_of(conn, &family)?,
+        };
+        let minted = Minted {
+            code: Some(&grant),
+            fhir_user,
+        };
+        let response = issue(conn, iss, client, &family, &scopes, minted, now)?;
         fault::point(Point::CodeTokensInserted)?;
         audit::append(
             conn,
@@ -276,7 +284,7 @@ pub fn client_credentials(
     };
     write_transaction(conn, |conn| {
         grants::insert_family(conn, &family)?;
-        let response = issue(conn, iss, client, &family, &granted, None, now)?;
+        let response = issue(conn, iss, client, &family, &granted, Minted::default(), now)?;
         audit::append(
             conn,
             iss.clock,
@@ -366,11 +374,11 @@ fn rotate(
     };
     // Least privilege now, not at consent time: what the user's roles and the client's
     // registration allow today narrows every refresh (a demoted user loses access at once).
+    let mut fhir_user = None;
     let scopes = match &family.user_id {
         Some(user_id) => {
-            let usable = user_active(conn, user_id)?;
-            let subject = super::authorize::subject(conn, user_id)?.filter(|_| usable);
-            let Some(subject) = subject else {
+            // `subject` is `None` for a user who no longer exists or is disabled.
+            let Some(subject) = super::authorize::subject(conn, user_id)? else {
                 return Err(OAuthError::invalid_grant("the user can no longer sign in").into());
             };
             let allowed_now = crate::authz::grant::grantable(
@@ -386,6 +394,7 @@ fn rotate(
                     OAuthError::invalid_grant("nothing of this grant is allowed any more").into(),
                 );
             }
+            fhir_user = subject.fhir_user;
             allowed_now
         }
         None => scopes,
@@ -419,7 +428,11 @@ fn rotate(
                 }
             }
         }
-        let response = issue(conn, iss, client, family, &scopes, None, now)?;
+        let minted = Minted {
+            code: None,
+            fhir_user,
+        };
+        let response = issue(conn, iss, client, family, &scopes, minted, now)?;
         fault::point(Point::RefreshBeforeAudit)?;
         audit::append(
             conn,
@@ -548,6 +561,15 @@ fn context_of(family: &FamilyRow) -> LaunchContext {
     serde_json::from_str(&family.context).unwrap_or_default()
 }
 
+/// What the caller of `issue` already knows about the person behind the tokens.
+#[derive(Default)]
+struct Minted<'a> {
+    /// The code redeemed (an ID token needs its sign-in details), if this is a redemption.
+    code: Option<&'a CodeGrant>,
+    /// The user's FHIR resource (`fhirUser`), read by the caller; shown only when granted.
+    fhir_user: Option<String>,
+}
+
 /// Mints and records the tokens of one response: an access token always, a refresh token when
 /// the family is refreshable, an ID token on code redemption when `openid` was granted.
 fn issue(
@@ -556,9 +578,10 @@ fn issue(
     client: &Client,
     family: &FamilyRow,
     scopes: &ScopeSet,
-    code: Option<&CodeGrant>,
+    minted: Minted<'_>,
     now: i64,
 ) -> Result<Value, OAuthError> {
+    let code = minted.code;
     let settings = &client.settings;
     let context = context_of(family);
     let break_glass = scopes.is_break_glass();
@@ -569,9 +592,8 @@ fn issue(
         settings.access_token_lifetime
     };
     let lifetime = ceiling.min(family.expires_at - now).max(1);
-    let fhir_user = code
-        .and_then(|c| c.fhir_user.clone())
-        .or_else(|| fhir_user_of(conn, family).ok().flatten())
+    let fhir_user = minted
+        .fhir_user
         .filter(|_| scopes.has(IdentityScope::FhirUser));
     let jti = crate::store::new_row_key();
     let subject = family
