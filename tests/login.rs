@@ -1165,6 +1165,14 @@ async fn a_login_flood_is_bounded_and_other_endpoints_keep_answering() {
         "excess logins get a quick 503 instead of queueing without bound"
     );
     assert!(busy < 300, "some logins were served");
+    // Every sign-in is audited, the shed ones as such.
+    let failed = audit_events::list(&mut app.conn(), Some("login.failed"), 10_000).unwrap();
+    let shed = failed
+        .iter()
+        .filter(|e| e.details.contains("\"busy\""))
+        .count();
+    assert_eq!(shed, busy, "one login.failed (busy) event per shed sign-in");
+    assert_eq!(failed.len(), 300, "one login.failed event per sign-in");
 }
 
 #[tokio::test]
