@@ -104,17 +104,12 @@ fn spawn_audit_linker(state: AppState) {
         let mut last_seen: Option<crate::audit::chain::Head> = None;
         loop {
             ticker.tick().await;
-            let (sealer, seen, now_ms) = (
-                state.sealer.clone(),
-                last_seen.clone(),
-                state.clock.now_millis(),
-            );
-            let result = state
-                .db
-                .run(move |conn| crate::audit::chain::link(conn, &sealer, now_ms, seen.as_ref()))
-                .await;
+            let now_ms = state.clock.now_millis();
+            let result =
+                crate::audit::chain::link_pending(&state.db, &state.sealer, now_ms, &mut last_seen)
+                    .await;
             match result {
-                Ok(head) => last_seen = head.or(last_seen),
+                Ok(_) => {}
                 Err(crate::store::StoreError::Corrupt(problem)) => {
                     tracing::error!(%problem, "AUDIT CHAIN: not linking");
                     ticker = tokio::time::interval(Duration::from_secs(60));

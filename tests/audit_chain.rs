@@ -366,3 +366,62 @@ async fn verify_crosses_a_master_key_rotation(backend: Backend) {
         "{stdout}"
     );
 }
+
+on_both_backends!(one_linker_round_links_a_backlog_of_many_batches);
+
+/// A node that audits faster than one batch per round still links everything: a round takes
+/// batch after batch until it is caught up (each batch its own transaction).
+async fn one_linker_round_links_a_backlog_of_many_batches(backend: Backend) {
+    use ward::audit::chain::{link_pending, LINK_BATCH};
+    use ward::audit::{AuditContext, AuditEvent};
+    use ward::clock::{Clock, SystemClock};
+    use ward::crypto::seal::{MasterKey, Sealer};
+    let Some(storage) = crate::common::Storage::new(backend) else {
+        return;
+    };
+    let (code, _, stderr) = storage.ward(&["migrate"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let db = storage.db();
+    let backlog = 3 * LINK_BATCH + 7;
+    ward::store::write_transaction(&mut *db.conn().unwrap(), |conn| {
+        for _ in 0..backlog {
+            ward::audit::append(
+                conn,
+                &SystemClock,
+                &AuditContext::default(),
+                &AuditEvent::TokenRefused {
+                    client_id: None,
+                    grant: "password".into(),
+                    error: "unsupported_grant_type".into(),
+                    reason: "a backlog".into(),
+                },
+            )?;
+        }
+        Ok::<_, ward::store::StoreError>(())
+    })
+    .unwrap();
+    let total: i64 = audit_events
+        .count()
+        .get_result(&mut *db.conn().unwrap())
+        .unwrap();
+    assert!(total >= backlog);
+    let sealer = Sealer::new(&MasterKey::generate());
+    let mut head = None;
+    let linked = link_pending(&db, &sealer, SystemClock.now_millis(), &mut head)
+        .await
+        .unwrap();
+    assert_eq!(i64::try_from(linked).unwrap(), total);
+    assert_eq!(head.as_ref().map(|h| h.seq), Some(total));
+    let unlinked: i64 = audit_events
+        .filter(chain_seq.is_null())
+        .count()
+        .get_result(&mut *db.conn().unwrap())
+        .unwrap();
+    assert_eq!(unlinked, 0);
+    // Caught up: the next round links nothing and keeps the head.
+    let again = link_pending(&db, &sealer, SystemClock.now_millis(), &mut head)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+    assert_eq!(head.as_ref().map(|h| h.seq), Some(total));
+}
