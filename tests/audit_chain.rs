@@ -383,7 +383,7 @@ async fn one_linker_round_links_a_backlog_of_many_batches(backend: Backend) {
     assert_eq!(code, 0, "{stderr}");
     let db = storage.db();
     let backlog = 3 * LINK_BATCH + 7;
-    ward::store::write_transaction(&mut *db.conn().unwrap(), |conn| {
+    ward::store::write_transaction(&mut db.conn().unwrap(), |conn| {
         for _ in 0..backlog {
             ward::audit::append(
                 conn,
