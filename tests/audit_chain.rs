@@ -424,4 +424,18 @@ async fn one_linker_round_links_a_backlog_of_many_batches(backend: Backend) {
         .unwrap();
     assert_eq!(again, 0);
     assert_eq!(head.as_ref().map(|h| h.seq), Some(total));
+    // Every link holds, also where one batch meets the next.
+    let now_ms = SystemClock.now_millis();
+    let report = ward::audit::chain::verify(&mut db.conn().unwrap(), &sealer, None, now_ms);
+    assert_eq!(report.unwrap().first_break, None);
+    // A tail cut while nothing waits to be linked is noticed at the next round, not only once
+    // the next event comes.
+    diesel::delete(audit_events.filter(chain_seq.eq(total)))
+        .execute(&mut db.conn().unwrap())
+        .unwrap();
+    let cut = link_pending(&db, &sealer, SystemClock.now_millis(), &mut head).await;
+    assert!(
+        matches!(cut, Err(ward::store::StoreError::Corrupt(_))),
+        "{cut:?}"
+    );
 }

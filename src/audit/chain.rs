@@ -147,7 +147,11 @@ pub fn link(
     last_seen: Option<&Head>,
 ) -> Result<Linked, StoreError> {
     if !audit_events::any_unlinked_since(conn, now_ms - LINK_WINDOW_MS)? {
-        let head = audit_events::chain_head(conn)?.map(|(seq, hash)| Head { seq, hash });
+        // Nothing to link, but the head is still checked: a tail cut or rewritten on a quiet
+        // node is reported now, not only when the next event comes.
+        let head = audit_events::chain_head(conn)?;
+        still_reaches(conn, last_seen, head.as_ref())?;
+        let head = head.map(|(seq, hash)| Head { seq, hash });
         return Ok(Linked { head, count: 0 });
     }
     write_transaction(conn, |conn| {
@@ -158,18 +162,7 @@ pub fn link(
             });
         }
         let head = audit_events::chain_head(conn)?;
-        if let Some(seen) = last_seen {
-            let still_there = audit_events::hash_at(conn, seen.seq)?;
-            let intact = still_there
-                .is_some_and(|h| constant_time_eq(h.as_bytes(), seen.hash.as_bytes()))
-                && head.as_ref().is_some_and(|(seq, _)| *seq >= seen.seq);
-            if !intact {
-                return Err(StoreError::Corrupt(format!(
-                    "the audit chain was rewritten: event #{} is not what this node linked; not linking until `ward audit verify` is run",
-                    seen.seq
-                )));
-            }
-        }
+        still_reaches(conn, last_seen, head.as_ref())?;
         let (mut seq, mut previous) = head.unwrap_or((0, GENESIS.to_owned()));
         let rows = audit_events::unlinked_since(conn, now_ms - LINK_WINDOW_MS, LINK_BATCH)?;
         for row in &rows {
@@ -191,6 +184,28 @@ pub fn link(
             count: rows.len(),
         })
     })
+}
+
+/// `Corrupt` unless the chain (whose head is `head`) still holds `last_seen`, the head this node
+/// saw last, with the same hash: a chain only ever grows.
+fn still_reaches(
+    conn: &mut DbConnection,
+    last_seen: Option<&Head>,
+    head: Option<&(i64, String)>,
+) -> Result<(), StoreError> {
+    let Some(seen) = last_seen else {
+        return Ok(());
+    };
+    let still_there = audit_events::hash_at(conn, seen.seq)?;
+    let intact = still_there.is_some_and(|h| constant_time_eq(h.as_bytes(), seen.hash.as_bytes()))
+        && head.is_some_and(|(seq, _)| *seq >= seen.seq);
+    if intact {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt(format!(
+        "the audit chain was rewritten: event #{} is not what this node linked; not linking until `ward audit verify` is run",
+        seen.seq
+    )))
 }
 
 /// What one `link` did: the head afterwards and how many events it linked.

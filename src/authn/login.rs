@@ -231,7 +231,8 @@ pub async fn sign_in_with_password(
                 })
             })
             .await
-            .ok();
+            // The answer is 503 either way; a database too busy to record it is worth a line.
+            .unwrap_or_else(|e| tracing::warn!(error = %e, "shed sign-in not audited"));
             return Err(LoginError::Busy);
         }
     };

@@ -107,10 +107,11 @@ const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = O
      PRAGMA wal_autocheckpoint = 16384;";
 
 /// A new key for a row that is inserted often and looked up by key (token families, access
-/// tokens): a time-ordered UUID (v7, 74 random bits). Such rows land at the end of their
-/// indexes, so a batch of inserts dirties a page or two per index instead of one random page per
-/// row (random v4 keys cost SQLite a page read and a WAL frame per row and index). These keys are
-/// names, never secrets: the time they show is already in the token (`iat`).
+/// tokens): a time-ordered UUID (v7: milliseconds, a counter within the millisecond, random
+/// bits). Such rows land at the end of their indexes, so a batch of inserts dirties a page or two
+/// per index instead of one random page per row (random v4 keys cost SQLite a page read and a WAL
+/// frame per row and index). These keys are names, never secrets: nothing accepts one from
+/// outside as proof of anything, and the time they show is already in the token (`iat`).
 pub fn new_row_key() -> String {
     uuid::Uuid::now_v7().to_string()
 }

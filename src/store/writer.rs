@@ -235,10 +235,10 @@ impl WriterConnection {
         let DbConnection::Sqlite(inner) = &mut conn else {
             return Err("group commit is for SQLite".into());
         };
-        // Every write of the node goes through this connection: a page cache big enough for the
-        // hot ends of the token tables' indexes saves a read per page (SQLite's default is 2 MiB;
-        // the cache fills only as pages are used, and is dropped whenever another connection
-        // commits).
+        // The token endpoint's writes all go through this connection: a page cache big enough
+        // for the hot ends of the token tables' indexes saves a read per page (SQLite's default
+        // is 2 MiB; the cache fills only as pages are used, and is dropped whenever another
+        // connection commits: the audit linker, housekeeping, sign-ins, the admin API).
         inner
             .batch_execute(WRITER_CACHE_PRAGMA)
             .map_err(|e| format!("cannot size the page cache: {e}"))?;
