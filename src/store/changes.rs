@@ -190,16 +190,7 @@ impl Drop for OpenTransaction {
 
 /// Runs `work` with `sink` as this thread's sink (`Db::run`'s blocking thread).
 pub(super) fn with_sink<T>(sink: Option<Arc<dyn ChangeSink>>, work: impl FnOnce() -> T) -> T {
-    struct Reset(Option<Arc<dyn ChangeSink>>);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            SINK.with(|s| *s.borrow_mut() = previous);
-        }
-    }
-    let previous = SINK.with(|s| std::mem::replace(&mut *s.borrow_mut(), sink));
-    let _reset = Reset(previous);
-    work()
+    super::with_thread_local(&SINK, sink, work)
 }
 
 #[derive(QueryableByName)]

@@ -106,6 +106,28 @@ const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = O
      PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; \
      PRAGMA wal_autocheckpoint = 16384;";
 
+/// Runs `work` with the thread-local `slot` set to `value`, and puts back what it held before
+/// once `work` ends, also by unwinding (the writer's lock and the change sink of `Db::run` work).
+fn with_thread_local<T: 'static, R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    value: Option<T>,
+    work: impl FnOnce() -> R,
+) -> R {
+    struct Reset<T: 'static> {
+        slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+        previous: Option<T>,
+    }
+    impl<T: 'static> Drop for Reset<T> {
+        fn drop(&mut self) {
+            let previous = self.previous.take();
+            self.slot.with(|s| *s.borrow_mut() = previous);
+        }
+    }
+    let previous = slot.with(|s| std::mem::replace(&mut *s.borrow_mut(), value));
+    let _reset = Reset { slot, previous };
+    work()
+}
+
 /// A new key for a row that is inserted often and looked up by key (token families, access
 /// tokens): a time-ordered UUID (v7: milliseconds, a counter within the millisecond, random
 /// bits). Such rows land at the end of their indexes, so a batch of inserts dirties a page or two

@@ -66,16 +66,7 @@ pub(super) fn take_poison() -> bool {
 
 /// Runs `work` with `lock` as the write lock `write_transaction` takes on this thread.
 pub(super) fn with_write_lock<T>(lock: Option<WriteLock>, work: impl FnOnce() -> T) -> T {
-    struct Reset(Option<WriteLock>);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            LOCK.with(|l| *l.borrow_mut() = previous);
-        }
-    }
-    let previous = LOCK.with(|l| std::mem::replace(&mut *l.borrow_mut(), lock));
-    let _reset = Reset(previous);
-    work()
+    super::with_thread_local(&LOCK, lock, work)
 }
 
 /// This thread's hold on its write lock, released on drop.
