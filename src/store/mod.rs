@@ -149,6 +149,40 @@ pub fn checkpoint_wal(conn: &mut DbConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Plans each SQLite statement once, when it is prepared (the "query planner stability
+/// guarantee", `SQLITE_DBCONFIG_ENABLE_QPSG`).
+///
+/// Without it SQLite (3.54 here) marks a statement for re-planning when a value bound to it
+/// might change the plan: `LIMIT ?` (every diesel `.first()`), a bound `LIKE` pattern. Diesel
+/// clears a cached statement's bindings after each run, which SQLite counts as such a change, so
+/// each of those statements was parsed and planned again on every run: 8% of the CPU of a
+/// sign-in flood. Ward's queries look rows up by key and index; none gains from a plan chosen
+/// for particular values (and Ward collects no statistics: it never runs `ANALYZE`).
+fn plan_statements_once(conn: &mut SqliteConnection) -> Result<(), diesel::ConnectionError> {
+    use libsqlite3_sys::{sqlite3_db_config, SQLITE_DBCONFIG_ENABLE_QPSG, SQLITE_OK};
+    let mut enabled: std::ffi::c_int = 0;
+    // SAFETY: `db` is this open connection's handle, used on this thread only for the length of
+    // the call; SQLITE_DBCONFIG_ENABLE_QPSG takes an int and a pointer to an int, which SQLite
+    // sets to the new state.
+    let rc = unsafe {
+        conn.with_raw_connection(|db| {
+            sqlite3_db_config(
+                db,
+                SQLITE_DBCONFIG_ENABLE_QPSG,
+                1 as std::ffi::c_int,
+                &mut enabled as *mut std::ffi::c_int,
+            )
+        })
+    };
+    if rc == SQLITE_OK && enabled == 1 {
+        Ok(())
+    } else {
+        Err(diesel::ConnectionError::BadConnection(format!(
+            "SQLite refused the query planner stability guarantee (code {rc})"
+        )))
+    }
+}
+
 impl ConnectionManager {
     pub fn new(target: DatabaseTarget) -> Self {
         Self { target }
@@ -160,6 +194,7 @@ impl ConnectionManager {
                 let mut conn = SqliteConnection::establish(&sqlite_path(path))?;
                 conn.batch_execute(SQLITE_PRAGMAS)
                     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                plan_statements_once(&mut conn)?;
                 Ok(DbConnection::Sqlite(conn))
             }
             DatabaseTarget::Postgres(url) => Ok(DbConnection::Postgres(PgConnection::establish(
@@ -503,4 +538,50 @@ pub enum AdvisoryLock {
     Migrations = 0x5741_5244_0001,
     SigningKeys = 0x5741_5244_0002,
     AuditChain = 0x5741_5244_0003,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many times SQLite re-prepared the statements diesel keeps cached on `conn`.
+    fn reprepares(conn: &mut SqliteConnection) -> i64 {
+        use libsqlite3_sys::{sqlite3_next_stmt, sqlite3_stmt_status, SQLITE_STMTSTATUS_REPREPARE};
+        // SAFETY: walks this connection's own prepared statements on this thread and reads a
+        // counter of each; nothing is changed or freed.
+        unsafe {
+            conn.with_raw_connection(|db| {
+                let mut total = 0i64;
+                let mut stmt = sqlite3_next_stmt(db, std::ptr::null_mut());
+                while !stmt.is_null() {
+                    total += i64::from(sqlite3_stmt_status(stmt, SQLITE_STMTSTATUS_REPREPARE, 0));
+                    stmt = sqlite3_next_stmt(db, stmt);
+                }
+                total
+            })
+        }
+    }
+
+    #[test]
+    fn a_cached_sqlite_statement_is_not_planned_again_on_every_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = ConnectionManager::new(DatabaseTarget::Sqlite(dir.path().join("ward.db")));
+        let mut conn = manager.establish().unwrap();
+        migrate::run_pending(&mut conn).unwrap();
+        meta::insert(&mut conn, "k", "v").unwrap();
+        let get = |conn: &mut DbConnection| {
+            // `.first()` binds `LIMIT ?`, which SQLite would otherwise re-plan on every run.
+            assert_eq!(meta::get(conn, "k").unwrap().as_deref(), Some("v"));
+            let DbConnection::Sqlite(inner) = conn else {
+                unreachable!("a SQLite target gives a SQLite connection")
+            };
+            reprepares(inner)
+        };
+        // (The migrations' own statements were re-planned after their schema changes.)
+        let before = get(&mut conn);
+        for _ in 0..5 {
+            get(&mut conn);
+        }
+        assert_eq!(get(&mut conn) - before, 0, "statements were planned again");
+    }
 }
