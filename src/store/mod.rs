@@ -154,9 +154,9 @@ pub fn checkpoint_wal(conn: &mut DbConnection) -> Result<(), StoreError> {
 ///
 /// Without it SQLite (3.54 here) marks a statement for re-planning when a value bound to it
 /// might change the plan: `LIMIT ?` (every diesel `.first()`), a bound `LIKE` pattern. Diesel
-/// clears a cached statement's bindings after each run, which SQLite counts as such a change, so
-/// each of those statements was parsed and planned again on every run: 8% of the CPU of a
-/// sign-in flood. Ward's queries look rows up by key and index; none gains from a plan chosen
+/// binds every parameter again on each run of a cached statement (and clears the bindings
+/// after it), which SQLite counts as such a change, so each of those statements was parsed and
+/// planned again on every run: 8% of the CPU of a sign-in flood. Ward's queries look rows up by key and index; none gains from a plan chosen
 /// for particular values (and Ward collects no statistics: it never runs `ANALYZE`).
 fn plan_statements_once(conn: &mut SqliteConnection) -> Result<(), diesel::ConnectionError> {
     use libsqlite3_sys::{sqlite3_db_config, SQLITE_DBCONFIG_ENABLE_QPSG, SQLITE_OK};
@@ -388,7 +388,8 @@ impl Db {
 }
 
 impl Db {
-    /// Like `run`, for the hot write paths (the token endpoint): on SQLite the work is
+    /// Like `run`, for the hot write paths (the token endpoint, and the audit events of refusals
+    /// that come in floods: shed sign-ins, failed client authentication): on SQLite the work is
     /// group-committed with whatever else is waiting (`writer`), on PostgreSQL it is `run`.
     /// The work is written as for `run`: its `write_transaction`s are atomic on their own.
     pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>

@@ -10,9 +10,10 @@
 //!   `write_transaction` of `Db::run` work on SQLite takes it before `BEGIN IMMEDIATE`. Ward's
 //!   own writers queue in order instead of sleeping and polling; only other processes (the CLI)
 //!   still meet SQLite's busy timeout.
-//! - **Group commit** (`Combiner`, used through `Db::write`): the token endpoint's work goes to
-//!   one writer thread with its own connection, which runs every piece of work waiting at that
-//!   moment inside one transaction and commits once. Each piece runs as it would alone: its own
+//! - **Group commit** (`Combiner`, used through `Db::write`): the token endpoint's work, and the
+//!   audit events of refusals that come in floods (shed sign-ins), go to one writer thread with
+//!   its own connection, which runs every piece of work waiting at that moment inside one
+//!   transaction and commits once. Each piece runs as it would alone: its own
 //!   `write_transaction`s become savepoints, so a refusal or an injected fault rolls back that
 //!   piece's writes only, and what it writes outside them commits as autocommit would. Nobody
 //!   hears an answer before the commit: when the batch cannot commit, every piece in it answers

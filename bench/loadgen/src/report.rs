@@ -92,7 +92,7 @@ impl Bound {
         })
     }
 
-    /// "1234 /s" or "1234 /s: mean of 2 on Ward's core, 1200–1268".
+    /// "1234 /s on Ward's core" or "1234 /s: mean of 2 on Ward's core, 1200–1268".
     fn describe(&self, digits: usize) -> String {
         if self.count == 1 {
             format!("{:.digits$} /s on Ward's core", self.mean)
@@ -537,7 +537,7 @@ mod tests {
         assert_eq!((b.min, b.max, b.count), (900.0, 1100.0, 3));
         assert_eq!(b.describe(0), "1000 /s: mean of 3 on Ward's core, 900–1100");
         assert_eq!(
-            Bound::of(&[52.25]).unwrap().describe(1),
+            Bound::of(&[52.24]).unwrap().describe(1),
             "52.2 /s on Ward's core"
         );
         assert_eq!(Bound::of(&[]), None);
