@@ -25,7 +25,7 @@ use crate::crypto::{random_token, sha256_b64};
 use crate::store::credentials::{
     self as creds, LoginUserRow, RecoveryCodeRow, SessionRow, TotpRow,
 };
-use crate::store::{roles, users, write_transaction, Db, DbConnection, StoreError};
+use crate::store::{roles, write_transaction, Db, DbConnection, StoreError};
 
 /// Limits of the sign-in flow, from `[login]`.
 #[derive(Debug, Clone, Copy)]
@@ -98,8 +98,7 @@ fn totp_aad(id: &str) -> Aad<'_> {
 
 /// Whether any of the user's roles requires MFA.
 pub fn mfa_required(conn: &mut DbConnection, user_id: &str) -> Result<bool, StoreError> {
-    let names = users::roles_of(conn, user_id)?;
-    Ok(roles::find_many(conn, &names)?
+    Ok(roles::of_user(conn, user_id)?
         .iter()
         .any(|r| r.mfa_required))
 }

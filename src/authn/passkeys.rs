@@ -24,9 +24,7 @@ use crate::audit::{self, AuditContext, AuditEvent, LoginFailure};
 use crate::clock::Clock;
 use crate::crypto::{random_token, sha256_b64};
 use crate::store::passkeys::{self as rows, ChallengeRow, PasskeyRow};
-use crate::store::{
-    credentials as creds, roles, users, write_transaction, DbConnection, StoreError,
-};
+use crate::store::{credentials as creds, roles, write_transaction, DbConnection, StoreError};
 
 const CHALLENGE_SECONDS: i64 = 300;
 const MAX_NAME: usize = 64;
@@ -441,11 +439,8 @@ pub fn finish_passwordless(
             wa.finish_discoverable_authentication(credential, state, &keys),
         )?;
         let user = creds::login_user_by_id(conn, &user_id)?;
-        let role_names = users::roles_of(conn, &user_id)?;
-        let allowed = roles::find_many(conn, &role_names)?
-            .iter()
-            .all(|r| r.passwordless)
-            && !role_names.is_empty();
+        let held = roles::of_user(conn, &user_id)?;
+        let allowed = held.iter().all(|r| r.passwordless) && !held.is_empty();
         let reason = match &user {
             _ if !ok => Some(LoginFailure::BadCode),
             Some(u) if !u.enabled => Some(LoginFailure::Disabled),

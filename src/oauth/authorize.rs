@@ -20,7 +20,7 @@ use crate::crypto::{random_token, sha256_b64};
 use crate::smart::launch::LaunchContext;
 use crate::smart::scopes::{IdentityScope, ScopeSet};
 use crate::store::grants::{self, AuthRequestRow, CodeRow, ConsentRow, FamilyRow};
-use crate::store::{credentials, roles, users, write_transaction, DbConnection, StoreError};
+use crate::store::{credentials, roles, write_transaction, DbConnection, StoreError};
 
 /// How long a person has to sign in, pick a patient and consent.
 pub const REQUEST_TTL: i64 = 600;
@@ -260,8 +260,7 @@ pub fn subject(conn: &mut DbConnection, user_id: &str) -> Result<Option<Subject>
     if !user.enabled {
         return Ok(None);
     }
-    let role_names = users::roles_of(conn, user_id)?;
-    let roles: Vec<Role> = roles::find_many(conn, &role_names)?
+    let roles: Vec<Role> = roles::of_user(conn, user_id)?
         .into_iter()
         .map(Role::from)
         .collect();
