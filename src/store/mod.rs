@@ -156,8 +156,9 @@ pub fn checkpoint_wal(conn: &mut DbConnection) -> Result<(), StoreError> {
 /// might change the plan: `LIMIT ?` (every diesel `.first()`), a bound `LIKE` pattern. Diesel
 /// binds every parameter again on each run of a cached statement (and clears the bindings
 /// after it), which SQLite counts as such a change, so each of those statements was parsed and
-/// planned again on every run: 8% of the CPU of a sign-in flood. Ward's queries look rows up by key and index; none gains from a plan chosen
-/// for particular values (and Ward collects no statistics: it never runs `ANALYZE`).
+/// planned again on every run: 8% of the CPU of a sign-in flood. Ward's queries look rows up by
+/// key and index; none gains from a plan chosen for particular values (and Ward collects no
+/// statistics: it never runs `ANALYZE`).
 fn plan_statements_once(conn: &mut SqliteConnection) -> Result<(), diesel::ConnectionError> {
     use libsqlite3_sys::{sqlite3_db_config, SQLITE_DBCONFIG_ENABLE_QPSG, SQLITE_OK};
     let mut enabled: std::ffi::c_int = 0;
