@@ -18,12 +18,14 @@ pub enum Point {
     DbConnect,
     /// Code redemption: the code's compare-and-set committed in the transaction.
     CodeClaimed,
-    /// Code redemption: the access (and refresh) token rows inserted, before the audit append.
-    CodeTokensInserted,
+    /// Code redemption: the code claimed and the tokens minted, before they are written with
+    /// their audit event.
+    CodeTokensMinted,
     /// Refresh rotation: the presented refresh token marked used, the new one not yet inserted.
     RefreshOldUsed,
-    /// Refresh rotation: the new tokens inserted, before the audit append.
-    RefreshBeforeAudit,
+    /// Refresh rotation: the old token marked used and the new tokens minted, before they are
+    /// written with their audit event.
+    RefreshTokensMinted,
     /// Revocation: the family (or access token) revoked, before the audit append.
     RevokeBeforeAudit,
 }
@@ -35,9 +37,9 @@ impl Point {
     pub const ALL: [Point; 6] = [
         Point::DbConnect,
         Point::CodeClaimed,
-        Point::CodeTokensInserted,
+        Point::CodeTokensMinted,
         Point::RefreshOldUsed,
-        Point::RefreshBeforeAudit,
+        Point::RefreshTokensMinted,
         Point::RevokeBeforeAudit,
     ];
 
@@ -45,9 +47,9 @@ impl Point {
         match self {
             Point::DbConnect => "db.connect",
             Point::CodeClaimed => "token.after_code_claimed",
-            Point::CodeTokensInserted => "token.after_code_tokens_inserted",
+            Point::CodeTokensMinted => "token.after_code_tokens_minted",
             Point::RefreshOldUsed => "token.after_refresh_old_used",
-            Point::RefreshBeforeAudit => "token.before_refresh_audit",
+            Point::RefreshTokensMinted => "token.after_refresh_tokens_minted",
             Point::RevokeBeforeAudit => "revoke.before_audit",
         }
     }

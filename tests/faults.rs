@@ -358,7 +358,7 @@ async fn a_code_whose_exchange_failed_midway_is_redeemable_exactly_once(backend:
         )
     };
     let before = snapshot(&app);
-    for point in [Point::CodeClaimed, Point::CodeTokensInserted] {
+    for point in [Point::CodeClaimed, Point::CodeTokensMinted] {
         let armed = fault::arm(point, app.state.db.identity(), Times::First(1));
         let (status, body) = redeem(&app, &code, &verifier, &client_id).await;
         assert_eq!(
@@ -414,7 +414,7 @@ async fn a_refresh_or_revocation_that_failed_midway_changes_nothing(backend: Bac
         )
     };
     let before = snapshot(&app);
-    for point in [Point::RefreshOldUsed, Point::RefreshBeforeAudit] {
+    for point in [Point::RefreshOldUsed, Point::RefreshTokensMinted] {
         let armed = fault::arm(point, app.state.db.identity(), Times::First(1));
         refresh_answer(&app, &r1, &client_id)
             .await

@@ -189,7 +189,15 @@ async fn housekeeping_purges_expired_grants_and_keeps_live_ones(backend: Backend
             },
         )
         .unwrap();
-        grants::record_assertion_jti(&mut conn, "ehr", id, expires_at).unwrap();
+        grants::record_assertion_jti(
+            &mut conn,
+            &grants::AssertionJtiRow {
+                client_id: "ehr".into(),
+                jti: id.into(),
+                expires_at,
+            },
+        )
+        .unwrap();
     }
     for (id, expires_at) in [("fam-old", NOW - 2 * day), ("fam-live", NOW + day)] {
         grants::insert_family(

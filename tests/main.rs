@@ -21,3 +21,4 @@ mod registry;
 mod services;
 mod smart;
 mod tls;
+mod token_writes;

@@ -69,26 +69,33 @@ pub fn append(
     ctx: &AuditContext,
     event: &AuditEvent,
 ) -> Result<(), StoreError> {
+    audit_events::insert(conn, &row(clock, ctx, event)?)
+}
+
+/// The row `append` would insert, for a caller that writes it together with its action's own
+/// rows (`store::together`).
+pub fn row(
+    clock: &dyn Clock,
+    ctx: &AuditContext,
+    event: &AuditEvent,
+) -> Result<NewAuditEventRow, StoreError> {
     let details = serde_json::to_value(event)
         .map_err(|e| StoreError::Corrupt(format!("audit event does not serialise: {e}")))?;
     let details = strip_tag(details);
-    audit_events::insert(
-        conn,
-        &NewAuditEventRow {
-            occurred_at: clock.now_millis(),
-            action: event.action().to_owned(),
-            outcome: event.outcome().as_str().to_owned(),
-            severity: event.severity().as_str().to_owned(),
-            actor_user: ctx.actor_user.clone(),
-            actor_client: ctx.actor_client.clone(),
-            source_ip: ctx.source_ip.clone(),
-            user_agent: ctx.user_agent.clone(),
-            request_id: ctx.request_id.clone(),
-            target_patient: event.target_patient().map(str::to_owned),
-            node: ctx.node.clone(),
-            details: details.to_string(),
-        },
-    )
+    Ok(NewAuditEventRow {
+        occurred_at: clock.now_millis(),
+        action: event.action().to_owned(),
+        outcome: event.outcome().as_str().to_owned(),
+        severity: event.severity().as_str().to_owned(),
+        actor_user: ctx.actor_user.clone(),
+        actor_client: ctx.actor_client.clone(),
+        source_ip: ctx.source_ip.clone(),
+        user_agent: ctx.user_agent.clone(),
+        request_id: ctx.request_id.clone(),
+        target_patient: event.target_patient().map(str::to_owned),
+        node: ctx.node.clone(),
+        details: details.to_string(),
+    })
 }
 
 /// Records an event that is itself the action (a refusal, a denial): its own committed

@@ -856,14 +856,18 @@ async fn token_inner(
                 clock: clock.as_ref(),
                 session_timeouts: policy.timeouts,
             };
+            if grant == "client_credentials" {
+                // The assertion's jti goes in with the issuance's own rows.
+                return token::client_credentials(
+                    conn, &iss, &ctx, &client, &params, &bases, assertion,
+                );
+            }
             // The assertion's jti first, outside the issuance's transaction: it stays consumed
             // whatever happens to the grant (a replay is refused and audited as
             // `invalid_client`).
             if let Some(assertion) = assertion {
-                let mut auth_ctx = ctx.clone();
-                auth_ctx.actor_client = None;
                 assertion
-                    .record(conn, clock.as_ref(), &auth_ctx)?
+                    .record(conn, clock.as_ref(), &ctx)?
                     .map_err(|error| token::TokenRefusal {
                         error,
                         audited: true,
@@ -872,10 +876,6 @@ async fn token_inner(
             match grant.as_str() {
                 "authorization_code" => {
                     token::authorization_code(conn, &iss, &ctx, &client, &params)
-                }
-                "client_credentials" => {
-                    token::client_credentials(conn, &iss, &ctx, &client, &params, &bases)
-                        .map_err(token::TokenRefusal::from)
                 }
                 _ => token::refresh_token(conn, &iss, &ctx, &client, &params),
             }
@@ -1661,10 +1661,7 @@ async fn revoke_inner(
                 (family, Some(row.jti))
             } else {
                 let hash = crate::crypto::sha256_b64(token.as_bytes());
-                let Some(refresh) = grants::find_refresh(conn, &hash)? else {
-                    return Ok(());
-                };
-                let Some(family) = grants::find_family(conn, &refresh.family_id)? else {
+                let Some((_, family)) = grants::find_refresh_with_family(conn, &hash)? else {
                     return Ok(());
                 };
                 (family, None)

@@ -75,23 +75,47 @@ impl UnrecordedAssertion {
         clock: &dyn crate::clock::Clock,
         ctx: &AuditContext,
     ) -> Result<Result<(), OAuthError>, StoreError> {
-        if grants::record_assertion_jti(conn, &self.client_id, &self.jti, self.exp)? {
+        if grants::record_assertion_jti(conn, &self.jti_row())? {
             return Ok(Ok(()));
         }
+        Ok(Err(self.replayed(conn, clock, ctx)?))
+    }
+
+    /// The `jti`'s row, for an action that writes it together with its own rows
+    /// (`grants::record_service_issuance`); when that finds a replay, answer it with
+    /// [`UnrecordedAssertion::replayed`].
+    pub fn jti_row(&self) -> grants::AssertionJtiRow {
+        grants::AssertionJtiRow {
+            client_id: self.client_id.clone(),
+            jti: self.jti.clone(),
+            expires_at: self.exp,
+        }
+    }
+
+    /// Audits a replayed `jti` (in its own transaction) and answers the refusal
+    /// (`invalid_client`). The event names the client; the failed authentication has no actor.
+    pub fn replayed(
+        self,
+        conn: &mut crate::store::DbConnection,
+        clock: &dyn crate::clock::Clock,
+        ctx: &AuditContext,
+    ) -> Result<OAuthError, StoreError> {
         let reason = "this client assertion (jti) was already used".to_owned();
-        write_transaction(conn, |conn| {
-            audit::append(
-                conn,
-                clock,
-                ctx,
-                &AuditEvent::ClientAuthenticationFailed {
-                    client_id: Some(self.client_id.clone()),
-                    endpoint: self.endpoint.clone(),
-                    reason: reason.clone(),
-                },
-            )
-        })?;
-        Ok(Err(OAuthError::invalid_client(reason)))
+        let ctx = AuditContext {
+            actor_client: None,
+            ..ctx.clone()
+        };
+        audit::record(
+            conn,
+            clock,
+            &ctx,
+            &AuditEvent::ClientAuthenticationFailed {
+                client_id: Some(self.client_id),
+                endpoint: self.endpoint,
+                reason: reason.clone(),
+            },
+        )?;
+        Ok(OAuthError::invalid_client(reason))
     }
 }
 

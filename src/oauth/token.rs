@@ -11,6 +11,7 @@
 use serde_json::{json, Map, Value};
 
 use super::authorize::CodeGrant;
+use super::client_auth::UnrecordedAssertion;
 use super::error::{OAuthError, Params};
 use super::pkce;
 use super::tokens::{self, AccessClaims, IdClaims};
@@ -158,10 +159,9 @@ fn redeem(
             code: Some(&grant),
             fhir_user,
         };
-        let response = issue(conn, iss, client, &family, &scopes, minted, now)?;
-        fault::point(Point::CodeTokensInserted)?;
-        audit::append(
-            conn,
+        let issued = issue(iss, client, &family, &scopes, minted, now)?;
+        fault::point(Point::CodeTokensMinted)?;
+        let event = audit::row(
             iss.clock,
             ctx,
             &AuditEvent::TokenIssued {
@@ -172,7 +172,8 @@ fn redeem(
                 patient: grant.context.patient.clone(),
             },
         )?;
-        Ok(Ok(response))
+        grants::record_issuance(conn, &issued.access, issued.refresh.as_ref(), &event)?;
+        Ok(Ok(issued.body))
     });
     match result {
         Ok(inner) => inner,
@@ -193,6 +194,11 @@ pub fn admin_api_audience(issuer: &str) -> String {
 /// Where the admin API lives under the issuer.
 pub const ADMIN_API_PATH: &str = "/admin/api/v1";
 
+///
+/// The assertion's `jti` is written with the issuance (`grants::record_service_issuance`: one
+/// statement on PostgreSQL), or alone before a refusal, so it is consumed either way and a
+/// replay is refused (`invalid_client`) whatever else is wrong with the request.
+#[allow(clippy::too_many_arguments)]
 pub fn client_credentials(
     conn: &mut DbConnection,
     iss: &Issuer<'_>,
@@ -200,7 +206,66 @@ pub fn client_credentials(
     client: &Client,
     params: &Params,
     fhir_bases: &[String],
-) -> Result<Value, OAuthError> {
+    assertion: Option<UnrecordedAssertion>,
+) -> Result<Value, TokenRefusal> {
+    let planned = backend_grant(iss, client, params, fhir_bases);
+    let Some(assertion) = assertion else {
+        // Only a `private_key_jwt` client presents an assertion, and `backend_grant` refuses
+        // every other client.
+        let refusal = planned.err().unwrap_or_else(|| {
+            OAuthError::unauthorized_client("backend services authenticate with private_key_jwt")
+        });
+        return Err(refusal.into());
+    };
+    let (family, granted) = match planned {
+        Ok(planned) => planned,
+        Err(refusal) => {
+            assertion
+                .record(conn, iss.clock, ctx)?
+                .map_err(|error| TokenRefusal {
+                    error,
+                    audited: true,
+                })?;
+            return Err(refusal.into());
+        }
+    };
+    let issued = issue(
+        iss,
+        client,
+        &family,
+        &granted,
+        Minted::default(),
+        family.created_at,
+    )?;
+    let event = audit::row(
+        iss.clock,
+        ctx,
+        &AuditEvent::TokenIssued {
+            client_id: client.client_id.clone(),
+            grant: "client_credentials".into(),
+            family: family.id.clone(),
+            scope: granted.to_string(),
+            patient: None,
+        },
+    )?;
+    if grants::record_service_issuance(conn, &assertion.jti_row(), &family, &issued.access, &event)?
+    {
+        return Ok(issued.body);
+    }
+    Err(TokenRefusal {
+        error: assertion.replayed(conn, iss.clock, ctx)?,
+        audited: true,
+    })
+}
+
+/// What a `client_credentials` request may have, as the family to issue it in: checks only,
+/// nothing read or written.
+fn backend_grant(
+    iss: &Issuer<'_>,
+    client: &Client,
+    params: &Params,
+    fhir_bases: &[String],
+) -> Result<(FamilyRow, ScopeSet), OAuthError> {
     allowed(client, GrantType::ClientCredentials)?;
     if client.settings.auth_method != crate::clients::AuthMethod::PrivateKeyJwt {
         return Err(OAuthError::unauthorized_client(
@@ -282,23 +347,7 @@ pub fn client_credentials(
         revoked_at: None,
         revoked_reason: None,
     };
-    write_transaction(conn, |conn| {
-        grants::insert_family(conn, &family)?;
-        let response = issue(conn, iss, client, &family, &granted, Minted::default(), now)?;
-        audit::append(
-            conn,
-            iss.clock,
-            ctx,
-            &AuditEvent::TokenIssued {
-                client_id: client.client_id.clone(),
-                grant: "client_credentials".into(),
-                family: family.id.clone(),
-                scope: granted.to_string(),
-                patient: None,
-            },
-        )?;
-        Ok(response)
-    })
+    Ok((family, granted))
 }
 
 /// `grant_type=refresh_token`.
@@ -313,10 +362,7 @@ pub fn refresh_token(
     let presented = params.require("refresh_token")?;
     let now = iss.clock.now_secs();
     let hash = sha256_b64(presented.as_bytes());
-    let Some(row) = grants::find_refresh(conn, &hash)? else {
-        return Err(OAuthError::invalid_grant("unknown refresh token").into());
-    };
-    let Some(family) = grants::find_family(conn, &row.family_id)? else {
+    let Some((row, family)) = grants::find_refresh_with_family(conn, &hash)? else {
         return Err(OAuthError::invalid_grant("unknown refresh token").into());
     };
     if family.client_id != client.client_id {
@@ -432,10 +478,9 @@ fn rotate(
             code: None,
             fhir_user,
         };
-        let response = issue(conn, iss, client, family, &scopes, minted, now)?;
-        fault::point(Point::RefreshBeforeAudit)?;
-        audit::append(
-            conn,
+        let issued = issue(iss, client, family, &scopes, minted, now)?;
+        fault::point(Point::RefreshTokensMinted)?;
+        let event = audit::row(
             iss.clock,
             ctx,
             &AuditEvent::TokenIssued {
@@ -446,7 +491,8 @@ fn rotate(
                 patient: context_of(family).patient,
             },
         )?;
-        Ok(Ok(response))
+        grants::record_issuance(conn, &issued.access, issued.refresh.as_ref(), &event)?;
+        Ok(Ok(issued.body))
     });
     match result {
         Ok(inner) => inner,
@@ -570,17 +616,24 @@ struct Minted<'a> {
     fhir_user: Option<String>,
 }
 
-/// Mints and records the tokens of one response: an access token always, a refresh token when
-/// the family is refreshable, an ID token on code redemption when `openid` was granted.
+/// The tokens of one response and the rows that record them (the caller writes those with
+/// the response's audit event: `grants::record_issuance`).
+struct Issued {
+    body: Value,
+    access: AccessTokenRow,
+    refresh: Option<RefreshRow>,
+}
+
+/// Mints the tokens of one response: an access token always, a refresh token when the family
+/// is refreshable, an ID token on code redemption when `openid` was granted.
 fn issue(
-    conn: &mut DbConnection,
     iss: &Issuer<'_>,
     client: &Client,
     family: &FamilyRow,
     scopes: &ScopeSet,
     minted: Minted<'_>,
     now: i64,
-) -> Result<Value, OAuthError> {
+) -> Result<Issued, OAuthError> {
     let code = minted.code;
     let settings = &client.settings;
     let context = context_of(family);
@@ -616,21 +669,18 @@ fn issue(
     };
     let signer = iss.keys.signer(KeyAlg::Es256, now)?;
     let access_token = tokens::mint_access(&signer, &claims)?;
-    grants::insert_access_token(
-        conn,
-        &AccessTokenRow {
-            jti,
-            family_id: family.id.clone(),
-            client_id: client.client_id.clone(),
-            user_id: family.user_id.clone(),
-            scope: scopes.to_string(),
-            aud: family.aud.clone(),
-            issued_at: now,
-            expires_at: now + lifetime,
-            revoked_at: None,
-            introspected_at: None,
-        },
-    )?;
+    let access = AccessTokenRow {
+        jti,
+        family_id: family.id.clone(),
+        client_id: client.client_id.clone(),
+        user_id: family.user_id.clone(),
+        scope: scopes.to_string(),
+        aud: family.aud.clone(),
+        issued_at: now,
+        expires_at: now + lifetime,
+        revoked_at: None,
+        introspected_at: None,
+    };
     let mut body = Map::new();
     body.insert("access_token".into(), json!(access_token));
     body.insert("token_type".into(), json!("Bearer"));
@@ -645,19 +695,17 @@ fn issue(
         && !break_glass
         && (family_scopes.has(IdentityScope::OfflineAccess)
             || family_scopes.has(IdentityScope::OnlineAccess));
+    let mut refresh = None;
     if refreshable && settings.grant_types.contains(&GrantType::RefreshToken) {
-        let refresh = random_token(32);
-        grants::insert_refresh(
-            conn,
-            &RefreshRow {
-                token_hash: sha256_b64(refresh.as_bytes()),
-                family_id: family.id.clone(),
-                created_at: now,
-                expires_at: (now + settings.refresh_token_idle_lifetime).min(family.expires_at),
-                used_at: None,
-            },
-        )?;
-        body.insert("refresh_token".into(), json!(refresh));
+        let token = random_token(32);
+        refresh = Some(RefreshRow {
+            token_hash: sha256_b64(token.as_bytes()),
+            family_id: family.id.clone(),
+            created_at: now,
+            expires_at: (now + settings.refresh_token_idle_lifetime).min(family.expires_at),
+            used_at: None,
+        });
+        body.insert("refresh_token".into(), json!(token));
     }
     if let Some(code) = code.filter(|_| scopes.has(IdentityScope::OpenId)) {
         let profile = scopes.has(IdentityScope::Profile);
@@ -681,7 +729,11 @@ fn issue(
     for (k, v) in context.members() {
         body.insert(k, v);
     }
-    Ok(Value::Object(body))
+    Ok(Issued {
+        body: Value::Object(body),
+        access,
+        refresh,
+    })
 }
 
 fn fhir_user_of(conn: &mut DbConnection, family: &FamilyRow) -> Result<Option<String>, StoreError> {

@@ -8,12 +8,13 @@
 
 use diesel::prelude::*;
 
+use super::audit_events::NewAuditEventRow;
 use super::changes::{self, Change};
 use super::schema::{
-    access_tokens, assertion_jtis, auth_requests, authorization_codes, consents, launch_contexts,
-    refresh_tokens, token_families,
+    access_tokens, assertion_jtis, audit_events, auth_requests, authorization_codes, consents,
+    launch_contexts, refresh_tokens, token_families,
 };
-use super::{DbConnection, StoreError};
+use super::{together, DbConnection, StoreError};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = auth_requests)]
@@ -292,6 +293,19 @@ pub fn find_refresh(
         .optional()?)
 }
 
+/// A refresh token with its family (one lookup: a refresh grant needs both).
+pub fn find_refresh_with_family(
+    conn: &mut DbConnection,
+    token_hash: &str,
+) -> Result<Option<(RefreshRow, FamilyRow)>, StoreError> {
+    Ok(refresh_tokens::table
+        .inner_join(token_families::table)
+        .filter(refresh_tokens::token_hash.eq(token_hash))
+        .select((RefreshRow::as_select(), FamilyRow::as_select()))
+        .first(conn)
+        .optional()?)
+}
+
 /// The compare-and-set behind rotation: true for exactly one caller.
 pub fn use_refresh(
     conn: &mut DbConnection,
@@ -413,20 +427,23 @@ pub fn forget_consent(
     Ok(diesel::delete(consents::table.find((user_id, client_id))).execute(conn)? == 1)
 }
 
+/// A client assertion's `jti`, kept until the assertion expires (RFC 7523 §3 replay check).
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = assertion_jtis)]
+pub struct AssertionJtiRow {
+    pub client_id: String,
+    pub jti: String,
+    pub expires_at: i64,
+}
+
 /// Records an assertion's jti; false when the client used it before (a replay). The primary
 /// key makes this atomic across concurrent requests and nodes.
 pub fn record_assertion_jti(
     conn: &mut DbConnection,
-    client_id: &str,
-    jti: &str,
-    expires_at: i64,
+    row: &AssertionJtiRow,
 ) -> Result<bool, StoreError> {
     let inserted = diesel::insert_into(assertion_jtis::table)
-        .values((
-            assertion_jtis::client_id.eq(client_id),
-            assertion_jtis::jti.eq(jti),
-            assertion_jtis::expires_at.eq(expires_at),
-        ))
+        .values(row)
         .execute(conn);
     match inserted {
         Ok(_) => Ok(true),
@@ -435,6 +452,79 @@ pub fn record_assertion_jti(
             _,
         )) => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the client used this assertion `jti` before.
+fn assertion_jti_recorded(
+    conn: &mut DbConnection,
+    row: &AssertionJtiRow,
+) -> Result<bool, StoreError> {
+    let found = assertion_jtis::table
+        .find((&row.client_id, &row.jti))
+        .select(assertion_jtis::expires_at)
+        .first::<i64>(conn)
+        .optional()?;
+    Ok(found.is_some())
+}
+
+/// Writes what one token response issued, all or none (`together`: one statement on
+/// PostgreSQL): its access token, its refresh token if any, and its audit event.
+pub fn record_issuance(
+    conn: &mut DbConnection,
+    access: &AccessTokenRow,
+    refresh: Option<&RefreshRow>,
+    event: &NewAuditEventRow,
+) -> Result<(), StoreError> {
+    let access = diesel::insert_into(access_tokens::table).values(access);
+    let event = diesel::insert_into(audit_events::table).values(event);
+    match refresh {
+        Some(refresh) => {
+            let refresh = diesel::insert_into(refresh_tokens::table).values(refresh);
+            together::insert(conn, (access, refresh, event))
+        }
+        None => together::insert(conn, (access, event)),
+    }
+}
+
+/// Writes a SMART Backend Services issuance, all or none (`together`: one statement and one
+/// round trip on PostgreSQL): the client assertion's `jti`, the grant's family, its access
+/// token and the audit event. False, with nothing written, when the client used that `jti`
+/// before (a replay, also one racing on another node).
+pub fn record_service_issuance(
+    conn: &mut DbConnection,
+    jti: &AssertionJtiRow,
+    family: &FamilyRow,
+    access: &AccessTokenRow,
+    event: &NewAuditEventRow,
+) -> Result<bool, StoreError> {
+    let written = together::insert(
+        conn,
+        (
+            diesel::insert_into(assertion_jtis::table).values(jti),
+            diesel::insert_into(token_families::table).values(family),
+            diesel::insert_into(access_tokens::table).values(access),
+            diesel::insert_into(audit_events::table).values(event),
+        ),
+    );
+    match written {
+        Ok(()) => Ok(true),
+        // Family and token keys are fresh randoms: a taken key here is the jti, which the
+        // (rare) second look confirms rather than assumes.
+        Err(StoreError::Query(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            info,
+        ))) => {
+            if assertion_jti_recorded(conn, jti)? {
+                Ok(false)
+            } else {
+                Err(StoreError::Corrupt(format!(
+                    "an issuance collided on a key: {}",
+                    info.message()
+                )))
+            }
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod patients;
 pub mod roles;
 pub mod schema;
 pub mod signing_keys;
+pub mod together;
 pub mod users;
 mod writer;
 

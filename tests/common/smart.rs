@@ -331,6 +331,7 @@ pub fn count(app: &TestApp, table: &str) -> i64 {
         "auth_requests" => auth_requests::table.count().get_result(conn),
         "launch_contexts" => launch_contexts::table.count().get_result(conn),
         "consents" => consents::table.count().get_result(conn),
+        "assertion_jtis" => assertion_jtis::table.count().get_result(conn),
         other => panic!("unknown table {other}"),
     }
     .expect("count")

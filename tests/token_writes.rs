@@ -1,0 +1,252 @@
+//! What a token response writes goes in whole or not at all (`store::together`), and on
+//! PostgreSQL as one statement: one round trip for a SMART Backend Services issuance, its
+//! assertion `jti` included.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel::Connection;
+use ward::audit::{self, AuditContext, AuditEvent};
+use ward::store::grants::{self, AccessTokenRow, AssertionJtiRow, FamilyRow, RefreshRow};
+use ward::store::{DbConnection, StoreError};
+
+use crate::common::smart::{audit_actions, count, register};
+use crate::common::{Backend, TestApp};
+use crate::on_both_backends;
+
+on_both_backends!(
+    a_backend_services_issuance_is_written_whole_and_a_replayed_jti_writes_nothing,
+    an_issuance_whose_row_cannot_go_in_writes_nothing,
+);
+
+const NOW: i64 = 2_000_000_000;
+
+fn family(client_id: &str, id: &str) -> FamilyRow {
+    FamilyRow {
+        id: id.into(),
+        client_id: client_id.into(),
+        user_id: None,
+        session_id: None,
+        grant_kind: "client_credentials".into(),
+        scope: "system/Observation.rs".into(),
+        aud: "https://fhir.example.com/r4".into(),
+        context: "{}".into(),
+        created_at: NOW,
+        expires_at: NOW + 300,
+        revoked_at: None,
+        revoked_reason: None,
+    }
+}
+
+fn access(client_id: &str, family_id: &str, jti: &str) -> AccessTokenRow {
+    AccessTokenRow {
+        jti: jti.into(),
+        family_id: family_id.into(),
+        client_id: client_id.into(),
+        user_id: None,
+        scope: "system/Observation.rs".into(),
+        aud: "https://fhir.example.com/r4".into(),
+        issued_at: NOW,
+        expires_at: NOW + 300,
+        revoked_at: None,
+        introspected_at: None,
+    }
+}
+
+fn issued_event(
+    app: &TestApp,
+    client_id: &str,
+    family_id: &str,
+) -> ward::store::audit_events::NewAuditEventRow {
+    audit::row(
+        app.state.clock.as_ref(),
+        &AuditContext::cli(),
+        &AuditEvent::TokenIssued {
+            client_id: client_id.into(),
+            grant: "client_credentials".into(),
+            family: family_id.into(),
+            scope: "system/Observation.rs".into(),
+            patient: None,
+        },
+    )
+    .unwrap()
+}
+
+fn client(app: &TestApp) -> String {
+    register(
+        app,
+        serde_json::json!({"client_id": "svc", "name": "Service", "kind": "public",
+            "redirect_uris": ["https://svc.example.com/cb"], "scope": "openid"}),
+    )
+    .0
+}
+
+/// Counts the statements a PostgreSQL connection sends from now on.
+struct Statements(Arc<AtomicUsize>);
+
+impl Instrumentation for Statements {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if matches!(event, InstrumentationEvent::StartQuery { .. }) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn count_statements(conn: &mut DbConnection) -> Option<Arc<AtomicUsize>> {
+    match conn {
+        DbConnection::Postgres(pg) => {
+            let seen = Arc::new(AtomicUsize::new(0));
+            pg.set_instrumentation(Statements(Arc::clone(&seen)));
+            Some(seen)
+        }
+        DbConnection::Sqlite(_) => None,
+    }
+}
+
+fn rows(app: &TestApp) -> (i64, i64, i64, usize) {
+    (
+        count(app, "assertion_jtis"),
+        count(app, "token_families"),
+        count(app, "access_tokens"),
+        audit_actions(app, "token.issued").len(),
+    )
+}
+
+async fn a_backend_services_issuance_is_written_whole_and_a_replayed_jti_writes_nothing(
+    backend: Backend,
+) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    let client_id = client(&app);
+    let jti = AssertionJtiRow {
+        client_id: client_id.clone(),
+        jti: "assertion-1".into(),
+        expires_at: NOW + 60,
+    };
+    let before = rows(&app);
+    let mut conn = app.conn();
+    let statements = count_statements(&mut conn);
+    let fresh = grants::record_service_issuance(
+        &mut conn,
+        &jti,
+        &family(&client_id, "fam-1"),
+        &access(&client_id, "fam-1", "tok-1"),
+        &issued_event(&app, &client_id, "fam-1"),
+    )
+    .unwrap();
+    assert!(fresh);
+    if let Some(statements) = &statements {
+        // The jti, the family, the token and the audit event: one statement, no BEGIN/COMMIT.
+        assert_eq!(statements.load(Ordering::SeqCst), 1, "statements sent");
+    }
+    let after = rows(&app);
+    assert_eq!(
+        after,
+        (before.0 + 1, before.1 + 1, before.2 + 1, before.3 + 1)
+    );
+    let stored = grants::find_access_token(&mut conn, "tok-1").unwrap();
+    assert!(stored.is_some(), "the token and its family are readable");
+
+    // The same jti again (a replayed assertion): refused, and nothing of it is written.
+    let replayed = grants::record_service_issuance(
+        &mut conn,
+        &jti,
+        &family(&client_id, "fam-2"),
+        &access(&client_id, "fam-2", "tok-2"),
+        &issued_event(&app, &client_id, "fam-2"),
+    )
+    .unwrap();
+    assert!(!replayed);
+    assert_eq!(rows(&app), after);
+    assert!(grants::find_family(&mut conn, "fam-2").unwrap().is_none());
+
+    // The connection is still good for the next request (PostgreSQL aborted only the
+    // statement; no transaction was left open).
+    let next = AssertionJtiRow {
+        jti: "assertion-2".into(),
+        ..jti
+    };
+    assert!(grants::record_service_issuance(
+        &mut conn,
+        &next,
+        &family(&client_id, "fam-3"),
+        &access(&client_id, "fam-3", "tok-3"),
+        &issued_event(&app, &client_id, "fam-3"),
+    )
+    .unwrap());
+    assert_eq!(rows(&app).2, after.2 + 1);
+}
+
+async fn an_issuance_whose_row_cannot_go_in_writes_nothing(backend: Backend) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    let client_id = client(&app);
+    let mut conn = app.conn();
+    grants::insert_family(&mut conn, &family(&client_id, "fam-1")).unwrap();
+    let refresh = RefreshRow {
+        token_hash: "refresh-1".into(),
+        family_id: "fam-1".into(),
+        created_at: NOW,
+        expires_at: NOW + 3600,
+        used_at: None,
+    };
+    grants::record_issuance(
+        &mut conn,
+        &access(&client_id, "fam-1", "tok-1"),
+        Some(&refresh),
+        &issued_event(&app, &client_id, "fam-1"),
+    )
+    .unwrap();
+    let before = (
+        count(&app, "access_tokens"),
+        count(&app, "refresh_tokens"),
+        audit_actions(&app, "token.issued").len(),
+    );
+    // The refresh token's key is taken: the access token before it and the audit event after
+    // it must not stay either.
+    let taken = grants::record_issuance(
+        &mut conn,
+        &access(&client_id, "fam-1", "tok-2"),
+        Some(&refresh),
+        &issued_event(&app, &client_id, "fam-1"),
+    );
+    assert!(matches!(taken, Err(StoreError::Query(_))), "{taken:?}");
+    // A token of a family that does not exist (a foreign key): nothing either.
+    let orphan = grants::record_issuance(
+        &mut conn,
+        &access(&client_id, "no-such-family", "tok-3"),
+        None,
+        &issued_event(&app, &client_id, "no-such-family"),
+    );
+    assert!(matches!(orphan, Err(StoreError::Query(_))), "{orphan:?}");
+    assert_eq!(
+        (
+            count(&app, "access_tokens"),
+            count(&app, "refresh_tokens"),
+            audit_actions(&app, "token.issued").len(),
+        ),
+        before
+    );
+    for jti in ["tok-2", "tok-3"] {
+        assert!(
+            grants::find_access_token(&mut conn, jti).unwrap().is_none(),
+            "{jti}"
+        );
+    }
+    // Inside a transaction the caller's rollback undoes a failed set.
+    let in_transaction = ward::store::write_transaction(&mut conn, |conn| {
+        grants::record_issuance(
+            conn,
+            &access(&client_id, "fam-1", "tok-4"),
+            Some(&refresh),
+            &issued_event(&app, &client_id, "fam-1"),
+        )
+    });
+    assert!(in_transaction.is_err());
+    assert!(grants::find_access_token(&mut conn, "tok-4")
+        .unwrap()
+        .is_none());
+}
