@@ -587,4 +587,74 @@ mod tests {
         }
         assert_eq!(get(&mut conn) - before, 0, "statements were planned again");
     }
+
+    /// The plan SQLite chooses for `sql`, with its parameters unknown while it plans: how
+    /// Ward's statements are planned too (once, when prepared: `plan_statements_once`).
+    fn plan(conn: &mut DbConnection, sql: &str) -> String {
+        #[derive(diesel::QueryableByName)]
+        struct Step {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            detail: String,
+        }
+        let DbConnection::Sqlite(inner) = conn else {
+            unreachable!("a SQLite target gives a SQLite connection")
+        };
+        let mut query = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}")).into_boxed();
+        for _ in 0..sql.matches('?').count() {
+            query = query
+                .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(None::<String>);
+        }
+        let steps: Vec<Step> = diesel::RunQueryDsl::load(query, inner).unwrap();
+        steps
+            .into_iter()
+            .map(|s| s.detail)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Mostly-NULL columns are indexed only where they hold a value (migration 11); the
+    /// lookups Ward makes on them (the shapes diesel writes for `chain_head`, `hash_at`,
+    /// `chain_after`, the audit search by patient, a user's grants) must still use the index.
+    #[test]
+    fn lookups_on_sparse_columns_still_use_their_partial_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = ConnectionManager::new(DatabaseTarget::Sqlite(dir.path().join("ward.db")));
+        let mut conn = manager.establish().unwrap();
+        migrate::run_pending(&mut conn).unwrap();
+        let expectations = [
+            (
+                "SELECT chain_seq, chain_hash FROM audit_events WHERE chain_seq IS NOT NULL \
+                 ORDER BY chain_seq DESC LIMIT ?",
+                "audit_events_chain_seq",
+            ),
+            (
+                "SELECT chain_hash FROM audit_events WHERE chain_seq = ? LIMIT ?",
+                "audit_events_chain_seq",
+            ),
+            (
+                "SELECT * FROM audit_events WHERE chain_seq > ? ORDER BY chain_seq LIMIT ?",
+                "audit_events_chain_seq",
+            ),
+            (
+                "SELECT * FROM audit_events WHERE target_patient = ? ORDER BY id DESC LIMIT ?",
+                "audit_events_patient",
+            ),
+            (
+                "SELECT * FROM token_families WHERE revoked_at IS NULL AND expires_at > ? \
+                 AND user_id = ?",
+                "token_families_user",
+            ),
+            (
+                "UPDATE token_families SET revoked_at = ? WHERE revoked_at IS NULL AND user_id = ?",
+                "token_families_user",
+            ),
+        ];
+        for (sql, index) in expectations {
+            let plan = plan(&mut conn, sql);
+            assert!(
+                plan.contains(&format!("USING INDEX {index}")),
+                "{sql}\n  planned as: {plan}"
+            );
+        }
+    }
 }
