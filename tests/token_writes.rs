@@ -8,7 +8,7 @@ use std::sync::Arc;
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::Connection;
 use ward::audit::{self, AuditContext, AuditEvent};
-use ward::store::grants::{self, AccessTokenRow, AssertionJtiRow, FamilyRow, RefreshRow};
+use ward::store::grants::{self, AccessTokenRow, AssertionJtiRow, FamilyRow, RefreshRow, Rotation};
 use ward::store::{DbConnection, StoreError};
 
 use crate::common::smart::{audit_actions, count, register};
@@ -18,6 +18,7 @@ use crate::on_both_backends;
 on_both_backends!(
     a_backend_services_issuance_is_written_whole_and_a_replayed_jti_writes_nothing,
     an_issuance_whose_row_cannot_go_in_writes_nothing,
+    a_refresh_token_is_used_once_and_never_after_its_grant_ended,
 );
 
 const NOW: i64 = 2_000_000_000;
@@ -249,4 +250,53 @@ async fn an_issuance_whose_row_cannot_go_in_writes_nothing(backend: Backend) {
     assert!(grants::find_access_token(&mut conn, "tok-4")
         .unwrap()
         .is_none());
+}
+
+/// `use_refresh` is the rotation's compare-and-set: one winner, and a grant revoked (or
+/// expired) after the refresh token was read wins over it, leaving the token unused.
+async fn a_refresh_token_is_used_once_and_never_after_its_grant_ended(backend: Backend) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    let client_id = client(&app);
+    let mut conn = app.conn();
+    let refresh = |token_hash: &str, family_id: &str| RefreshRow {
+        token_hash: token_hash.into(),
+        family_id: family_id.into(),
+        created_at: NOW,
+        expires_at: NOW + 3600,
+        used_at: None,
+    };
+    for id in ["fam-live", "fam-revoked", "fam-expired"] {
+        grants::insert_family(&mut conn, &family(&client_id, id)).unwrap();
+        grants::insert_refresh(&mut conn, &refresh(id, id)).unwrap();
+    }
+    let now = NOW + 10;
+    assert_eq!(
+        grants::use_refresh(&mut conn, "fam-live", "fam-live", now).unwrap(),
+        Rotation::Used
+    );
+    assert_eq!(
+        grants::use_refresh(&mut conn, "fam-live", "fam-live", now).unwrap(),
+        Rotation::UsedBefore
+    );
+    assert!(grants::revoke_family(&mut conn, "fam-revoked", "test", now).unwrap());
+    assert_eq!(
+        grants::use_refresh(&mut conn, "fam-revoked", "fam-revoked", now).unwrap(),
+        Rotation::GrantEnded
+    );
+    // The family lives until NOW + 300.
+    assert_eq!(
+        grants::use_refresh(&mut conn, "fam-expired", "fam-expired", NOW + 300).unwrap(),
+        Rotation::GrantEnded
+    );
+    // A token presented with another family's id is not that family's to use.
+    assert_eq!(
+        grants::use_refresh(&mut conn, "fam-expired", "fam-live", now).unwrap(),
+        Rotation::GrantEnded
+    );
+    for id in ["fam-revoked", "fam-expired"] {
+        let row = grants::find_refresh(&mut conn, id).unwrap().unwrap();
+        assert_eq!(row.used_at, None, "{id} was marked used");
+    }
 }

@@ -24,7 +24,7 @@ use crate::fault::{self, Point};
 use crate::keys::{KeyAlg, KeyRing};
 use crate::smart::launch::LaunchContext;
 use crate::smart::scopes::{IdentityScope, ScopeSet};
-use crate::store::grants::{self, AccessTokenRow, FamilyRow, RefreshRow};
+use crate::store::grants::{self, AccessTokenRow, FamilyRow, RefreshRow, Rotation};
 use crate::store::{credentials, write_transaction, DbConnection, StoreError};
 
 /// What the grants need besides the database.
@@ -453,20 +453,23 @@ fn rotate(
         }
     }
     let result = write_transaction(conn, |conn| {
-        if !grants::use_refresh(conn, &row.token_hash, now)? {
-            return Ok::<_, OAuthError>(Err(Refusal::Reuse {
-                family: family.id.clone(),
-                kind: "refresh_token",
-            }));
+        // A revocation that committed after the checks above wins over this refresh.
+        match grants::use_refresh(conn, &row.token_hash, &family.id, now)? {
+            Rotation::Used => {}
+            Rotation::UsedBefore => {
+                return Ok::<_, OAuthError>(Err(Refusal::Reuse {
+                    family: family.id.clone(),
+                    kind: "refresh_token",
+                }))
+            }
+            Rotation::GrantEnded => {
+                return Ok(Err(OAuthError::invalid_grant(
+                    "the refresh token was revoked",
+                )
+                .into()))
+            }
         }
         fault::point(Point::RefreshOldUsed)?;
-        // A revocation that committed after the checks above wins over this refresh.
-        if live_family(conn, &family.id, now).is_err() {
-            return Ok(Err(OAuthError::invalid_grant(
-                "the refresh token was revoked",
-            )
-            .into()));
-        }
         if let Some(session_id) = &family.session_id {
             if let Some(s) = credentials::find_session_by_public_id(conn, session_id)? {
                 if now - s.last_seen_at >= 60 {

@@ -306,20 +306,55 @@ pub fn find_refresh_with_family(
         .optional()?)
 }
 
-/// The compare-and-set behind rotation: true for exactly one caller.
+/// What became of an attempt to use a refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// This caller used it: the only one ever to.
+    Used,
+    /// It was used before (by an earlier request, or one racing this one).
+    UsedBefore,
+    /// Its grant was revoked or has expired.
+    GrantEnded,
+}
+
+/// The compare-and-set behind rotation, in one statement: marks the token used when nobody
+/// has used it and its family (`family_id`, read with it) is still live at `now`, so a
+/// revocation committed since that read wins. `Rotation::Used` for exactly one caller; a
+/// caller that lost reads again (rarely) to say why.
 pub fn use_refresh(
     conn: &mut DbConnection,
     token_hash: &str,
+    family_id: &str,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Rotation, StoreError> {
+    let live_family = token_families::table
+        .find(family_id)
+        .filter(token_families::revoked_at.is_null())
+        .filter(token_families::expires_at.gt(now));
     let n = diesel::update(
         refresh_tokens::table
             .find(token_hash)
-            .filter(refresh_tokens::used_at.is_null()),
+            .filter(refresh_tokens::used_at.is_null())
+            .filter(refresh_tokens::family_id.eq(family_id))
+            .filter(diesel::dsl::exists(live_family)),
     )
     .set(refresh_tokens::used_at.eq(Some(now)))
     .execute(conn)?;
-    Ok(n == 1)
+    if n == 1 {
+        return Ok(Rotation::Used);
+    }
+    let used_before = refresh_tokens::table
+        .find(token_hash)
+        .select(refresh_tokens::used_at)
+        .first::<Option<i64>>(conn)
+        .optional()?
+        .flatten()
+        .is_some();
+    Ok(if used_before {
+        Rotation::UsedBefore
+    } else {
+        Rotation::GrantEnded
+    })
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
