@@ -20,7 +20,7 @@ use crate::crypto::{random_token, sha256_b64};
 use crate::smart::launch::LaunchContext;
 use crate::smart::scopes::{IdentityScope, ScopeSet};
 use crate::store::grants::{self, AuthRequestRow, CodeRow, ConsentRow, FamilyRow};
-use crate::store::{credentials, roles, write_transaction, DbConnection, StoreError};
+use crate::store::{roles, write_transaction, DbConnection, StoreError};
 
 /// How long a person has to sign in, pick a patient and consent.
 pub const REQUEST_TTL: i64 = 600;
@@ -254,16 +254,13 @@ pub fn load(
 
 /// The signed-in person with the scope ceilings of their roles.
 pub fn subject(conn: &mut DbConnection, user_id: &str) -> Result<Option<Subject>, StoreError> {
-    let Some(user) = credentials::login_user_by_id(conn, user_id)? else {
+    let Some((user, held)) = roles::user_with_roles(conn, user_id)? else {
         return Ok(None);
     };
     if !user.enabled {
         return Ok(None);
     }
-    let roles: Vec<Role> = roles::of_user(conn, user_id)?
-        .into_iter()
-        .map(Role::from)
-        .collect();
+    let roles: Vec<Role> = held.into_iter().map(Role::from).collect();
     Ok(Some(Subject {
         user_id: user.id,
         username: user.username,

@@ -2,7 +2,8 @@
 
 use diesel::prelude::*;
 
-use super::schema::{roles, user_roles};
+use super::credentials::LoginUserRow;
+use super::schema::{roles, user_roles, users};
 use super::{DbConnection, StoreError};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
@@ -45,6 +46,29 @@ pub fn of_user(conn: &mut DbConnection, user_id: &str) -> Result<Vec<RoleRow>, S
         .select(RoleRow::as_select())
         .order(roles::name)
         .load(conn)?)
+}
+
+/// A user (as sign-in sees them) with the roles they hold, by name: one statement (a left
+/// join, so a user without roles is found too). `None` when there is no such user.
+pub fn user_with_roles(
+    conn: &mut DbConnection,
+    user_id: &str,
+) -> Result<Option<(LoginUserRow, Vec<RoleRow>)>, StoreError> {
+    let rows: Vec<(LoginUserRow, Option<RoleRow>)> = users::table
+        .left_join(user_roles::table.inner_join(roles::table))
+        .filter(users::id.eq(user_id))
+        .select((LoginUserRow::as_select(), Option::<RoleRow>::as_select()))
+        .order(roles::name)
+        .load(conn)?;
+    let mut rows = rows.into_iter();
+    let Some((user, first)) = rows.next() else {
+        return Ok(None);
+    };
+    let held = first
+        .into_iter()
+        .chain(rows.filter_map(|(_, role)| role))
+        .collect();
+    Ok(Some((user, held)))
 }
 
 pub fn find_many(conn: &mut DbConnection, names: &[String]) -> Result<Vec<RoleRow>, StoreError> {
@@ -144,5 +168,20 @@ mod tests {
         assert_eq!(names(conn, "ben"), ["test-nurse"]);
         assert!(names(conn, "cy").is_empty());
         assert!(names(conn, "nobody").is_empty());
+        // The same, with the user, in one statement.
+        let with_user = |conn: &mut DbConnection, id: &str| {
+            user_with_roles(conn, id).unwrap().map(|(user, held)| {
+                let held: Vec<String> = held.into_iter().map(|r| r.name).collect();
+                (user.id, held)
+            })
+        };
+        for id in ["ana", "ben", "cy"] {
+            assert_eq!(
+                with_user(conn, id),
+                Some((id.to_owned(), names(conn, id))),
+                "{id}"
+            );
+        }
+        assert_eq!(with_user(conn, "nobody"), None);
     }
 }
