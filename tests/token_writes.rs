@@ -19,6 +19,7 @@ on_both_backends!(
     a_backend_services_issuance_is_written_whole_and_a_replayed_jti_writes_nothing,
     an_issuance_whose_row_cannot_go_in_writes_nothing,
     a_refresh_token_is_used_once_and_never_after_its_grant_ended,
+    an_issuance_that_fails_midway_in_a_group_commit_leaves_its_jti_unused,
 );
 
 const NOW: i64 = 2_000_000_000;
@@ -299,4 +300,45 @@ async fn a_refresh_token_is_used_once_and_never_after_its_grant_ended(backend: B
         let row = grants::find_refresh(&mut conn, id).unwrap().unwrap();
         assert_eq!(row.used_at, None, "{id} was marked used");
     }
+}
+
+/// Through `Db::write`, where on SQLite the issuance is one piece of a group-committed batch:
+/// a row that cannot go in after the jti did must take the jti with it (the batch commits
+/// what a piece wrote outside its own transactions).
+async fn an_issuance_that_fails_midway_in_a_group_commit_leaves_its_jti_unused(backend: Backend) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    let client_id = client(&app);
+    grants::insert_family(&mut app.conn(), &family(&client_id, "fam-taken")).unwrap();
+    let jti = AssertionJtiRow {
+        client_id: client_id.clone(),
+        jti: "assertion-1".into(),
+        expires_at: NOW + 60,
+    };
+    let before = rows(&app);
+    let attempt = |family_id: &'static str, token: &'static str| {
+        let (jti, client_id) = (jti.clone(), client_id.clone());
+        let event = issued_event(&app, &client_id, family_id);
+        app.state.db.write(move |conn| {
+            grants::record_service_issuance(
+                conn,
+                &jti,
+                &family(&client_id, family_id),
+                &access(&client_id, family_id, token),
+                &event,
+            )
+        })
+    };
+    // The family's key is taken: the jti before it must not stay.
+    let collided = attempt("fam-taken", "tok-1").await;
+    assert!(
+        matches!(collided, Err(StoreError::Corrupt(_))),
+        "{collided:?}"
+    );
+    assert_eq!(rows(&app), before);
+    // So the assertion is still unused, and good once.
+    assert_eq!(attempt("fam-1", "tok-1").await.unwrap(), true);
+    assert_eq!(attempt("fam-2", "tok-2").await.unwrap(), false);
+    assert_eq!(rows(&app).0, before.0 + 1);
 }

@@ -525,7 +525,9 @@ pub fn record_issuance(
 /// Writes a SMART Backend Services issuance, all or none (`together`: one statement and one
 /// round trip on PostgreSQL): the client assertion's `jti`, the grant's family, its access
 /// token and the audit event. False, with nothing written, when the client used that `jti`
-/// before (a replay, also one racing on another node).
+/// before (a replay, also one racing on another node). Call it outside a transaction on
+/// PostgreSQL: a replay fails the statement, and telling it from another failure takes a read
+/// that an aborted transaction would refuse.
 pub fn record_service_issuance(
     conn: &mut DbConnection,
     jti: &AssertionJtiRow,

@@ -9,8 +9,9 @@
 //! on the types of the parts.
 //!
 //! SQLite has no data-modifying CTEs, and no round trips to save: there the rows go in one
-//! after another, in a write transaction of their own unless one is open already (where a
-//! failure is the caller's to roll back, as for any other write).
+//! after another inside a write transaction of their own, a savepoint when one is open already
+//! (a group-committed batch, whose other pieces must not see this set half written, or the
+//! caller's transaction).
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
@@ -19,21 +20,16 @@ use diesel::result::Error;
 use diesel::sqlite::SqliteConnection;
 use diesel::{PgConnection, QueryResult};
 
-use super::{write_transaction, writer, DbConnection, StoreError};
+use super::{write_transaction, DbConnection, StoreError};
 
 /// Inserts every part of `parts` (a tuple of diesel `insert_into(…).values(…)` statements, in
 /// the order a foreign key needs them), all or none. A row that cannot go in (a unique key
 /// taken, say) fails the set with diesel's own error (`StoreError::Query`) and nothing of it
 /// written.
 pub fn insert<S: InsertSet>(conn: &mut DbConnection, parts: S) -> Result<(), StoreError> {
-    let atomic_already = match conn {
-        DbConnection::Postgres(_) => true,
-        DbConnection::Sqlite(_) => matches!(writer::depth(conn), Ok(Some(_))),
-    };
-    if atomic_already {
-        written(conn, parts)
-    } else {
-        write_transaction(conn, |conn| written(conn, parts))
+    match conn {
+        DbConnection::Postgres(_) => written(conn, parts),
+        DbConnection::Sqlite(_) => write_transaction(conn, |conn| written(conn, parts)),
     }
 }
 
