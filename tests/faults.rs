@@ -339,6 +339,9 @@ async fn the_database_going_away_answers_503_and_service_resumes_by_itself(backe
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{page:?}");
 }
 
+/// Failures after the code is claimed, and after the tokens are minted: the tokens and their
+/// audit event are then written in one step (`store::together`), whose own all-or-nothing is
+/// tested in `token_writes`.
 async fn a_code_whose_exchange_failed_midway_is_redeemable_exactly_once(backend: Backend) {
     let Some(app) = smart_app(backend).await else {
         return;
@@ -396,6 +399,8 @@ async fn a_code_whose_exchange_failed_midway_is_redeemable_exactly_once(backend:
     );
 }
 
+/// Failures after the old refresh token is used, and after the new tokens are minted (written
+/// next with their audit event in one step, tested in `token_writes`).
 async fn a_refresh_or_revocation_that_failed_midway_changes_nothing(backend: Backend) {
     let Some(app) = smart_app(backend).await else {
         return;

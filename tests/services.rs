@@ -314,17 +314,41 @@ async fn rejects_bad_backend_client_assertions(backend: Backend) {
     }
     assert_eq!(count(&app, "access_tokens"), before, "nothing issued");
     assert!(audit_actions(&app, "client.authentication_failed").len() >= cases.len());
-    // A replayed jti: once fine, then refused — also when twenty arrive at once.
+    // A replayed jti: once fine, then refused — also when twenty arrive at once. Each replay
+    // is audited once, as a failed client authentication without an actor (the client did not
+    // authenticate), and nothing else is written for it.
+    let audited = |app: &TestApp| {
+        let failed = ward::store::audit_events::list(
+            &mut app.conn(),
+            Some("client.authentication_failed"),
+            1000,
+        )
+        .unwrap();
+        (
+            failed.len(),
+            failed.iter().filter(|e| e.actor_client.is_some()).count(),
+            audit_actions(app, "token.issued").len(),
+            audit_actions(app, "token.refused").len(),
+            count(app, "access_tokens"),
+        )
+    };
     let once = rs.assertion(&token_url, now);
     assert_eq!(
         backend_token(&app, &once, "system/Observation.rs").await.0,
         StatusCode::OK
     );
+    let before_replays = audited(&app);
     let (status, body) = backend_token(&app, &once, "system/Observation.rs").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("invalid_client")),
         "rejects_replayed_jti"
+    );
+    let (failed, with_actor, issued, refused, tokens) = before_replays;
+    assert_eq!(
+        audited(&app),
+        (failed + 1, with_actor, issued, refused, tokens),
+        "a replay is one authentication failure and nothing else"
     );
     let burst = rs.assertion(&token_url, now);
     let results = futures_util::future::join_all(
@@ -336,8 +360,13 @@ async fn rejects_bad_backend_client_assertions(backend: Backend) {
         1,
         "rejects_replayed_jti_concurrently"
     );
+    assert_eq!(
+        audited(&app),
+        (failed + 20, with_actor, issued + 1, refused, tokens + 1),
+        "nineteen concurrent replays: nineteen authentication failures, one token"
+    );
     // A refused grant still consumes its assertion: the same jti cannot come back with other
-    // parameters (the jti is recorded outside the issuance's transaction).
+    // parameters (recorded on its own before the refusal is answered).
     let refused_once = rs.assertion(&token_url, now);
     let (status, body) = backend_token(&app, &refused_once, "system/Encounter.rs").await;
     assert_eq!(

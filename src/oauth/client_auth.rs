@@ -8,7 +8,9 @@
 //! assertion `jti` is refused; the jti is recorded outside the action's own transaction, so it
 //! stays consumed even when the request fails later (DESIGN.md §4). The token endpoint records
 //! it in the same group-committed piece of work as the issuance ([`authenticate_deferring_jti`]),
-//! before the issuance's transaction: one commit per request instead of two.
+//! before the issuance's transaction: one commit per request instead of two. A
+//! `client_credentials` grant writes it together with the issuance's own rows instead (one
+//! statement on PostgreSQL), and alone before any refusal.
 
 use super::assertion::{self, Expectations};
 pub use super::client_credentials::{presented, Presented};
@@ -56,7 +58,9 @@ pub async fn authenticate(
 
 /// A verified client assertion whose `jti` is still to be recorded: the caller must call
 /// [`UnrecordedAssertion::record`] before it acts for the client, in a piece of database work
-/// of its own choosing, outside the action's transaction.
+/// of its own choosing, outside the action's transaction; or write [`UnrecordedAssertion::jti_row`]
+/// in the same statement as the action, all or nothing, and answer a replay found there with
+/// [`UnrecordedAssertion::replayed`].
 #[must_use = "an assertion is not authenticated until its jti is recorded"]
 #[derive(Debug)]
 pub struct UnrecordedAssertion {

@@ -184,8 +184,6 @@ fn redeem(
 /// SMART Backend Services tokens live at most five minutes.
 pub const BACKEND_TOKEN_MAX_LIFETIME: i64 = 300;
 
-/// `grant_type=client_credentials` (SMART Backend Services): `private_key_jwt` clients only;
-/// granted = requested ∩ the client's allowed scopes (`system/` scopes); no refresh token.
 /// The audience of tokens for Ward's own admin API (DESIGN.md §5).
 pub fn admin_api_audience(issuer: &str) -> String {
     format!("{}{}", issuer.trim_end_matches('/'), ADMIN_API_PATH)
@@ -194,10 +192,12 @@ pub fn admin_api_audience(issuer: &str) -> String {
 /// Where the admin API lives under the issuer.
 pub const ADMIN_API_PATH: &str = "/admin/api/v1";
 
+/// `grant_type=client_credentials` (SMART Backend Services): `private_key_jwt` clients only;
+/// granted = requested ∩ the client's allowed scopes (`system/` scopes); no refresh token.
 ///
 /// The assertion's `jti` is written with the issuance (`grants::record_service_issuance`: one
-/// statement on PostgreSQL), or alone before a refusal, so it is consumed either way and a
-/// replay is refused (`invalid_client`) whatever else is wrong with the request.
+/// statement on PostgreSQL), or alone before a refusal or a failure to mint, so it is consumed
+/// either way and a replay is refused (`invalid_client`) whatever else is wrong.
 #[allow(clippy::too_many_arguments)]
 pub fn client_credentials(
     conn: &mut DbConnection,
@@ -229,25 +229,41 @@ pub fn client_credentials(
             return Err(refusal.into());
         }
     };
-    let issued = issue(
+    let minted = issue(
         iss,
         client,
         &family,
         &granted,
         Minted::default(),
         family.created_at,
-    )?;
-    let event = audit::row(
-        iss.clock,
-        ctx,
-        &AuditEvent::TokenIssued {
-            client_id: client.client_id.clone(),
-            grant: "client_credentials".into(),
-            family: family.id.clone(),
-            scope: granted.to_string(),
-            patient: None,
-        },
-    )?;
+    )
+    .and_then(|issued| {
+        let event = audit::row(
+            iss.clock,
+            ctx,
+            &AuditEvent::TokenIssued {
+                client_id: client.client_id.clone(),
+                grant: "client_credentials".into(),
+                family: family.id.clone(),
+                scope: granted.to_string(),
+                patient: None,
+            },
+        )?;
+        Ok((issued, event))
+    });
+    let (issued, event) = match minted {
+        Ok(minted) => minted,
+        Err(failure) => {
+            // No signing key, say: the assertion is still spent.
+            assertion
+                .record(conn, iss.clock, ctx)?
+                .map_err(|error| TokenRefusal {
+                    error,
+                    audited: true,
+                })?;
+            return Err(failure.into());
+        }
+    };
     if grants::record_service_issuance(conn, &assertion.jti_row(), &family, &issued.access, &event)?
     {
         return Ok(issued.body);
@@ -464,7 +480,7 @@ fn rotate(
             }
             Rotation::GrantEnded => {
                 return Ok(Err(OAuthError::invalid_grant(
-                    "the refresh token was revoked",
+                    "the grant was revoked or has expired",
                 )
                 .into()))
             }

@@ -2,6 +2,10 @@
 //! chain once (its two chain columns go from empty to set). Nothing in Ward deletes them.
 
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::query_dsl::methods::ExecuteDsl;
+use diesel::serialize::ToSql;
+use diesel::sql_types::{BigInt, Text};
 
 use super::schema::{audit_chain_state, audit_events};
 use super::{DbConnection, StoreError};
@@ -49,9 +53,8 @@ pub struct AuditEventRow {
 }
 
 pub fn insert(conn: &mut DbConnection, row: &NewAuditEventRow) -> Result<(), StoreError> {
-    diesel::insert_into(audit_events::table)
-        .values(row)
-        .execute(conn)?;
+    let insert = diesel::insert_into(audit_events::table).values(row);
+    on_backend!(conn, c => insert.execute(c))?;
     Ok(())
 }
 
@@ -156,18 +159,49 @@ pub fn link(
     hash: &str,
     key_id: &str,
 ) -> Result<bool, StoreError> {
-    let n = diesel::update(
-        audit_events::table
-            .find(id)
-            .filter(audit_events::chain_seq.is_null()),
-    )
-    .set((
-        audit_events::chain_seq.eq(Some(seq)),
-        audit_events::chain_hash.eq(Some(hash)),
-        audit_events::chain_key_id.eq(Some(key_id)),
-    ))
-    .execute(conn)?;
+    let link = Link {
+        id,
+        seq,
+        hash,
+        key_id,
+    };
+    let n = on_backend!(conn, c => ExecuteDsl::execute(link, c))?;
     Ok(n == 1)
+}
+
+/// `link`'s UPDATE as fixed SQL, prepared once per connection (diesel prepares every UPDATE it
+/// builds afresh, and the linker runs one per event).
+#[derive(Debug, Clone, Copy)]
+struct Link<'a> {
+    id: i64,
+    seq: i64,
+    hash: &'a str,
+    key_id: &'a str,
+}
+
+impl QueryId for Link<'_> {
+    type QueryId = Link<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<DB> QueryFragment<DB> for Link<'_>
+where
+    DB: diesel::backend::Backend,
+    i64: ToSql<BigInt, DB>,
+    str: ToSql<Text, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("UPDATE audit_events SET chain_seq = ");
+        out.push_bind_param::<BigInt, _>(&self.seq)?;
+        out.push_sql(", chain_hash = ");
+        out.push_bind_param::<Text, _>(self.hash)?;
+        out.push_sql(", chain_key_id = ");
+        out.push_bind_param::<Text, _>(self.key_id)?;
+        out.push_sql(" WHERE id = ");
+        out.push_bind_param::<BigInt, _>(&self.id)?;
+        out.push_sql(" AND chain_seq IS NULL");
+        Ok(())
+    }
 }
 
 /// Linked events with `chain_seq > after`, in chain order.

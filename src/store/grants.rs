@@ -7,6 +7,10 @@
 //! it can never be taken twice, also when requests race on several nodes.
 
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::query_dsl::methods::ExecuteDsl;
+use diesel::serialize::ToSql;
+use diesel::sql_types::{BigInt, Text};
 
 use super::audit_events::NewAuditEventRow;
 use super::changes::{self, Change};
@@ -298,12 +302,12 @@ pub fn find_refresh_with_family(
     conn: &mut DbConnection,
     token_hash: &str,
 ) -> Result<Option<(RefreshRow, FamilyRow)>, StoreError> {
-    Ok(refresh_tokens::table
+    Ok(on_backend!(conn, c => refresh_tokens::table
         .inner_join(token_families::table)
         .filter(refresh_tokens::token_hash.eq(token_hash))
         .select((RefreshRow::as_select(), FamilyRow::as_select()))
-        .first(conn)
-        .optional()?)
+        .first(c)
+        .optional())?)
 }
 
 /// What became of an attempt to use a refresh token.
@@ -327,19 +331,12 @@ pub fn use_refresh(
     family_id: &str,
     now: i64,
 ) -> Result<Rotation, StoreError> {
-    let live_family = token_families::table
-        .find(family_id)
-        .filter(token_families::revoked_at.is_null())
-        .filter(token_families::expires_at.gt(now));
-    let n = diesel::update(
-        refresh_tokens::table
-            .find(token_hash)
-            .filter(refresh_tokens::used_at.is_null())
-            .filter(refresh_tokens::family_id.eq(family_id))
-            .filter(diesel::dsl::exists(live_family)),
-    )
-    .set(refresh_tokens::used_at.eq(Some(now)))
-    .execute(conn)?;
+    let attempt = UseRefresh {
+        token_hash,
+        family_id,
+        now,
+    };
+    let n = on_backend!(conn, c => ExecuteDsl::execute(attempt, c))?;
     if n == 1 {
         return Ok(Rotation::Used);
     }
@@ -355,6 +352,42 @@ pub fn use_refresh(
     } else {
         Rotation::GrantEnded
     })
+}
+
+/// `use_refresh`'s UPDATE as fixed SQL: diesel prepares every UPDATE it builds afresh on each
+/// run (a changeset's SQL may vary with its values); this one is prepared once per connection.
+#[derive(Debug, Clone, Copy)]
+struct UseRefresh<'a> {
+    token_hash: &'a str,
+    family_id: &'a str,
+    now: i64,
+}
+
+impl QueryId for UseRefresh<'_> {
+    type QueryId = UseRefresh<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<DB> QueryFragment<DB> for UseRefresh<'_>
+where
+    DB: diesel::backend::Backend,
+    i64: ToSql<BigInt, DB>,
+    str: ToSql<Text, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("UPDATE refresh_tokens SET used_at = ");
+        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_sql(" WHERE token_hash = ");
+        out.push_bind_param::<Text, _>(self.token_hash)?;
+        out.push_sql(" AND used_at IS NULL AND family_id = ");
+        out.push_bind_param::<Text, _>(self.family_id)?;
+        out.push_sql(" AND EXISTS (SELECT 1 FROM token_families WHERE id = ");
+        out.push_bind_param::<Text, _>(self.family_id)?;
+        out.push_sql(" AND revoked_at IS NULL AND expires_at > ");
+        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_sql(")");
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -525,9 +558,7 @@ pub fn record_issuance(
 /// Writes a SMART Backend Services issuance, all or none (`together`: one statement and one
 /// round trip on PostgreSQL): the client assertion's `jti`, the grant's family, its access
 /// token and the audit event. False, with nothing written, when the client used that `jti`
-/// before (a replay, also one racing on another node). Call it outside a transaction on
-/// PostgreSQL: a replay fails the statement, and telling it from another failure takes a read
-/// that an aborted transaction would refuse.
+/// before (a replay, also one racing on another node).
 pub fn record_service_issuance(
     conn: &mut DbConnection,
     jti: &AssertionJtiRow,
@@ -535,15 +566,22 @@ pub fn record_service_issuance(
     access: &AccessTokenRow,
     event: &NewAuditEventRow,
 ) -> Result<bool, StoreError> {
-    let written = together::insert(
-        conn,
-        (
-            diesel::insert_into(assertion_jtis::table).values(jti),
-            diesel::insert_into(token_families::table).values(family),
-            diesel::insert_into(access_tokens::table).values(access),
-            diesel::insert_into(audit_events::table).values(event),
-        ),
+    let parts = (
+        diesel::insert_into(assertion_jtis::table).values(jti),
+        diesel::insert_into(token_families::table).values(family),
+        diesel::insert_into(access_tokens::table).values(access),
+        diesel::insert_into(audit_events::table).values(event),
     );
+    // On PostgreSQL a failed statement aborts the transaction around it, and telling a replay
+    // from another failure takes a read afterwards: inside a transaction the set gets a
+    // savepoint of its own (the token endpoint calls this outside one: a single round trip).
+    let in_transaction = matches!(conn, DbConnection::Postgres(_))
+        && matches!(super::writer::depth(conn), Ok(Some(_)));
+    let written = if in_transaction {
+        super::write_transaction(conn, |conn| together::insert(conn, parts))
+    } else {
+        together::insert(conn, parts)
+    };
     match written {
         Ok(()) => Ok(true),
         // Family and token keys are fresh randoms: a taken key here is the jti, which the

@@ -6,6 +6,19 @@
 //! `IMMEDIATE` so concurrent writers queue on the busy timeout instead of failing with
 //! "database is locked" halfway through.
 
+/// Runs `$body` with `$c` bound to the connection's own backend connection (`SqliteConnection`
+/// or `PgConnection`), for the statements on the hot paths: through `DbConnection`, diesel's
+/// generated multi-backend layer renders a query's whole SQL text again on every run (to find
+/// its prepared statement and to collect its binds), even when the statement is cached.
+macro_rules! on_backend {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::store::DbConnection::Sqlite($c) => $body,
+            $crate::store::DbConnection::Postgres($c) => $body,
+        }
+    };
+}
+
 pub mod audit_events;
 pub mod changes;
 pub mod clients;

@@ -54,12 +54,12 @@ pub fn user_with_roles(
     conn: &mut DbConnection,
     user_id: &str,
 ) -> Result<Option<(LoginUserRow, Vec<RoleRow>)>, StoreError> {
-    let rows: Vec<(LoginUserRow, Option<RoleRow>)> = users::table
+    let rows: Vec<(LoginUserRow, Option<RoleRow>)> = on_backend!(conn, c => users::table
         .left_join(user_roles::table.inner_join(roles::table))
         .filter(users::id.eq(user_id))
         .select((LoginUserRow::as_select(), Option::<RoleRow>::as_select()))
         .order(roles::name)
-        .load(conn)?;
+        .load(c))?;
     let mut rows = rows.into_iter();
     let Some((user, first)) = rows.next() else {
         return Ok(None);

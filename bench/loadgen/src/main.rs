@@ -328,7 +328,7 @@ async fn client_credentials(load: &Load, backend: &Backend, pool: Option<usize>)
     let target = Target::resolve(&load.base).await?;
     // A generous guess at what one Ward worker issues per second, so the pool lasts the run.
     let per_second = match backend.alg {
-        Alg::Rs384 => 5000.0,
+        Alg::Rs384 => 8000.0,
         Alg::Es384 => 2000.0,
     };
     let size = pool.unwrap_or(((load.seconds + load.warmup) * per_second) as usize);

@@ -1,13 +1,6 @@
--- Columns that are NULL in most rows are indexed only where they hold a value: every query
--- that uses these indexes compares the column with `=`, which implies the index's condition,
--- so the same plans serve; and a row without a value (an audit event about no patient, a
--- backend-services family without a user) no longer adds an index entry, which is one B-tree
--- write less on the token endpoint's hot inserts. Same names, same meaning: older binaries
--- run unchanged against this schema.
---
--- (Not `audit_events.chain_seq`: the audit linker finds the events still to link through the
--- NULL entries of that index; without them SQLite walks every recent event instead.)
-DROP INDEX audit_events_patient;
-CREATE INDEX audit_events_patient ON audit_events (target_patient) WHERE target_patient IS NOT NULL;
-DROP INDEX token_families_user;
-CREATE INDEX token_families_user ON token_families (user_id) WHERE user_id IS NOT NULL;
+-- SQLite only (see migrations/sqlite/2026-12-06-000011_partial_indexes): on PostgreSQL the
+-- same change would rebuild indexes of audit_events, which is never purged, under an
+-- ACCESS EXCLUSIVE lock inside the migration's transaction, stalling every node's token
+-- endpoint during a rolling upgrade; and there the token endpoint is bound by round trips,
+-- not by index writes. An operator who wants it runs CREATE INDEX CONCURRENTLY by hand.
+SELECT 1;

@@ -6,7 +6,8 @@
 -- run unchanged against this schema.
 --
 -- (Not `audit_events.chain_seq`: the audit linker finds the events still to link through the
--- NULL entries of that index; without them SQLite walks every recent event instead.)
+-- NULL entries of that index; without them SQLite walks every recent event instead. And not on
+-- PostgreSQL: see the migration of the same name there.)
 DROP INDEX audit_events_patient;
 CREATE INDEX audit_events_patient ON audit_events (target_patient) WHERE target_patient IS NOT NULL;
 DROP INDEX token_families_user;
