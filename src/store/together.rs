@@ -134,8 +134,6 @@ mod tests {
              INSERT INTO \"ward_meta\" (\"key\", \"value\") VALUES ($5, $6) \
              -- binds: [\"a\", \"1\", \"b\", \"2\", \"c\", \"3\"]"
         );
-        // Never cached by its type alone: the parts' SQL may vary with their values.
-        assert!(!<Together<((), (), ())> as QueryId>::HAS_STATIC_QUERY_ID);
     }
 
     #[test]
