@@ -219,15 +219,7 @@ pub fn client_credentials(
     };
     let (family, granted) = match planned {
         Ok(planned) => planned,
-        Err(refusal) => {
-            assertion
-                .record(conn, iss.clock, ctx)?
-                .map_err(|error| TokenRefusal {
-                    error,
-                    audited: true,
-                })?;
-            return Err(refusal.into());
-        }
+        Err(refusal) => return Err(spend_and_refuse(conn, iss, ctx, assertion, refusal)),
     };
     let minted = issue(
         iss,
@@ -253,16 +245,8 @@ pub fn client_credentials(
     });
     let (issued, event) = match minted {
         Ok(minted) => minted,
-        Err(failure) => {
-            // No signing key, say: the assertion is still spent.
-            assertion
-                .record(conn, iss.clock, ctx)?
-                .map_err(|error| TokenRefusal {
-                    error,
-                    audited: true,
-                })?;
-            return Err(failure.into());
-        }
+        // No signing key, say: the assertion is still spent.
+        Err(failure) => return Err(spend_and_refuse(conn, iss, ctx, assertion, failure)),
     };
     if grants::record_service_issuance(conn, &assertion.jti_row(), &family, &issued.access, &event)?
     {
@@ -272,6 +256,25 @@ pub fn client_credentials(
         error: assertion.replayed(conn, iss.clock, ctx)?,
         audited: true,
     })
+}
+
+/// Spends the assertion's `jti` on its own and answers `refusal`; or `invalid_client` (audited)
+/// when the `jti` was used before: a replay is reported as such whatever else is wrong.
+fn spend_and_refuse(
+    conn: &mut DbConnection,
+    iss: &Issuer<'_>,
+    ctx: &AuditContext,
+    assertion: UnrecordedAssertion,
+    refusal: OAuthError,
+) -> TokenRefusal {
+    match assertion.record(conn, iss.clock, ctx) {
+        Ok(Ok(())) => refusal.into(),
+        Ok(Err(replayed)) => TokenRefusal {
+            error: replayed,
+            audited: true,
+        },
+        Err(e) => e.into(),
+    }
 }
 
 /// What a `client_credentials` request may have, as the family to issue it in: checks only,
