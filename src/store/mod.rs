@@ -556,6 +556,15 @@ pub enum AdvisoryLock {
     AuditChain = 0x5741_5244_0003,
 }
 
+/// A SQLite database in `dir`, migrated, with a connection to it (unit tests of the store).
+#[cfg(test)]
+pub(crate) fn migrated_sqlite(dir: &tempfile::TempDir) -> DbConnection {
+    let manager = ConnectionManager::new(DatabaseTarget::Sqlite(dir.path().join("ward.db")));
+    let mut conn = manager.establish().expect("a SQLite connection");
+    migrate::run_pending(&mut conn).expect("migrations");
+    conn
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,9 +590,7 @@ mod tests {
     #[test]
     fn a_cached_sqlite_statement_is_not_planned_again_on_every_run() {
         let dir = tempfile::tempdir().unwrap();
-        let manager = ConnectionManager::new(DatabaseTarget::Sqlite(dir.path().join("ward.db")));
-        let mut conn = manager.establish().unwrap();
-        migrate::run_pending(&mut conn).unwrap();
+        let mut conn = migrated_sqlite(&dir);
         meta::insert(&mut conn, "k", "v").unwrap();
         let get = |conn: &mut DbConnection| {
             // `.first()` binds `LIMIT ?`, which SQLite would otherwise re-plan on every run.
@@ -633,9 +640,7 @@ mod tests {
     #[test]
     fn lookups_on_sparse_columns_still_use_their_partial_indexes() {
         let dir = tempfile::tempdir().unwrap();
-        let manager = ConnectionManager::new(DatabaseTarget::Sqlite(dir.path().join("ward.db")));
-        let mut conn = manager.establish().unwrap();
-        migrate::run_pending(&mut conn).unwrap();
+        let mut conn = migrated_sqlite(&dir);
         let expectations = [
             (
                 "SELECT * FROM audit_events WHERE target_patient = ? ORDER BY id DESC LIMIT ?",

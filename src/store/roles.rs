@@ -108,8 +108,7 @@ pub fn delete(conn: &mut DbConnection, name: &str) -> Result<bool, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatabaseTarget;
-    use crate::store::{migrate, users, ConnectionManager};
+    use crate::store::{migrated_sqlite, users};
 
     fn role(name: &str) -> RoleRow {
         RoleRow {
@@ -141,9 +140,7 @@ mod tests {
     #[test]
     fn a_users_roles_are_the_ones_they_hold_in_name_order() {
         let dir = tempfile::tempdir().unwrap();
-        let manager = ConnectionManager::new(DatabaseTarget::Sqlite(dir.path().join("ward.db")));
-        let conn = &mut manager.establish().unwrap();
-        migrate::run_pending(conn).unwrap();
+        let conn = &mut migrated_sqlite(&dir);
         for name in ["test-nurse", "test-auditor", "test-physician"] {
             insert(conn, &role(name)).unwrap();
         }

@@ -112,9 +112,8 @@ mod tests {
     use diesel::prelude::*;
 
     use super::*;
-    use crate::config::DatabaseTarget;
     use crate::store::schema::ward_meta;
-    use crate::store::{meta, migrate, ConnectionManager};
+    use crate::store::{meta, migrated_sqlite};
 
     #[test]
     fn on_postgresql_the_parts_are_one_statement_with_their_binds_in_order() {
@@ -139,9 +138,7 @@ mod tests {
     #[test]
     fn on_sqlite_a_set_with_a_row_that_cannot_go_in_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let manager = ConnectionManager::new(DatabaseTarget::Sqlite(dir.path().join("ward.db")));
-        let mut conn = manager.establish().unwrap();
-        migrate::run_pending(&mut conn).unwrap();
+        let mut conn = migrated_sqlite(&dir);
         meta::insert(&mut conn, "taken", "v").unwrap();
         let insert_row = |key: &'static str| {
             diesel::insert_into(ward_meta::table)
