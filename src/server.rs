@@ -94,12 +94,13 @@ fn spawn_key_refresh(state: AppState) {
     });
 }
 
-/// Links new audit events into the tamper-evident chain about twice a second (on PostgreSQL one
-/// node at a time; the others skip the round). The node remembers the head it saw: a chain
-/// rewritten underneath is reported and not extended.
+/// Links new audit events into the tamper-evident chain about ten times a second (on PostgreSQL
+/// one node at a time; the others skip the round). Frequent rounds keep each one small: on SQLite
+/// the linking shares the group-commit writer with the token endpoint (`chain::link_pending`).
+/// The node remembers the head it saw: a chain rewritten underneath is reported and not extended.
 fn spawn_audit_linker(state: AppState) {
     actix_web::rt::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_seen: Option<crate::audit::chain::Head> = None;
         loop {
@@ -275,8 +276,15 @@ fn spawn_wal_checkpointer(state: AppState) {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            if let Err(e) = state.db.run(crate::store::checkpoint_wal).await {
-                tracing::debug!(error = %e, "WAL checkpoint skipped; will retry");
+            match state.db.run(crate::store::checkpoint_wal).await {
+                Ok(Some(left)) if !left.complete() => tracing::debug!(
+                    frames = left.frames,
+                    copied = left.copied,
+                    busy = left.busy,
+                    "WAL checkpoint incomplete (a reader holds an older snapshot, or another checkpoint ran); will retry"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "WAL checkpoint skipped; will retry"),
             }
         }
     });

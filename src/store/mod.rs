@@ -115,10 +115,11 @@ pub struct ConnectionManager {
 /// statement journals in memory (group commit runs every piece of work in a savepoint, and a
 /// journal file would cost a write per page it touches). A server checkpoints in the
 /// background about once a second (`checkpoint_wal`); the automatic checkpoint, which runs
-/// inside whichever commit crosses the threshold, is only the safety net (64 MiB of WAL).
+/// inside whichever commit crosses the threshold, is only the safety net (256 MiB of WAL: a
+/// second of the refresh benchmark's writes is about 140 MiB).
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
      PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; \
-     PRAGMA wal_autocheckpoint = 16384;";
+     PRAGMA wal_autocheckpoint = 65536;";
 
 /// Runs `work` with the thread-local `slot` set to `value`, and puts back what it held before
 /// once `work` ends, also by unwinding (the writer's lock and the change sink of `Db::run` work).
@@ -152,15 +153,51 @@ pub fn new_row_key() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Copies what the SQLite write-ahead log holds into the database file without waiting for
-/// anyone (`PASSIVE`); a no-op on PostgreSQL. Run about once a second by a server, off the
-/// request path: one checkpoint writes a page rewritten by a thousand commits once, and one
-/// `fsync` serves them all.
-pub fn checkpoint_wal(conn: &mut DbConnection) -> Result<(), StoreError> {
-    if let DbConnection::Sqlite(inner) = conn {
-        inner.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?;
+/// What a checkpoint left: whether another checkpoint was running (then nothing was copied),
+/// the frames in the SQLite write-ahead log, and how many of them are now in the database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, diesel::QueryableByName)]
+pub struct WalCheckpoint {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub busy: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt, column_name = log)]
+    pub frames: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt, column_name = checkpointed)]
+    pub copied: i64,
+}
+
+impl WalCheckpoint {
+    /// Every frame is in the database file: the writer's next commit starts the log over from
+    /// its beginning, unless a reader still holds a snapshot that needs the log.
+    pub fn complete(&self) -> bool {
+        self.busy == 0 && self.frames >= 0 && self.copied >= self.frames
     }
-    Ok(())
+}
+
+/// Copies what the SQLite write-ahead log holds into the database file; `None` on PostgreSQL.
+/// Run about once a second by a server, off the request path: one checkpoint writes a page
+/// rewritten by a thousand commits once, and one `fsync` serves them all.
+///
+/// Two passes. The first copies the bulk while Ward's writers go on (`PASSIVE`). Alone it never
+/// catches up with a busy writer: it copies the frames that were there when it began while the
+/// writer appends more, and SQLite starts the log over only once every frame is copied. The log
+/// then grew until SQLite's automatic checkpoint ran inside the writer's commits, with two
+/// `fsync`s each (30–80 ms commits in the refresh benchmark). So the second pass copies the
+/// frames written meanwhile with this process's writers held off (the in-process write lock,
+/// about a millisecond), and the writer's next commit starts the log over: it stays about a
+/// second of writes long.
+pub fn checkpoint_wal(conn: &mut DbConnection) -> Result<Option<WalCheckpoint>, StoreError> {
+    let DbConnection::Sqlite(inner) = conn else {
+        return Ok(None);
+    };
+    let passive = |c: &mut SqliteConnection| -> Result<WalCheckpoint, StoreError> {
+        Ok(diesel::RunQueryDsl::get_result(
+            diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)"),
+            c,
+        )?)
+    };
+    passive(inner)?;
+    let _held = writer::hold()?;
+    Ok(Some(passive(inner)?))
 }
 
 /// Plans each SQLite statement once, when it is prepared (the "query planner stability

@@ -577,4 +577,59 @@ mod tests {
             .await
             .unwrap();
     }
+
+    /// How many times the SQLite write-ahead log of the database in `dir` was started over: the
+    /// checkpoint sequence number of the log's header (bytes 12..16), which SQLite counts up
+    /// whenever a writer starts writing the log from its beginning again.
+    fn log_restarts(dir: &tempfile::TempDir) -> u32 {
+        let header = std::fs::read(dir.path().join("ward.db-wal")).unwrap();
+        u32::from_be_bytes(header[12..16].try_into().unwrap())
+    }
+
+    /// Under writes that never pause, the server's checkpoints still let the writer start the log
+    /// over. Without that (a plain `PASSIVE` checkpoint, which never catches up with a busy
+    /// writer) the log grew until SQLite's automatic checkpoint ran inside a commit, with two
+    /// `fsync`s: 30–80 ms token responses in the refresh benchmark.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_checkpoints_let_a_busy_writer_start_the_log_over() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = open(&dir);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (db, stop) = (db.clone(), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (key, value) = (format!("w{w}:{i}"), "x".repeat(300));
+                        db.write(move |conn| meta::insert(conn, &key, &value))
+                            .await
+                            .unwrap();
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let before = log_restarts(&dir);
+        const CHECKPOINTS: u32 = 8;
+        for _ in 0..CHECKPOINTS {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let left = db.run(super::super::checkpoint_wal).await.unwrap();
+            let left = left.expect("a SQLite checkpoint reports the log");
+            assert!(left.complete(), "{left:?}");
+        }
+        // The writers' next commits start the log over after the last checkpoint too.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        let restarts = log_restarts(&dir) - before;
+        assert!(
+            restarts >= CHECKPOINTS - 1,
+            "the log was started over {restarts} times after {CHECKPOINTS} checkpoints"
+        );
+    }
 }
