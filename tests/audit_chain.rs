@@ -370,7 +370,8 @@ async fn verify_crosses_a_master_key_rotation(backend: Backend) {
 on_both_backends!(one_linker_round_links_a_backlog_of_many_batches);
 
 /// A node that audits faster than one batch per round still links everything: a round takes
-/// batch after batch until it is caught up (each batch its own transaction).
+/// batch after batch until it is caught up (each batch its own transaction on PostgreSQL, its
+/// own savepoint in one of the group-commit writer's transactions on SQLite).
 async fn one_linker_round_links_a_backlog_of_many_batches(backend: Backend) {
     use ward::audit::chain::{link_pending, LINK_BATCH};
     use ward::audit::{AuditContext, AuditEvent};

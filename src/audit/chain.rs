@@ -226,7 +226,8 @@ pub struct Linked {
 /// write lock for about 1.3 ms per 200 events, one transaction after another, and the kernel
 /// ran the linker's freshly woken threads ahead of the busy writer, so every half second the
 /// token endpoint stood still for 10–17 ms (its p99). On PostgreSQL `write` is `run`: each batch
-/// is its own transaction under the chain's advisory lock.
+/// is its own transaction under the chain's advisory lock. A round with nothing to link only
+/// reads (`run`), on either backend.
 pub async fn link_pending(
     db: &crate::store::Db,
     sealer: &Sealer,
@@ -236,9 +237,17 @@ pub async fn link_pending(
     let mut total = 0;
     for _ in 0..MAX_BATCHES_PER_ROUND {
         let (sealer, seen) = (sealer.clone(), last_seen.clone());
-        let linked = db
-            .write(move |conn| link(conn, &sealer, now_ms, seen.as_ref()))
+        // Nothing waiting (a quiet node, ten times a second): `link` only reads, so it needs
+        // no place in the writer's queue, nor SQLite's write lock.
+        let waiting = db
+            .run(move |conn| audit_events::any_unlinked_since(conn, now_ms - LINK_WINDOW_MS))
             .await?;
+        let work = move |conn: &mut DbConnection| link(conn, &sealer, now_ms, seen.as_ref());
+        let linked = if waiting {
+            db.write(work).await?
+        } else {
+            db.run(work).await?
+        };
         total += linked.count;
         if linked.head.is_some() {
             *last_seen = linked.head;

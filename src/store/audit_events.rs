@@ -116,7 +116,7 @@ fn legacy_max_id(conn: &mut DbConnection) -> Result<i64, StoreError> {
 }
 
 /// Whether any event waits to be linked: inserted since `since_ms`, or from before the chain
-/// (a cheap read before the linker takes any lock).
+/// (a cheap read before the linker takes any lock, or queues work for the SQLite writer).
 pub fn any_unlinked_since(conn: &mut DbConnection, since_ms: i64) -> Result<bool, StoreError> {
     let legacy = legacy_max_id(conn)?;
     let n: i64 = audit_events::table

@@ -166,8 +166,10 @@ pub struct WalCheckpoint {
 }
 
 impl WalCheckpoint {
-    /// Every frame is in the database file: the writer's next commit starts the log over from
-    /// its beginning, unless a reader still holds a snapshot that needs the log.
+    /// Every frame the log held when this pass began is in the database file. With the writer
+    /// held off (the last pass of `checkpoint_wal`), that is every frame, and the writer's next
+    /// commit starts the log over from its beginning, unless a reader still holds a snapshot
+    /// that needs the log.
     pub fn complete(&self) -> bool {
         self.busy == 0 && self.frames >= 0 && self.copied >= self.frames
     }
@@ -181,11 +183,17 @@ impl WalCheckpoint {
 /// catches up with a busy writer: it copies the frames that were there when it began while the
 /// writer appends more, and SQLite starts the log over only once every frame is copied. The log
 /// then grew until SQLite's automatic checkpoint ran inside the writer's commits, with two
-/// `fsync`s each (30–80 ms commits in the refresh benchmark). So the second pass copies the
-/// frames written meanwhile with this process's writers held off (the in-process write lock,
-/// about a millisecond), and the writer's next commit starts the log over: it stays about a
-/// second of writes long.
+/// `fsync`s each (30–80 ms commits in the refresh benchmark). So further passes copy what was
+/// written meanwhile, each a shorter catch-up than the one before, until only a little is left;
+/// the last pass copies that little with this process's writers held off (the in-process write
+/// lock, for 3–15 ms in the refresh benchmark, mostly the pass's two `fsync`s; logged at debug
+/// level), and the writer's next commit starts the log over: it stays about a second of writes
+/// long.
 pub fn checkpoint_wal(conn: &mut DbConnection) -> Result<Option<WalCheckpoint>, StoreError> {
+    /// Frames written during a pass that are few enough to copy with the writer held off.
+    const FEW_FRAMES: i64 = 256;
+    /// Catch-up passes before the last one, however many frames they leave.
+    const MAX_CATCH_UP: usize = 3;
     let DbConnection::Sqlite(inner) = conn else {
         return Ok(None);
     };
@@ -195,9 +203,29 @@ pub fn checkpoint_wal(conn: &mut DbConnection) -> Result<Option<WalCheckpoint>, 
             c,
         )?)
     };
-    passive(inner)?;
+    let mut last = passive(inner)?;
+    for _ in 0..MAX_CATCH_UP {
+        let next = passive(inner)?;
+        // Fewer frames than before: the log was started over meanwhile.
+        let written_meanwhile = next.frames - last.frames;
+        last = next;
+        if next.busy != 0 || written_meanwhile < FEW_FRAMES {
+            break;
+        }
+    }
+    let micros = |since: std::time::Instant| u64::try_from(since.elapsed().as_micros());
+    let asked = std::time::Instant::now();
     let _held = writer::hold()?;
-    Ok(Some(passive(inner)?))
+    let waited = micros(asked);
+    let held_since = std::time::Instant::now();
+    let done = passive(inner)?;
+    tracing::debug!(
+        waited_us = waited.unwrap_or(u64::MAX),
+        held_us = micros(held_since).unwrap_or(u64::MAX),
+        frames = done.frames,
+        "WAL checkpoint: last pass with the writer held off"
+    );
+    Ok(Some(done))
 }
 
 /// Plans each SQLite statement once, when it is prepared (the "query planner stability
@@ -440,8 +468,9 @@ impl Db {
 }
 
 impl Db {
-    /// Like `run`, for the hot write paths (the token endpoint, and the audit events of refusals
-    /// that come in floods: shed sign-ins, failed client authentication): on SQLite the work is
+    /// Like `run`, for the hot write paths (the token endpoint, the audit events of refusals that
+    /// come in floods: shed sign-ins, failed client authentication; the audit linker's batches,
+    /// which would otherwise take the write lock in between): on SQLite the work is
     /// group-committed with whatever else is waiting (`writer`), on PostgreSQL it is `run`.
     /// The work is written as for `run`: its `write_transaction`s are atomic on their own.
     pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>

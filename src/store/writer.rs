@@ -10,8 +10,9 @@
 //!   `write_transaction` of `Db::run` work on SQLite takes it before `BEGIN IMMEDIATE`. Ward's
 //!   own writers queue in order instead of sleeping and polling; only other processes (the CLI)
 //!   still meet SQLite's busy timeout.
-//! - **Group commit** (`Combiner`, used through `Db::write`): the token endpoint's work, and the
-//!   audit events of refusals that come in floods (shed sign-ins), go to one writer thread with
+//! - **Group commit** (`Combiner`, used through `Db::write`): the token endpoint's work, the
+//!   audit events of refusals that come in floods (shed sign-ins), and the audit linker's
+//!   batches go to one writer thread with
 //!   its own connection, which runs every piece of work waiting at that moment inside one
 //!   transaction and commits once. Each piece runs as it would alone: its own
 //!   `write_transaction`s become savepoints, so a refusal or an injected fault rolls back that
@@ -230,7 +231,7 @@ impl WriterConnection {
         // The token endpoint's writes all go through this connection: a page cache big enough
         // for the hot ends of the token tables' indexes saves a read per page (SQLite's default
         // is 2 MiB; the cache fills only as pages are used, and is dropped whenever another
-        // connection commits: the audit linker, housekeeping, sign-ins, the admin API).
+        // connection commits: housekeeping, sign-ins, the admin API).
         inner
             .batch_execute(WRITER_CACHE_PRAGMA)
             .map_err(|e| format!("cannot size the page cache: {e}"))?;
