@@ -179,7 +179,7 @@ impl WalCheckpoint {
 /// Run about once a second by a server, off the request path: one checkpoint writes a page
 /// rewritten by a thousand commits once, and one `fsync` serves them all.
 ///
-/// Two passes. The first copies the bulk while Ward's writers go on (`PASSIVE`). Alone it never
+/// In passes. The first copies the bulk while Ward's writers go on (`PASSIVE`). Alone it never
 /// catches up with a busy writer: it copies the frames that were there when it began while the
 /// writer appends more, and SQLite starts the log over only once every frame is copied. The log
 /// then grew until SQLite's automatic checkpoint ran inside the writer's commits, with two
