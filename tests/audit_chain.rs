@@ -440,3 +440,72 @@ async fn one_linker_round_links_a_backlog_of_many_batches(backend: Backend) {
         "{cut:?}"
     );
 }
+
+on_both_backends!(a_batch_of_links_sets_each_event_once);
+
+/// `link_all` (one statement per batch on PostgreSQL, one per event on SQLite) writes each
+/// event's own place and hash, and never overwrites a link: its count tells the linker when
+/// an event of the batch was linked already.
+async fn a_batch_of_links_sets_each_event_once(backend: Backend) {
+    use ward::store::audit_events::{link_all, ChainLink};
+    let Some(storage) = crate::common::Storage::new(backend) else {
+        return;
+    };
+    let (code, _, stderr) = storage.ward(&["migrate"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let db = storage.db();
+    let mut conn = db.conn().unwrap();
+    for _ in 0..3 {
+        ward::audit::append(
+            &mut conn,
+            &ward::clock::SystemClock,
+            &ward::audit::AuditContext::default(),
+            &ward::audit::AuditEvent::TokenRefused {
+                client_id: None,
+                grant: "password".into(),
+                error: "unsupported_grant_type".into(),
+                reason: "linked in a batch".into(),
+            },
+        )
+        .unwrap();
+    }
+    let ids: Vec<i64> = audit_events
+        .filter(chain_seq.is_null())
+        .order(id)
+        .select(id)
+        .load(&mut *conn)
+        .unwrap();
+    assert!(ids.len() >= 3, "{ids:?}");
+    let ids = &ids[ids.len() - 3..];
+    let links: Vec<ChainLink> = ids
+        .iter()
+        .zip(1000..)
+        .map(|(&event, seq)| ChainLink {
+            id: event,
+            seq,
+            hash: format!("hash-of-{event}"),
+        })
+        .collect();
+    assert_eq!(link_all(&mut conn, &links[1..2], "first-key").unwrap(), 1);
+    assert_eq!(link_all(&mut conn, &links, "second-key").unwrap(), 2);
+    assert_eq!(link_all(&mut conn, &links, "third-key").unwrap(), 0);
+    for (i, link) in links.iter().enumerate() {
+        let stored: (Option<i64>, Option<String>, Option<String>) = audit_events
+            .find(link.id)
+            .select((chain_seq, chain_hash, chain_key_id))
+            .first(&mut *conn)
+            .unwrap();
+        let key = if i == 1 { "first-key" } else { "second-key" };
+        assert_eq!(
+            stored,
+            (
+                Some(link.seq),
+                Some(link.hash.clone()),
+                Some(key.to_owned())
+            ),
+            "event {}",
+            link.id
+        );
+    }
+    assert_eq!(link_all(&mut conn, &[], "any").unwrap(), 0);
+}

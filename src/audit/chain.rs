@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::crypto::constant_time_eq;
 use crate::crypto::seal::Sealer;
-use crate::store::audit_events::{self, AuditEventRow};
+use crate::store::audit_events::{self, AuditEventRow, ChainLink};
 use crate::store::{write_transaction, AdvisoryLock, DbConnection, StoreError};
 
 const PURPOSE: &str = "ward/audit-chain/v1";
@@ -166,16 +166,26 @@ pub fn link(
         still_reaches(conn, last_seen, head.as_ref())?;
         let (mut seq, mut previous) = head.unwrap_or((0, GENESIS.to_owned()));
         let rows = audit_events::unlinked_since(conn, now_ms - LINK_WINDOW_MS, LINK_BATCH)?;
-        for row in &rows {
-            seq += 1;
-            let hash = link_hash(sealer, &previous, seq, row);
-            if !audit_events::link(conn, row.id, seq, &hash, sealer.key_id())? {
-                return Err(StoreError::Corrupt(format!(
-                    "audit event {} was linked by someone else",
-                    row.id
-                )));
-            }
-            previous = hash;
+        let links: Vec<ChainLink> = rows
+            .iter()
+            .map(|row| {
+                seq += 1;
+                let hash = link_hash(sealer, &previous, seq, row);
+                previous.clone_from(&hash);
+                ChainLink {
+                    id: row.id,
+                    seq,
+                    hash,
+                }
+            })
+            .collect();
+        if audit_events::link_all(conn, &links, sealer.key_id())? != links.len() {
+            // The chain lock is held: an event linked meanwhile was linked outside Ward.
+            return Err(StoreError::Corrupt(format!(
+                "an audit event among {}..={} was linked by someone else",
+                rows.first().map_or(0, |r| r.id),
+                rows.last().map_or(0, |r| r.id),
+            )));
         }
         Ok(Linked {
             head: (seq > 0).then_some(Head {

@@ -151,26 +151,91 @@ pub fn unlinked_since(
         .load(conn)?)
 }
 
-/// Links one event (only ever from empty to set), naming the chain key that made its hash.
-pub fn link(
-    conn: &mut DbConnection,
-    id: i64,
-    seq: i64,
-    hash: &str,
-    key_id: &str,
-) -> Result<bool, StoreError> {
-    let link = Link {
-        id,
-        seq,
-        hash,
-        key_id,
-    };
-    let n = on_backend!(conn, c => ExecuteDsl::execute(link, c))?;
-    Ok(n == 1)
+/// One event's place in the chain, as `link_all` writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainLink {
+    pub id: i64,
+    pub seq: i64,
+    pub hash: String,
 }
 
-/// `link`'s UPDATE as fixed SQL, prepared once per connection (diesel prepares every UPDATE it
-/// builds afresh, and the linker runs one per event).
+/// Links a batch of events (each only ever from empty to set), naming the chain key that made
+/// their hashes; answers how many were linked, which is fewer than `links` only when someone
+/// else linked one of them first.
+///
+/// On PostgreSQL the batch is one statement (the events' ids, places and hashes as three
+/// arrays): one round trip and one plan for the whole batch instead of one per event. SQLite
+/// runs in-process, where a statement costs no round trip: there it is one prepared UPDATE per
+/// event.
+pub fn link_all(
+    conn: &mut DbConnection,
+    links: &[ChainLink],
+    key_id: &str,
+) -> Result<usize, StoreError> {
+    match conn {
+        DbConnection::Postgres(c) => {
+            let (ids, (seqs, hashes)): (Vec<i64>, (Vec<i64>, Vec<&str>)) = links
+                .iter()
+                .map(|l| (l.id, (l.seq, l.hash.as_str())))
+                .unzip();
+            let batch = LinkBatch {
+                ids: &ids,
+                seqs: &seqs,
+                hashes: &hashes,
+                key_id,
+            };
+            Ok(ExecuteDsl::execute(batch, c)?)
+        }
+        DbConnection::Sqlite(c) => {
+            let mut linked = 0;
+            for l in links {
+                let link = Link {
+                    id: l.id,
+                    seq: l.seq,
+                    hash: &l.hash,
+                    key_id,
+                };
+                linked += ExecuteDsl::execute(link, c)?;
+            }
+            Ok(linked)
+        }
+    }
+}
+
+/// `link_all`'s UPDATE on PostgreSQL, fixed SQL prepared once per connection.
+#[derive(Debug, Clone, Copy)]
+struct LinkBatch<'a> {
+    ids: &'a [i64],
+    seqs: &'a [i64],
+    hashes: &'a [&'a str],
+    key_id: &'a str,
+}
+
+impl QueryId for LinkBatch<'_> {
+    type QueryId = LinkBatch<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<diesel::pg::Pg> for LinkBatch<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        use diesel::sql_types::Array;
+        out.push_sql(
+            "UPDATE audit_events AS e SET chain_seq = v.seq, chain_hash = v.hash, chain_key_id = ",
+        );
+        out.push_bind_param::<Text, _>(self.key_id)?;
+        out.push_sql(" FROM unnest(");
+        out.push_bind_param::<Array<BigInt>, _>(self.ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(self.seqs)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(self.hashes)?;
+        out.push_sql(") AS v(id, seq, hash) WHERE e.id = v.id AND e.chain_seq IS NULL");
+        Ok(())
+    }
+}
+
+/// `link_all`'s UPDATE of one event on SQLite, fixed SQL prepared once per connection (diesel
+/// prepares every UPDATE it builds afresh).
 #[derive(Debug, Clone, Copy)]
 struct Link<'a> {
     id: i64,

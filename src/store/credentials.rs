@@ -291,6 +291,9 @@ pub fn spend_recovery_code(
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = sessions)]
+// None is bound as NULL (these columns have no defaults): the statement's SQL is the same
+// for every row, so diesel keeps it prepared on both backends (`grants::tests`).
+#[diesel(treat_none_as_default_value = false)]
 pub struct SessionRow {
     pub id_hash: String,
     pub public_id: String,

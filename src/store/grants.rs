@@ -22,6 +22,9 @@ use super::{together, DbConnection, StoreError};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = auth_requests)]
+// None is bound as NULL (these columns have no defaults): the statement's SQL is the same
+// for every row, so diesel keeps it prepared on both backends (`grants::tests`).
+#[diesel(treat_none_as_default_value = false)]
 pub struct AuthRequestRow {
     pub id_hash: String,
     pub client_id: String,
@@ -122,6 +125,9 @@ pub fn complete_auth_request(
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = launch_contexts)]
+// None is bound as NULL (these columns have no defaults): the statement's SQL is the same
+// for every row, so diesel keeps it prepared on both backends (`grants::tests`).
+#[diesel(treat_none_as_default_value = false)]
 pub struct LaunchRow {
     pub id_hash: String,
     pub client_id: String,
@@ -226,6 +232,9 @@ pub fn revoke_family(
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = authorization_codes)]
+// None is bound as NULL (these columns have no defaults): the statement's SQL is the same
+// for every row, so diesel keeps it prepared on both backends (`grants::tests`).
+#[diesel(treat_none_as_default_value = false)]
 pub struct CodeRow {
     pub code_hash: String,
     pub client_id: String,
@@ -498,6 +507,9 @@ pub fn forget_consent(
 /// A client assertion's `jti`, kept until the assertion expires (RFC 7523 §3 replay check).
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = assertion_jtis)]
+// None is bound as NULL (these columns have no defaults): the statement's SQL is the same
+// for every row, so diesel keeps it prepared on both backends (`grants::tests`).
+#[diesel(treat_none_as_default_value = false)]
 pub struct AssertionJtiRow {
     pub client_id: String,
     pub jti: String,
@@ -743,4 +755,153 @@ pub fn client_ever_granted(conn: &mut DbConnection, client_id: &str) -> Result<b
         .first::<String>(conn)
         .optional()?
         .is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::pg::Pg;
+
+    use super::*;
+    use crate::store::credentials::SessionRow;
+
+    fn prepared<T: QueryFragment<Pg>>(statement: T) -> bool {
+        statement.is_safe_to_cache_prepared(&Pg).unwrap()
+    }
+
+    /// The token endpoint's writes are one statement each on PostgreSQL; they are prepared once
+    /// per connection only when their SQL is the same for every row (no `DEFAULT` for a `None`).
+    /// The service issuance was parsed and planned on every request until its `jti` row got
+    /// `treat_none_as_default_value = false`.
+    #[test]
+    fn the_token_and_sign_in_inserts_stay_prepared_on_postgresql() {
+        let s = || "x".to_owned();
+        let jti = AssertionJtiRow {
+            client_id: s(),
+            jti: s(),
+            expires_at: 1,
+        };
+        let family = FamilyRow {
+            id: s(),
+            client_id: s(),
+            user_id: None,
+            session_id: None,
+            grant_kind: s(),
+            scope: s(),
+            aud: s(),
+            context: s(),
+            created_at: 1,
+            expires_at: 2,
+            revoked_at: None,
+            revoked_reason: None,
+        };
+        let access = AccessTokenRow {
+            jti: s(),
+            family_id: s(),
+            client_id: s(),
+            user_id: None,
+            scope: s(),
+            aud: s(),
+            issued_at: 1,
+            expires_at: 2,
+            revoked_at: None,
+            introspected_at: None,
+        };
+        let refresh = RefreshRow {
+            token_hash: s(),
+            family_id: s(),
+            created_at: 1,
+            expires_at: 2,
+            used_at: None,
+        };
+        let event = NewAuditEventRow {
+            occurred_at: 1,
+            action: s(),
+            outcome: s(),
+            severity: s(),
+            actor_user: None,
+            actor_client: None,
+            source_ip: None,
+            user_agent: None,
+            request_id: None,
+            target_patient: None,
+            node: s(),
+            details: s(),
+        };
+        assert!(together::stays_prepared_on_postgres((
+            diesel::insert_into(assertion_jtis::table).values(&jti),
+            diesel::insert_into(token_families::table).values(&family),
+            diesel::insert_into(access_tokens::table).values(&access),
+            diesel::insert_into(audit_events::table).values(&event),
+        )));
+        assert!(together::stays_prepared_on_postgres((
+            diesel::insert_into(access_tokens::table).values(&access),
+            diesel::insert_into(refresh_tokens::table).values(&refresh),
+            diesel::insert_into(audit_events::table).values(&event),
+        )));
+        assert!(prepared(
+            diesel::insert_into(assertion_jtis::table).values(&jti)
+        ));
+
+        let request = AuthRequestRow {
+            id_hash: s(),
+            client_id: s(),
+            user_id: None,
+            request: s(),
+            offered: s(),
+            patient: None,
+            created_at: 1,
+            expires_at: 2,
+            completed_at: None,
+        };
+        assert!(prepared(
+            diesel::insert_into(auth_requests::table).values(&request)
+        ));
+        let launch = LaunchRow {
+            id_hash: s(),
+            client_id: s(),
+            created_by: s(),
+            user_id: None,
+            context: s(),
+            created_at: 1,
+            expires_at: 2,
+            used_at: None,
+        };
+        assert!(prepared(
+            diesel::insert_into(launch_contexts::table).values(&launch)
+        ));
+        let code = CodeRow {
+            code_hash: s(),
+            client_id: s(),
+            user_id: s(),
+            redirect_uri: s(),
+            code_challenge: s(),
+            grant_details: s(),
+            family_id: s(),
+            created_at: 1,
+            expires_at: 2,
+            redeemed_at: None,
+        };
+        assert!(prepared(
+            diesel::insert_into(authorization_codes::table).values(&code)
+        ));
+        let session = SessionRow {
+            id_hash: s(),
+            public_id: s(),
+            user_id: s(),
+            stage: s(),
+            amr: s(),
+            created_at: 1,
+            last_seen_at: 1,
+            expires_at: 2,
+            authenticated_at: 1,
+            mfa_at: None,
+            source_ip: None,
+            user_agent: None,
+            ended_at: None,
+            end_reason: None,
+        };
+        assert!(prepared(
+            diesel::insert_into(crate::store::schema::sessions::table).values(&session)
+        ));
+    }
 }

@@ -107,6 +107,18 @@ insert_set!(A, B);
 insert_set!(A, B, C);
 insert_set!(A, B, C, D);
 
+/// Whether PostgreSQL keeps `parts`, written together, as a prepared statement of the
+/// connection (parsed and planned once) instead of parsing and planning it on every run.
+#[cfg(test)]
+pub(crate) fn stays_prepared_on_postgres<S>(parts: S) -> bool
+where
+    Together<S>: QueryFragment<Pg>,
+{
+    Together(parts)
+        .is_safe_to_cache_prepared(&Pg)
+        .expect("the statement walks")
+}
+
 #[cfg(test)]
 mod tests {
     use diesel::prelude::*;
