@@ -4,9 +4,11 @@
 //! (`WITH w0 AS (INSERT …), w1 AS (INSERT …) INSERT …`): one round trip instead of one per row,
 //! and atomic by itself, so outside a transaction it needs no `BEGIN` and `COMMIT` either (two
 //! more round trips). Foreign keys are checked at the end of the statement, so a row may
-//! reference one inserted earlier in the same set (a token and its new family). Like every
-//! INSERT diesel builds for PostgreSQL, it is not kept prepared (a column diesel may write as
-//! `DEFAULT` makes its SQL vary): it goes as one unnamed statement, parsed on each run.
+//! reference one inserted earlier in the same set (a token and its new family). The statement
+//! stays prepared on the connection (parsed and planned once) when every part's SQL is the same
+//! for every row: rows whose `None` is bound as NULL (`treat_none_as_default_value = false`),
+//! never written as `DEFAULT`. A part that may write `DEFAULT` makes diesel send the whole
+//! statement unnamed, parsed and planned on every run.
 //!
 //! SQLite has no data-modifying CTEs, and no round trips to save: there the rows go in one
 //! after another inside a write transaction of their own, a savepoint when one is open already
