@@ -22,9 +22,10 @@ pub enum Point {
     /// their audit event.
     CodeTokensMinted,
     /// Refresh rotation: the presented refresh token marked used, the new one not yet inserted.
+    /// (On PostgreSQL the rotation is one statement: this point comes before it.)
     RefreshOldUsed,
     /// Refresh rotation: the old token marked used and the new tokens minted, before they are
-    /// written with their audit event.
+    /// written with their audit event. (On PostgreSQL: before the rotation's one statement.)
     RefreshTokensMinted,
     /// Revocation: the family (or access token) revoked, before the audit append.
     RevokeBeforeAudit,

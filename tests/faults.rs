@@ -400,7 +400,8 @@ async fn a_code_whose_exchange_failed_midway_is_redeemable_exactly_once(backend:
 }
 
 /// Failures after the old refresh token is used, and after the new tokens are minted (written
-/// next with their audit event in one step, tested in `token_writes`).
+/// next with their audit event in one step, tested in `token_writes`). On PostgreSQL the
+/// rotation is one statement, and both points come before it.
 async fn a_refresh_or_revocation_that_failed_midway_changes_nothing(backend: Backend) {
     let Some(app) = smart_app(backend).await else {
         return;

@@ -20,6 +20,7 @@ on_both_backends!(
     an_issuance_whose_row_cannot_go_in_writes_nothing,
     a_refresh_token_is_used_once_and_never_after_its_grant_ended,
     an_issuance_that_fails_midway_in_a_group_commit_leaves_its_jti_unused,
+    a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_nothing_else,
 );
 
 const NOW: i64 = 2_000_000_000;
@@ -341,4 +342,179 @@ async fn an_issuance_that_fails_midway_in_a_group_commit_leaves_its_jti_unused(b
     assert!(attempt("fam-1", "tok-1").await.unwrap());
     assert!(!attempt("fam-2", "tok-2").await.unwrap());
     assert_eq!(rows(&app).0, before.0 + 1);
+}
+
+fn rotation_rows(app: &TestApp) -> (i64, i64, usize) {
+    (
+        count(app, "access_tokens"),
+        count(app, "refresh_tokens"),
+        audit_actions(app, "token.issued").len(),
+    )
+}
+
+/// `rotate_refresh`: on PostgreSQL one statement. The caller that uses the token writes the new
+/// tokens, the audit event and the session's last-seen time; a reuse, an ended grant or a row
+/// that cannot go in writes nothing and leaves the presented token as it was.
+async fn a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_nothing_else(
+    backend: Backend,
+) {
+    use ward::store::credentials::{self, SessionRow};
+    use ward::store::grants::RefreshRotation;
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    let client_id = client(&app);
+    crate::common::smart::add_user(&app, "rotating", &[], None);
+    let mut conn = app.conn();
+    let user = ward::store::users::find_by_username(&mut conn, "rotating")
+        .unwrap()
+        .unwrap();
+    let session = |public_id: &str, last_seen_at: i64| SessionRow {
+        id_hash: format!("hash-{public_id}"),
+        public_id: public_id.into(),
+        user_id: user.id.clone(),
+        stage: "done".into(),
+        amr: "pwd".into(),
+        created_at: NOW - 600,
+        last_seen_at,
+        expires_at: NOW + 3600,
+        authenticated_at: NOW - 600,
+        mfa_at: None,
+        source_ip: None,
+        user_agent: None,
+        ended_at: None,
+        end_reason: None,
+    };
+    // Seen 10 minutes ago, and 30 seconds ago: only the first is stale enough to write.
+    credentials::insert_session(&mut conn, &session("stale", NOW - 600)).unwrap();
+    credentials::insert_session(&mut conn, &session("fresh", NOW - 30)).unwrap();
+    let last_seen = |conn: &mut DbConnection, public_id: &str| {
+        credentials::find_session_by_public_id(conn, public_id)
+            .unwrap()
+            .unwrap()
+            .last_seen_at
+    };
+    let refresh = |token_hash: &str, family_id: &str| RefreshRow {
+        token_hash: token_hash.into(),
+        family_id: family_id.into(),
+        created_at: NOW,
+        expires_at: NOW + 3600,
+        used_at: None,
+    };
+    for id in ["fam-a", "fam-b"] {
+        grants::insert_family(&mut conn, &family(&client_id, id)).unwrap();
+    }
+    grants::insert_refresh(&mut conn, &refresh("r1", "fam-a")).unwrap();
+    grants::insert_refresh(&mut conn, &refresh("b1", "fam-b")).unwrap();
+    let event = issued_event(&app, &client_id, "fam-a");
+    let rotation = |presented: &'static str,
+                    family_id: &'static str,
+                    session_id: Option<&'static str>,
+                    access: &'static AccessTokenRow,
+                    next: Option<&'static RefreshRow>| RefreshRotation {
+        token_hash: presented,
+        family_id,
+        session_id,
+        now: NOW,
+        access,
+        refresh: next,
+        event: &event,
+    };
+    let leak = |row: AccessTokenRow| &*Box::leak(Box::new(row));
+    let leak_refresh = |row: RefreshRow| &*Box::leak(Box::new(row));
+    let (a1, r2) = (
+        leak(access(&client_id, "fam-a", "a1")),
+        leak_refresh(refresh("r2", "fam-a")),
+    );
+
+    let before = rotation_rows(&app);
+    let statements = count_statements(&mut conn);
+    let used = grants::rotate_refresh(
+        &mut conn,
+        &rotation("r1", "fam-a", Some("stale"), a1, Some(r2)),
+    );
+    assert_eq!(used.unwrap(), Rotation::Used);
+    if let Some(statements) = &statements {
+        assert_eq!(statements.load(Ordering::SeqCst), 1, "statements sent");
+    }
+    let after = rotation_rows(&app);
+    assert_eq!(after, (before.0 + 1, before.1 + 1, before.2 + 1));
+    assert_eq!(
+        grants::find_refresh(&mut conn, "r1")
+            .unwrap()
+            .unwrap()
+            .used_at,
+        Some(NOW)
+    );
+    assert!(grants::find_refresh(&mut conn, "r2").unwrap().is_some());
+    assert!(grants::find_access_token(&mut conn, "a1")
+        .unwrap()
+        .is_some());
+    assert_eq!(last_seen(&mut conn, "stale"), NOW);
+
+    // A session seen within the minute is not written again.
+    let a2 = leak(access(&client_id, "fam-a", "a2"));
+    let r3 = leak_refresh(refresh("r3", "fam-a"));
+    let used = grants::rotate_refresh(
+        &mut conn,
+        &rotation("r2", "fam-a", Some("fresh"), a2, Some(r3)),
+    );
+    assert_eq!(used.unwrap(), Rotation::Used);
+    assert_eq!(last_seen(&mut conn, "fresh"), NOW - 30);
+    let after = rotation_rows(&app);
+
+    // r1 again (a reuse): nothing written, not even the session.
+    credentials::insert_session(&mut conn, &session("reused", NOW - 600)).unwrap();
+    let a3 = leak(access(&client_id, "fam-a", "a3"));
+    let r4 = leak_refresh(refresh("r4", "fam-a"));
+    let reused = grants::rotate_refresh(
+        &mut conn,
+        &rotation("r1", "fam-a", Some("reused"), a3, Some(r4)),
+    );
+    assert_eq!(reused.unwrap(), Rotation::UsedBefore);
+    assert_eq!(rotation_rows(&app), after);
+    assert_eq!(last_seen(&mut conn, "reused"), NOW - 600);
+
+    // A grant revoked after the token was read: nothing written, the token left unused.
+    assert!(grants::revoke_family(&mut conn, "fam-b", "test", NOW).unwrap());
+    let b_access = leak(access(&client_id, "fam-b", "b-a1"));
+    let b2 = leak_refresh(refresh("b2", "fam-b"));
+    let ended = grants::rotate_refresh(
+        &mut conn,
+        &rotation("b1", "fam-b", None, b_access, Some(b2)),
+    );
+    assert_eq!(ended.unwrap(), Rotation::GrantEnded);
+    assert_eq!(rotation_rows(&app), after);
+    assert_eq!(
+        grants::find_refresh(&mut conn, "b1")
+            .unwrap()
+            .unwrap()
+            .used_at,
+        None
+    );
+
+    // A row that cannot go in (the access token's key is taken): the token stays unused and
+    // nothing of the rotation is kept.
+    let taken = leak(access(&client_id, "fam-a", "a1"));
+    let r5 = leak_refresh(refresh("r5", "fam-a"));
+    let failed = grants::rotate_refresh(
+        &mut conn,
+        &rotation("r3", "fam-a", Some("reused"), taken, Some(r5)),
+    );
+    assert!(matches!(failed, Err(StoreError::Query(_))), "{failed:?}");
+    assert_eq!(rotation_rows(&app), after);
+    assert_eq!(
+        grants::find_refresh(&mut conn, "r3")
+            .unwrap()
+            .unwrap()
+            .used_at,
+        None
+    );
+    assert_eq!(last_seen(&mut conn, "reused"), NOW - 600);
+
+    // No new refresh token (none to issue): the access token and the event only.
+    let a4 = leak(access(&client_id, "fam-a", "a4"));
+    let used = grants::rotate_refresh(&mut conn, &rotation("r3", "fam-a", None, a4, None));
+    assert_eq!(used.unwrap(), Rotation::Used);
+    assert_eq!(rotation_rows(&app), (after.0 + 1, after.1, after.2 + 1));
 }

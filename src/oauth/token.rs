@@ -471,54 +471,47 @@ fn rotate(
             );
         }
     }
-    let result = write_transaction(conn, |conn| {
-        // A revocation that committed after the checks above wins over this refresh.
-        match grants::use_refresh(conn, &row.token_hash, &family.id, now)? {
-            Rotation::Used => {}
-            Rotation::UsedBefore => {
-                return Ok::<_, OAuthError>(Err(Refusal::Reuse {
-                    family: family.id.clone(),
-                    kind: "refresh_token",
-                }))
-            }
-            Rotation::GrantEnded => {
-                return Ok(Err(OAuthError::invalid_grant(
-                    "the grant was revoked or has expired",
-                )
-                .into()))
-            }
+    let minted = Minted {
+        code: None,
+        fhir_user,
+    };
+    let issued = issue(iss, client, family, &scopes, minted, now)?;
+    let event = audit::row(
+        iss.clock,
+        ctx,
+        &AuditEvent::TokenIssued {
+            client_id: client.client_id.clone(),
+            grant: "refresh_token".into(),
+            family: family.id.clone(),
+            scope: scopes.to_string(),
+            patient: context_of(family).patient,
+        },
+    )?;
+    // The compare-and-set and the writes, all or none: a revocation that committed after the
+    // checks above wins over this refresh, and a racing request that used the token first
+    // makes this one a reuse.
+    let rotation = grants::rotate_refresh(
+        conn,
+        &grants::RefreshRotation {
+            token_hash: &row.token_hash,
+            family_id: &family.id,
+            session_id: family.session_id.as_deref(),
+            now,
+            access: &issued.access,
+            refresh: issued.refresh.as_ref(),
+            event: &event,
+        },
+    )
+    .map_err(OAuthError::from)?;
+    match rotation {
+        Rotation::Used => Ok(issued.body),
+        Rotation::UsedBefore => Err(Refusal::Reuse {
+            family: family.id.clone(),
+            kind: "refresh_token",
+        }),
+        Rotation::GrantEnded => {
+            Err(OAuthError::invalid_grant("the grant was revoked or has expired").into())
         }
-        fault::point(Point::RefreshOldUsed)?;
-        if let Some(session_id) = &family.session_id {
-            if let Some(s) = credentials::find_session_by_public_id(conn, session_id)? {
-                if now - s.last_seen_at >= 60 {
-                    credentials::touch_session(conn, &s.id_hash, now)?;
-                }
-            }
-        }
-        let minted = Minted {
-            code: None,
-            fhir_user,
-        };
-        let issued = issue(iss, client, family, &scopes, minted, now)?;
-        fault::point(Point::RefreshTokensMinted)?;
-        let event = audit::row(
-            iss.clock,
-            ctx,
-            &AuditEvent::TokenIssued {
-                client_id: client.client_id.clone(),
-                grant: "refresh_token".into(),
-                family: family.id.clone(),
-                scope: scopes.to_string(),
-                patient: context_of(family).patient,
-            },
-        )?;
-        grants::record_issuance(conn, &issued.access, issued.refresh.as_ref(), &event)?;
-        Ok(Ok(issued.body))
-    });
-    match result {
-        Ok(inner) => inner,
-        Err(e) => Err(Refusal::Error(e)),
     }
 }
 

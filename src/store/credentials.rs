@@ -348,6 +348,25 @@ pub fn touch_session(conn: &mut DbConnection, id_hash: &str, now: i64) -> Result
     Ok(())
 }
 
+/// Moves the last-seen time of the session `public_id` to `now` when it is at least
+/// `interval` seconds old (an app's refresh on an online-access grant is activity, written at
+/// most once a minute).
+pub fn mark_session_seen(
+    conn: &mut DbConnection,
+    public_id: &str,
+    now: i64,
+    interval: i64,
+) -> Result<(), StoreError> {
+    diesel::update(
+        sessions::table
+            .filter(sessions::public_id.eq(public_id))
+            .filter(sessions::last_seen_at.le(now - interval)),
+    )
+    .set(sessions::last_seen_at.eq(now))
+    .execute(conn)?;
+    Ok(())
+}
+
 /// Ends a live session; true when this call ended it.
 pub fn end_session(
     conn: &mut DbConnection,

@@ -349,6 +349,12 @@ pub fn use_refresh(
     if n == 1 {
         return Ok(Rotation::Used);
     }
+    why_not_used(conn, token_hash)
+}
+
+/// Why a compare-and-set on `token_hash` found nothing to use: it was used before, or its
+/// grant ended.
+fn why_not_used(conn: &mut DbConnection, token_hash: &str) -> Result<Rotation, StoreError> {
     let used_before = refresh_tokens::table
         .find(token_hash)
         .select(refresh_tokens::used_at)
@@ -361,6 +367,226 @@ pub fn use_refresh(
     } else {
         Rotation::GrantEnded
     })
+}
+
+/// One refresh-token rotation, everything it writes: the presented token used, the session
+/// of an online-access grant seen, and the response's new tokens with their audit event.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshRotation<'a> {
+    /// The SHA-256 of the refresh token presented.
+    pub token_hash: &'a str,
+    /// Its family, as read with it.
+    pub family_id: &'a str,
+    /// `sessions.public_id` of an online-access grant: its last-seen time moves on when it is
+    /// older than `SESSION_SEEN_INTERVAL`.
+    pub session_id: Option<&'a str>,
+    pub now: i64,
+    pub access: &'a AccessTokenRow,
+    pub refresh: Option<&'a RefreshRow>,
+    pub event: &'a NewAuditEventRow,
+}
+
+/// How stale a session's last-seen time may get before a refresh on its grant writes it again.
+pub const SESSION_SEEN_INTERVAL: i64 = 60;
+
+/// Rotates a refresh token: `use_refresh`'s compare-and-set and, only for the one caller it
+/// lets through, the rest of `rotation`; all of it or nothing. `Rotation::Used` when written.
+///
+/// On PostgreSQL this is one statement (data-modifying CTEs that write only when the
+/// compare-and-set took the token): one round trip and no `BEGIN`/`COMMIT`, where a
+/// transaction would take four. On SQLite, where statements cost no round trip, it is a write
+/// transaction of the same steps (a savepoint inside a group-committed batch).
+///
+/// The fault points `RefreshOldUsed` and `RefreshTokensMinted` stand between the steps on
+/// SQLite; on PostgreSQL, where there are no steps to stand between, they come before the
+/// statement.
+pub fn rotate_refresh(
+    conn: &mut DbConnection,
+    rotation: &RefreshRotation<'_>,
+) -> Result<Rotation, StoreError> {
+    match conn {
+        DbConnection::Postgres(pg) => {
+            crate::fault::point(crate::fault::Point::RefreshOldUsed)?;
+            crate::fault::point(crate::fault::Point::RefreshTokensMinted)?;
+            let written = ExecuteDsl::execute(RotateInOneStatement::new(*rotation), pg)?;
+            if written == 1 {
+                Ok(Rotation::Used)
+            } else {
+                why_not_used(conn, rotation.token_hash)
+            }
+        }
+        DbConnection::Sqlite(_) => super::write_transaction(conn, |conn| {
+            let used = use_refresh(conn, rotation.token_hash, rotation.family_id, rotation.now)?;
+            if used != Rotation::Used {
+                return Ok(used);
+            }
+            crate::fault::point(crate::fault::Point::RefreshOldUsed)?;
+            if let Some(session_id) = rotation.session_id {
+                super::credentials::mark_session_seen(
+                    conn,
+                    session_id,
+                    rotation.now,
+                    SESSION_SEEN_INTERVAL,
+                )?;
+            }
+            crate::fault::point(crate::fault::Point::RefreshTokensMinted)?;
+            record_issuance(conn, rotation.access, rotation.refresh, rotation.event)?;
+            Ok(Rotation::Used)
+        }),
+    }
+}
+
+/// `rotate_refresh` on PostgreSQL, fixed SQL prepared once per connection:
+///
+/// ```sql
+/// WITH u AS (<use_refresh's UPDATE> RETURNING 1),
+///      s AS (UPDATE sessions … WHERE … AND EXISTS (SELECT 1 FROM u)),
+///      a AS (INSERT INTO access_tokens (…) SELECT … FROM u),
+///      r AS (INSERT INTO refresh_tokens (…) SELECT … FROM u WHERE <a refresh token is issued>)
+/// INSERT INTO audit_events (…) SELECT … FROM u
+/// ```
+///
+/// It inserts one audit event exactly when `u` used the token (the count it answers).
+struct RotateInOneStatement<'a> {
+    rotation: RefreshRotation<'a>,
+    /// The compare-and-set, `use_refresh`'s own statement.
+    cas: UseRefresh<'a>,
+    /// Sessions last seen at or before this are marked seen now.
+    seen_before: i64,
+    /// The new refresh token's columns, all NULL when there is none.
+    refresh: RefreshColumns<'a>,
+    has_refresh: bool,
+}
+
+/// A `RefreshRow` as nullable binds.
+struct RefreshColumns<'a> {
+    token_hash: Option<&'a str>,
+    family_id: Option<&'a str>,
+    created_at: Option<i64>,
+    expires_at: Option<i64>,
+    used_at: Option<i64>,
+}
+
+impl<'a> RotateInOneStatement<'a> {
+    fn new(rotation: RefreshRotation<'a>) -> Self {
+        let refresh = rotation.refresh;
+        Self {
+            rotation,
+            cas: UseRefresh {
+                token_hash: rotation.token_hash,
+                family_id: rotation.family_id,
+                now: rotation.now,
+            },
+            seen_before: rotation.now - SESSION_SEEN_INTERVAL,
+            refresh: RefreshColumns {
+                token_hash: refresh.map(|t| t.token_hash.as_str()),
+                family_id: refresh.map(|t| t.family_id.as_str()),
+                created_at: refresh.map(|t| t.created_at),
+                expires_at: refresh.map(|t| t.expires_at),
+                used_at: refresh.and_then(|t| t.used_at),
+            },
+            has_refresh: refresh.is_some(),
+        }
+    }
+}
+
+impl QueryId for RotateInOneStatement<'_> {
+    type QueryId = RotateInOneStatement<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<diesel::pg::Pg> for RotateInOneStatement<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Bool, Nullable};
+        let r = &self.rotation;
+        out.push_sql("WITH u AS (");
+        self.cas.walk_ast(out.reborrow())?;
+        out.push_sql(" RETURNING 1), s AS (UPDATE sessions SET last_seen_at = ");
+        out.push_bind_param::<BigInt, _>(&r.now)?;
+        out.push_sql(" WHERE public_id = ");
+        out.push_bind_param::<Nullable<Text>, _>(&r.session_id)?;
+        out.push_sql(" AND last_seen_at <= ");
+        out.push_bind_param::<BigInt, _>(&self.seen_before)?;
+        out.push_sql(" AND EXISTS (SELECT 1 FROM u))");
+
+        let a = r.access;
+        out.push_sql(
+            ", a AS (INSERT INTO access_tokens (jti, family_id, client_id, user_id, scope, aud, \
+             issued_at, expires_at, revoked_at, introspected_at) SELECT ",
+        );
+        out.push_bind_param::<Text, _>(&a.jti)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&a.family_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&a.client_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&a.user_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&a.scope)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&a.aud)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&a.issued_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&a.expires_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&a.revoked_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&a.introspected_at)?;
+        out.push_sql(" FROM u)");
+
+        // Without a new refresh token the CTE is still there (the SQL never varies) and
+        // inserts nothing: its values are placeholders behind a false condition.
+        out.push_sql(
+            ", r AS (INSERT INTO refresh_tokens (token_hash, family_id, created_at, expires_at, \
+             used_at) SELECT ",
+        );
+        let t = &self.refresh;
+        out.push_bind_param::<Nullable<Text>, _>(&t.token_hash)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&t.family_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&t.created_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&t.expires_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&t.used_at)?;
+        out.push_sql(" FROM u WHERE ");
+        out.push_bind_param::<Bool, _>(&self.has_refresh)?;
+        out.push_sql(")");
+
+        let e = r.event;
+        out.push_sql(
+            " INSERT INTO audit_events (occurred_at, action, outcome, severity, actor_user, \
+             actor_client, source_ip, user_agent, request_id, target_patient, node, details) \
+             SELECT ",
+        );
+        out.push_bind_param::<BigInt, _>(&e.occurred_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&e.action)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&e.outcome)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&e.severity)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&e.actor_user)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&e.actor_client)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&e.source_ip)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&e.user_agent)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&e.request_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&e.target_patient)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&e.node)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&e.details)?;
+        out.push_sql(" FROM u");
+        Ok(())
+    }
 }
 
 /// `use_refresh`'s UPDATE as fixed SQL: diesel prepares every UPDATE it builds afresh on each
