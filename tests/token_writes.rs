@@ -116,6 +116,15 @@ fn rows(app: &TestApp) -> (i64, i64, i64, usize) {
     )
 }
 
+/// Access tokens, refresh tokens and `token.issued` events.
+fn token_rows(app: &TestApp) -> (i64, i64, usize) {
+    (
+        count(app, "access_tokens"),
+        count(app, "refresh_tokens"),
+        audit_actions(app, "token.issued").len(),
+    )
+}
+
 async fn a_backend_services_issuance_is_written_whole_and_a_replayed_jti_writes_nothing(
     backend: Backend,
 ) {
@@ -203,11 +212,7 @@ async fn an_issuance_whose_row_cannot_go_in_writes_nothing(backend: Backend) {
         &issued_event(&app, &client_id, "fam-1"),
     )
     .unwrap();
-    let before = (
-        count(&app, "access_tokens"),
-        count(&app, "refresh_tokens"),
-        audit_actions(&app, "token.issued").len(),
-    );
+    let before = token_rows(&app);
     // The refresh token's key is taken: the access token before it and the audit event after
     // it must not stay either.
     let taken = grants::record_issuance(
@@ -225,14 +230,7 @@ async fn an_issuance_whose_row_cannot_go_in_writes_nothing(backend: Backend) {
         &issued_event(&app, &client_id, "no-such-family"),
     );
     assert!(matches!(orphan, Err(StoreError::Query(_))), "{orphan:?}");
-    assert_eq!(
-        (
-            count(&app, "access_tokens"),
-            count(&app, "refresh_tokens"),
-            audit_actions(&app, "token.issued").len(),
-        ),
-        before
-    );
+    assert_eq!(token_rows(&app), before);
     for jti in ["tok-2", "tok-3"] {
         assert!(
             grants::find_access_token(&mut conn, jti).unwrap().is_none(),
@@ -344,14 +342,6 @@ async fn an_issuance_that_fails_midway_in_a_group_commit_leaves_its_jti_unused(b
     assert_eq!(rows(&app).0, before.0 + 1);
 }
 
-fn rotation_rows(app: &TestApp) -> (i64, i64, usize) {
-    (
-        count(app, "access_tokens"),
-        count(app, "refresh_tokens"),
-        audit_actions(app, "token.issued").len(),
-    )
-}
-
 /// `rotate_refresh`: on PostgreSQL one statement. The caller that uses the token writes the new
 /// tokens, the audit event and the session's last-seen time; a reuse, an ended grant or a row
 /// that cannot go in writes nothing and leaves the presented token as it was.
@@ -406,7 +396,17 @@ async fn a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_not
     }
     grants::insert_refresh(&mut conn, &refresh("r1", "fam-a")).unwrap();
     grants::insert_refresh(&mut conn, &refresh("b1", "fam-b")).unwrap();
-    let event = issued_event(&app, &client_id, "fam-a");
+    // Every nullable column given a value of its own, so a column written from the wrong
+    // bind shows.
+    let event = ward::store::audit_events::NewAuditEventRow {
+        actor_user: Some(user.id.clone()),
+        actor_client: Some(client_id.clone()),
+        source_ip: Some("198.51.100.7".into()),
+        user_agent: Some("agent/1".into()),
+        request_id: Some("request-1".into()),
+        target_patient: Some("Patient/9".into()),
+        ..issued_event(&app, &client_id, "fam-a")
+    };
     let rotation = |presented: &'static str,
                     family_id: &'static str,
                     session_id: Option<&'static str>,
@@ -423,11 +423,30 @@ async fn a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_not
     let leak = |row: AccessTokenRow| &*Box::leak(Box::new(row));
     let leak_refresh = |row: RefreshRow| &*Box::leak(Box::new(row));
     let (a1, r2) = (
-        leak(access(&client_id, "fam-a", "a1")),
+        leak(AccessTokenRow {
+            user_id: Some(user.id.clone()),
+            introspected_at: Some(NOW + 1),
+            ..access(&client_id, "fam-a", "a1")
+        }),
         leak_refresh(refresh("r2", "fam-a")),
     );
+    // A rotation of `presented` issuing the access token `jti` and, if named, the refresh
+    // token `next` in `family_id`.
+    let attempt = |conn: &mut DbConnection,
+                   presented: &'static str,
+                   family_id: &'static str,
+                   session_id: Option<&'static str>,
+                   jti: &str,
+                   next: Option<&str>| {
+        let access = leak(access(&client_id, family_id, jti));
+        let next = next.map(|hash| leak_refresh(refresh(hash, family_id)));
+        grants::rotate_refresh(
+            conn,
+            &rotation(presented, family_id, session_id, access, next),
+        )
+    };
 
-    let before = rotation_rows(&app);
+    let before = token_rows(&app);
     let statements = count_statements(&mut conn);
     let used = grants::rotate_refresh(
         &mut conn,
@@ -437,7 +456,7 @@ async fn a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_not
     if let Some(statements) = &statements {
         assert_eq!(statements.load(Ordering::SeqCst), 1, "statements sent");
     }
-    let after = rotation_rows(&app);
+    let after = token_rows(&app);
     assert_eq!(after, (before.0 + 1, before.1 + 1, before.2 + 1));
     assert_eq!(
         grants::find_refresh(&mut conn, "r1")
@@ -446,45 +465,66 @@ async fn a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_not
             .used_at,
         Some(NOW)
     );
-    assert!(grants::find_refresh(&mut conn, "r2").unwrap().is_some());
-    assert!(grants::find_access_token(&mut conn, "a1")
+    // Each column holds what was given for it.
+    let stored_access = grants::find_access_token(&mut conn, "a1")
         .unwrap()
-        .is_some());
+        .unwrap()
+        .0;
+    assert_eq!(format!("{stored_access:?}"), format!("{a1:?}"));
+    let stored_refresh = grants::find_refresh(&mut conn, "r2").unwrap().unwrap();
+    assert_eq!(format!("{stored_refresh:?}"), format!("{r2:?}"));
+    let stored_event = ward::store::audit_events::list(&mut conn, Some("token.issued"), 1000)
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (
+            stored_event.occurred_at,
+            &stored_event.outcome,
+            &stored_event.severity,
+            &stored_event.actor_user,
+            &stored_event.actor_client,
+            &stored_event.source_ip,
+            &stored_event.user_agent,
+            &stored_event.request_id,
+            &stored_event.target_patient,
+            &stored_event.node,
+            &stored_event.details,
+        ),
+        (
+            event.occurred_at,
+            &event.outcome,
+            &event.severity,
+            &event.actor_user,
+            &event.actor_client,
+            &event.source_ip,
+            &event.user_agent,
+            &event.request_id,
+            &event.target_patient,
+            &event.node,
+            &event.details,
+        )
+    );
     assert_eq!(last_seen(&mut conn, "stale"), NOW);
 
     // A session seen within the minute is not written again.
-    let a2 = leak(access(&client_id, "fam-a", "a2"));
-    let r3 = leak_refresh(refresh("r3", "fam-a"));
-    let used = grants::rotate_refresh(
-        &mut conn,
-        &rotation("r2", "fam-a", Some("fresh"), a2, Some(r3)),
-    );
+    let used = attempt(&mut conn, "r2", "fam-a", Some("fresh"), "a2", Some("r3"));
     assert_eq!(used.unwrap(), Rotation::Used);
     assert_eq!(last_seen(&mut conn, "fresh"), NOW - 30);
-    let after = rotation_rows(&app);
+    let after = token_rows(&app);
 
     // r1 again (a reuse): nothing written, not even the session.
     credentials::insert_session(&mut conn, &session("reused", NOW - 600)).unwrap();
-    let a3 = leak(access(&client_id, "fam-a", "a3"));
-    let r4 = leak_refresh(refresh("r4", "fam-a"));
-    let reused = grants::rotate_refresh(
-        &mut conn,
-        &rotation("r1", "fam-a", Some("reused"), a3, Some(r4)),
-    );
+    let reused = attempt(&mut conn, "r1", "fam-a", Some("reused"), "a3", Some("r4"));
     assert_eq!(reused.unwrap(), Rotation::UsedBefore);
-    assert_eq!(rotation_rows(&app), after);
+    assert_eq!(token_rows(&app), after);
     assert_eq!(last_seen(&mut conn, "reused"), NOW - 600);
 
     // A grant revoked after the token was read: nothing written, the token left unused.
     assert!(grants::revoke_family(&mut conn, "fam-b", "test", NOW).unwrap());
-    let b_access = leak(access(&client_id, "fam-b", "b-a1"));
-    let b2 = leak_refresh(refresh("b2", "fam-b"));
-    let ended = grants::rotate_refresh(
-        &mut conn,
-        &rotation("b1", "fam-b", None, b_access, Some(b2)),
-    );
+    let ended = attempt(&mut conn, "b1", "fam-b", None, "b-a1", Some("b2"));
     assert_eq!(ended.unwrap(), Rotation::GrantEnded);
-    assert_eq!(rotation_rows(&app), after);
+    assert_eq!(token_rows(&app), after);
     assert_eq!(
         grants::find_refresh(&mut conn, "b1")
             .unwrap()
@@ -495,14 +535,9 @@ async fn a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_not
 
     // A row that cannot go in (the access token's key is taken): the token stays unused and
     // nothing of the rotation is kept.
-    let taken = leak(access(&client_id, "fam-a", "a1"));
-    let r5 = leak_refresh(refresh("r5", "fam-a"));
-    let failed = grants::rotate_refresh(
-        &mut conn,
-        &rotation("r3", "fam-a", Some("reused"), taken, Some(r5)),
-    );
+    let failed = attempt(&mut conn, "r3", "fam-a", Some("reused"), "a1", Some("r5"));
     assert!(matches!(failed, Err(StoreError::Query(_))), "{failed:?}");
-    assert_eq!(rotation_rows(&app), after);
+    assert_eq!(token_rows(&app), after);
     assert_eq!(
         grants::find_refresh(&mut conn, "r3")
             .unwrap()
@@ -513,8 +548,7 @@ async fn a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_not
     assert_eq!(last_seen(&mut conn, "reused"), NOW - 600);
 
     // No new refresh token (none to issue): the access token and the event only.
-    let a4 = leak(access(&client_id, "fam-a", "a4"));
-    let used = grants::rotate_refresh(&mut conn, &rotation("r3", "fam-a", None, a4, None));
+    let used = attempt(&mut conn, "r3", "fam-a", None, "a4", None);
     assert_eq!(used.unwrap(), Rotation::Used);
-    assert_eq!(rotation_rows(&app), (after.0 + 1, after.1, after.2 + 1));
+    assert_eq!(token_rows(&app), (after.0 + 1, after.1, after.2 + 1));
 }

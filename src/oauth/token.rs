@@ -632,7 +632,8 @@ struct Minted<'a> {
 }
 
 /// The tokens of one response and the rows that record them (the caller writes those with
-/// the response's audit event: `grants::record_issuance`).
+/// the response's audit event: `grants::record_issuance`, or `grants::rotate_refresh` with the
+/// refresh token's compare-and-set).
 struct Issued {
     body: Value,
     access: AccessTokenRow,

@@ -1,5 +1,5 @@
 //! Rows of `audit_events`: insert and read only, plus linking each into the tamper-evident
-//! chain once (its two chain columns go from empty to set). Nothing in Ward deletes them.
+//! chain once (its three chain columns go from empty to set). Nothing in Ward deletes them.
 
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
@@ -392,4 +392,31 @@ pub fn after(
         .limit(limit)
         .select(AuditEventRow::as_select())
         .load(conn)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::pg::Pg;
+
+    use super::*;
+
+    /// The batch UPDATE is fixed SQL: PostgreSQL keeps it prepared whatever the batch's size.
+    #[test]
+    fn a_batch_of_links_is_one_prepared_statement_on_postgresql() {
+        let (ids, seqs, hashes) = ([7, 8], [1, 2], ["a", "b"]);
+        let batch = LinkBatch {
+            ids: &ids,
+            seqs: &seqs,
+            hashes: &hashes,
+            key_id: "k",
+        };
+        assert!(batch.is_safe_to_cache_prepared(&Pg).unwrap());
+        assert_eq!(
+            diesel::debug_query::<Pg, _>(&batch).to_string(),
+            "UPDATE audit_events AS e SET chain_seq = v.seq, chain_hash = v.hash, \
+             chain_key_id = $1 FROM unnest($2, $3, $4) AS v(id, seq, hash) \
+             WHERE e.id = v.id AND e.chain_seq IS NULL \
+             -- binds: [\"k\", [7, 8], [1, 2], [\"a\", \"b\"]]"
+        );
+    }
 }

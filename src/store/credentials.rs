@@ -292,7 +292,7 @@ pub fn spend_recovery_code(
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = sessions)]
 // None is bound as NULL (these columns have no defaults): the statement's SQL is the same
-// for every row, so diesel keeps it prepared on both backends (`grants::tests`).
+// for every row, so PostgreSQL keeps it prepared too (`grants::tests`).
 #[diesel(treat_none_as_default_value = false)]
 pub struct SessionRow {
     pub id_hash: String,
@@ -357,14 +357,57 @@ pub fn mark_session_seen(
     now: i64,
     interval: i64,
 ) -> Result<(), StoreError> {
-    diesel::update(
-        sessions::table
-            .filter(sessions::public_id.eq(public_id))
-            .filter(sessions::last_seen_at.le(now - interval)),
-    )
-    .set(sessions::last_seen_at.eq(now))
-    .execute(conn)?;
+    let seen = MarkSessionSeen::new(Some(public_id), now, interval);
+    on_backend!(conn, c => diesel::query_dsl::methods::ExecuteDsl::execute(seen, c))?;
     Ok(())
+}
+
+/// `mark_session_seen`'s UPDATE as fixed SQL, prepared once per connection (diesel prepares
+/// every UPDATE it builds afresh); the refresh rotation's one PostgreSQL statement embeds it.
+/// A `public_id` of `None` matches no session.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MarkSessionSeen<'a> {
+    public_id: Option<&'a str>,
+    now: i64,
+    /// Sessions last seen at or before this are marked.
+    seen_before: i64,
+}
+
+impl<'a> MarkSessionSeen<'a> {
+    pub(super) fn new(public_id: Option<&'a str>, now: i64, interval: i64) -> Self {
+        Self {
+            public_id,
+            now,
+            seen_before: now - interval,
+        }
+    }
+}
+
+impl diesel::query_builder::QueryId for MarkSessionSeen<'_> {
+    type QueryId = MarkSessionSeen<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<'a, DB> diesel::query_builder::QueryFragment<DB> for MarkSessionSeen<'a>
+where
+    DB: diesel::backend::Backend,
+    i64: diesel::serialize::ToSql<diesel::sql_types::BigInt, DB>,
+    Option<&'a str>:
+        diesel::serialize::ToSql<diesel::sql_types::Nullable<diesel::sql_types::Text>, DB>,
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, DB>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{BigInt, Nullable, Text};
+        out.push_sql("UPDATE sessions SET last_seen_at = ");
+        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_sql(" WHERE public_id = ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.public_id)?;
+        out.push_sql(" AND last_seen_at <= ");
+        out.push_bind_param::<BigInt, _>(&self.seen_before)?;
+        Ok(())
+    }
 }
 
 /// Ends a live session; true when this call ended it.

@@ -23,7 +23,7 @@ use super::{together, DbConnection, StoreError};
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = auth_requests)]
 // None is bound as NULL (these columns have no defaults): the statement's SQL is the same
-// for every row, so diesel keeps it prepared on both backends (`grants::tests`).
+// for every row, so PostgreSQL keeps it prepared too (`grants::tests`).
 #[diesel(treat_none_as_default_value = false)]
 pub struct AuthRequestRow {
     pub id_hash: String,
@@ -126,7 +126,7 @@ pub fn complete_auth_request(
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = launch_contexts)]
 // None is bound as NULL (these columns have no defaults): the statement's SQL is the same
-// for every row, so diesel keeps it prepared on both backends (`grants::tests`).
+// for every row, so PostgreSQL keeps it prepared too (`grants::tests`).
 #[diesel(treat_none_as_default_value = false)]
 pub struct LaunchRow {
     pub id_hash: String,
@@ -233,7 +233,7 @@ pub fn revoke_family(
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = authorization_codes)]
 // None is bound as NULL (these columns have no defaults): the statement's SQL is the same
-// for every row, so diesel keeps it prepared on both backends (`grants::tests`).
+// for every row, so PostgreSQL keeps it prepared too (`grants::tests`).
 #[diesel(treat_none_as_default_value = false)]
 pub struct CodeRow {
     pub code_hash: String,
@@ -440,7 +440,7 @@ pub fn rotate_refresh(
 ///
 /// ```sql
 /// WITH u AS (<use_refresh's UPDATE> RETURNING 1),
-///      s AS (UPDATE sessions … WHERE … AND EXISTS (SELECT 1 FROM u)),
+///      s AS (<mark_session_seen's UPDATE> AND EXISTS (SELECT 1 FROM u)),
 ///      a AS (INSERT INTO access_tokens (…) SELECT … FROM u),
 ///      r AS (INSERT INTO refresh_tokens (…) SELECT … FROM u WHERE <a refresh token is issued>)
 /// INSERT INTO audit_events (…) SELECT … FROM u
@@ -451,8 +451,8 @@ struct RotateInOneStatement<'a> {
     rotation: RefreshRotation<'a>,
     /// The compare-and-set, `use_refresh`'s own statement.
     cas: UseRefresh<'a>,
-    /// Sessions last seen at or before this are marked seen now.
-    seen_before: i64,
+    /// The session touch, `credentials::mark_session_seen`'s own statement.
+    seen: super::credentials::MarkSessionSeen<'a>,
     /// The new refresh token's columns, all NULL when there is none.
     refresh: RefreshColumns<'a>,
     has_refresh: bool,
@@ -477,7 +477,11 @@ impl<'a> RotateInOneStatement<'a> {
                 family_id: rotation.family_id,
                 now: rotation.now,
             },
-            seen_before: rotation.now - SESSION_SEEN_INTERVAL,
+            seen: super::credentials::MarkSessionSeen::new(
+                rotation.session_id,
+                rotation.now,
+                SESSION_SEEN_INTERVAL,
+            ),
             refresh: RefreshColumns {
                 token_hash: refresh.map(|t| t.token_hash.as_str()),
                 family_id: refresh.map(|t| t.family_id.as_str()),
@@ -501,12 +505,8 @@ impl QueryFragment<diesel::pg::Pg> for RotateInOneStatement<'_> {
         let r = &self.rotation;
         out.push_sql("WITH u AS (");
         self.cas.walk_ast(out.reborrow())?;
-        out.push_sql(" RETURNING 1), s AS (UPDATE sessions SET last_seen_at = ");
-        out.push_bind_param::<BigInt, _>(&r.now)?;
-        out.push_sql(" WHERE public_id = ");
-        out.push_bind_param::<Nullable<Text>, _>(&r.session_id)?;
-        out.push_sql(" AND last_seen_at <= ");
-        out.push_bind_param::<BigInt, _>(&self.seen_before)?;
+        out.push_sql(" RETURNING 1), s AS (");
+        self.seen.walk_ast(out.reborrow())?;
         out.push_sql(" AND EXISTS (SELECT 1 FROM u))");
 
         let a = r.access;
@@ -734,7 +734,7 @@ pub fn forget_consent(
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = assertion_jtis)]
 // None is bound as NULL (these columns have no defaults): the statement's SQL is the same
-// for every row, so diesel keeps it prepared on both backends (`grants::tests`).
+// for every row, so PostgreSQL keeps it prepared too (`grants::tests`).
 #[diesel(treat_none_as_default_value = false)]
 pub struct AssertionJtiRow {
     pub client_id: String,
@@ -995,7 +995,8 @@ mod tests {
     }
 
     /// The token endpoint's writes are one statement each on PostgreSQL; they are prepared once
-    /// per connection only when their SQL is the same for every row (no `DEFAULT` for a `None`).
+    /// per connection only when their SQL is the same for every row (no `DEFAULT` for a `None`,
+    /// nothing that marks itself unsafe to cache).
     /// The service issuance was parsed and planned on every request until its `jti` row got
     /// `treat_none_as_default_value = false`.
     #[test]
@@ -1067,6 +1068,16 @@ mod tests {
         assert!(prepared(
             diesel::insert_into(assertion_jtis::table).values(&jti)
         ));
+        // The hand-written statements: fixed SQL, so nothing in them may vary either.
+        assert!(prepared(RotateInOneStatement::new(RefreshRotation {
+            token_hash: "h",
+            family_id: "f",
+            session_id: None,
+            now: 1,
+            access: &access,
+            refresh: Some(&refresh),
+            event: &event,
+        })));
 
         let request = AuthRequestRow {
             id_hash: s(),
