@@ -57,6 +57,17 @@ fn access(client_id: &str, family_id: &str, jti: &str) -> AccessTokenRow {
     }
 }
 
+/// An unused refresh token of `family_id`, live for an hour.
+fn refresh(token_hash: &str, family_id: &str) -> RefreshRow {
+    RefreshRow {
+        token_hash: token_hash.into(),
+        family_id: family_id.into(),
+        created_at: NOW,
+        expires_at: NOW + 3600,
+        used_at: None,
+    }
+}
+
 fn issued_event(
     app: &TestApp,
     client_id: &str,
@@ -198,13 +209,7 @@ async fn an_issuance_whose_row_cannot_go_in_writes_nothing(backend: Backend) {
     let client_id = client(&app);
     let mut conn = app.conn();
     grants::insert_family(&mut conn, &family(&client_id, "fam-1")).unwrap();
-    let refresh = RefreshRow {
-        token_hash: "refresh-1".into(),
-        family_id: "fam-1".into(),
-        created_at: NOW,
-        expires_at: NOW + 3600,
-        used_at: None,
-    };
+    let refresh = refresh("refresh-1", "fam-1");
     grants::record_issuance(
         &mut conn,
         &access(&client_id, "fam-1", "tok-1"),
@@ -260,13 +265,6 @@ async fn a_refresh_token_is_used_once_and_never_after_its_grant_ended(backend: B
     };
     let client_id = client(&app);
     let mut conn = app.conn();
-    let refresh = |token_hash: &str, family_id: &str| RefreshRow {
-        token_hash: token_hash.into(),
-        family_id: family_id.into(),
-        created_at: NOW,
-        expires_at: NOW + 3600,
-        used_at: None,
-    };
     for id in ["fam-live", "fam-revoked", "fam-expired"] {
         grants::insert_family(&mut conn, &family(&client_id, id)).unwrap();
         grants::insert_refresh(&mut conn, &refresh(id, id)).unwrap();
@@ -383,13 +381,6 @@ async fn a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_not
             .unwrap()
             .unwrap()
             .last_seen_at
-    };
-    let refresh = |token_hash: &str, family_id: &str| RefreshRow {
-        token_hash: token_hash.into(),
-        family_id: family_id.into(),
-        created_at: NOW,
-        expires_at: NOW + 3600,
-        used_at: None,
     };
     for id in ["fam-a", "fam-b"] {
         grants::insert_family(&mut conn, &family(&client_id, id)).unwrap();
