@@ -11,7 +11,7 @@ use ward::audit::{self, AuditContext, AuditEvent};
 use ward::store::grants::{self, AccessTokenRow, AssertionJtiRow, FamilyRow, RefreshRow, Rotation};
 use ward::store::{DbConnection, StoreError};
 
-use crate::common::smart::{audit_actions, count, register};
+use crate::common::smart::{add_user, audit_actions, count, register};
 use crate::common::{Backend, TestApp};
 use crate::on_both_backends;
 
@@ -21,6 +21,7 @@ on_both_backends!(
     a_refresh_token_is_used_once_and_never_after_its_grant_ended,
     an_issuance_that_fails_midway_in_a_group_commit_leaves_its_jti_unused,
     a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_nothing_else,
+    a_refresh_reads_its_token_family_user_and_roles_in_one_statement,
 );
 
 const NOW: i64 = 2_000_000_000;
@@ -542,4 +543,99 @@ async fn a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_not
     let used = attempt(&mut conn, "r3", "fam-a", None, "a4", None);
     assert_eq!(used.unwrap(), Rotation::Used);
     assert_eq!(token_rows(&app), (after.0 + 1, after.1, after.2 + 1));
+}
+
+/// Everything a refresh decides on before it writes comes from one statement (on PostgreSQL,
+/// one round trip): the token, its family and, for a person's grant, the account with every
+/// role it holds, by name; a user without roles, an account that is gone and a backend
+/// grant each come back as such.
+async fn a_refresh_reads_its_token_family_user_and_roles_in_one_statement(backend: Backend) {
+    let Some(app) = TestApp::start(backend).await else {
+        return;
+    };
+    let client_id = client(&app);
+    add_user(
+        &app,
+        "nora",
+        &["physician", "nurse"],
+        Some("Practitioner/7"),
+    );
+    add_user(&app, "ivan", &[], None);
+    let mut conn = app.conn();
+    let mut id_of = |name: &str| {
+        ward::store::credentials::login_user_by_name(&mut conn, name)
+            .unwrap()
+            .unwrap()
+            .id
+    };
+    let (nora, ivan) = (id_of("nora"), id_of("ivan"));
+    let families = [
+        ("fam-nora", Some(nora.clone())),
+        ("fam-ivan", Some(ivan.clone())),
+        ("fam-gone", Some("no-such-user".to_owned())),
+        ("fam-svc", None),
+    ];
+    for (id, user_id) in &families {
+        let person = FamilyRow {
+            user_id: user_id.clone(),
+            grant_kind: "authorization_code".into(),
+            ..family(&client_id, id)
+        };
+        grants::insert_family(&mut conn, &person).unwrap();
+        grants::insert_refresh(&mut conn, &refresh(&format!("hash-{id}"), id)).unwrap();
+    }
+    let statements = count_statements(&mut conn);
+    let grant = grants::find_refresh_grant(&mut conn, "hash-fam-nora")
+        .unwrap()
+        .unwrap();
+    if let Some(seen) = &statements {
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "statements sent");
+    }
+    if let DbConnection::Postgres(pg) = &mut *conn {
+        // Prepared once and kept (diesel names it), not parsed and planned per refresh.
+        #[derive(diesel::QueryableByName)]
+        struct Prepared {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let kept: Prepared = diesel::RunQueryDsl::get_result(
+            diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_prepared_statements WHERE name LIKE '__diesel%' \
+                 AND statement LIKE '%\"refresh_tokens\"%\"user_roles\"%'",
+            ),
+            pg,
+        )
+        .unwrap();
+        assert_eq!(kept.n, 1);
+    }
+    assert_eq!(grant.token.token_hash, "hash-fam-nora");
+    assert_eq!(grant.token.family_id, "fam-nora");
+    assert_eq!(grant.token.expires_at, NOW + 3600);
+    assert_eq!(grant.family.id, "fam-nora");
+    assert_eq!(grant.family.user_id.as_deref(), Some(nora.as_str()));
+    let (user, held) = grant.user.expect("nora's account");
+    assert_eq!(
+        (user.id.as_str(), user.username.as_str(), user.enabled),
+        (nora.as_str(), "nora", true)
+    );
+    assert_eq!(user.fhir_user.as_deref(), Some("Practitioner/7"));
+    let names: Vec<&str> = held.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["nurse", "physician"]);
+    assert!(held[1].scope_ceiling.contains("user/*.cruds"));
+
+    let grant = grants::find_refresh_grant(&mut conn, "hash-fam-ivan")
+        .unwrap()
+        .unwrap();
+    let (user, held) = grant.user.expect("ivan's account");
+    assert_eq!((user.id, held.len()), (ivan, 0));
+    for gone in ["hash-fam-gone", "hash-fam-svc"] {
+        let grant = grants::find_refresh_grant(&mut conn, gone)
+            .unwrap()
+            .unwrap();
+        assert_eq!(grant.token.token_hash, gone);
+        assert!(grant.user.is_none(), "{gone}");
+    }
+    assert!(grants::find_refresh_grant(&mut conn, "hash-unknown")
+        .unwrap()
+        .is_none());
 }

@@ -19,7 +19,9 @@ use crate::clock::Clock;
 use crate::crypto::{random_token, sha256_b64};
 use crate::smart::launch::LaunchContext;
 use crate::smart::scopes::{IdentityScope, ScopeSet};
+use crate::store::credentials::LoginUserRow;
 use crate::store::grants::{self, AuthRequestRow, CodeRow, ConsentRow, FamilyRow};
+use crate::store::roles::RoleRow;
 use crate::store::{roles, write_transaction, DbConnection, StoreError};
 
 /// How long a person has to sign in, pick a patient and consent.
@@ -91,6 +93,23 @@ pub struct Subject {
 }
 
 impl Subject {
+    /// The person behind an account, with what the roles they hold allow; `None` when the
+    /// account is disabled.
+    pub fn of(user: LoginUserRow, held: Vec<RoleRow>) -> Option<Self> {
+        if !user.enabled {
+            return None;
+        }
+        let roles: Vec<Role> = held.into_iter().map(Role::from).collect();
+        Some(Self {
+            user_id: user.id,
+            username: user.username,
+            display_name: user.display_name,
+            fhir_user: user.fhir_user,
+            ceilings: roles.iter().map(Role::ceiling).collect(),
+            break_glass: roles.iter().any(|r| r.break_glass),
+        })
+    }
+
     /// Whether the person may choose among patients: some role grants `user/` access (a
     /// clinician). Someone limited to `patient/` scopes only ever sees their own record.
     pub fn may_pick_patients(&self) -> bool {
@@ -254,21 +273,7 @@ pub fn load(
 
 /// The signed-in person with the scope ceilings of their roles.
 pub fn subject(conn: &mut DbConnection, user_id: &str) -> Result<Option<Subject>, StoreError> {
-    let Some((user, held)) = roles::user_with_roles(conn, user_id)? else {
-        return Ok(None);
-    };
-    if !user.enabled {
-        return Ok(None);
-    }
-    let roles: Vec<Role> = held.into_iter().map(Role::from).collect();
-    Ok(Some(Subject {
-        user_id: user.id,
-        username: user.username,
-        display_name: user.display_name,
-        fhir_user: user.fhir_user,
-        ceilings: roles.iter().map(Role::ceiling).collect(),
-        break_glass: roles.iter().any(|r| r.break_glass),
-    }))
+    Ok(roles::user_with_roles(conn, user_id)?.and_then(|(user, held)| Subject::of(user, held)))
 }
 
 /// What happens next for a pending request.
@@ -841,6 +846,52 @@ mod tests {
             authenticated_at,
             mfa_at: None,
         }
+    }
+
+    #[test]
+    fn a_subject_is_what_an_enabled_accounts_roles_allow() {
+        let account = |enabled: bool| LoginUserRow {
+            id: "u1".into(),
+            username: "nora".into(),
+            display_name: "Nora".into(),
+            fhir_user: Some("Practitioner/7".into()),
+            enabled,
+            password_hash: None,
+            failed_logins: 3,
+            locked_at: Some(T0),
+        };
+        let role = |name: &str, ceiling: &str, break_glass: bool| RoleRow {
+            name: name.into(),
+            description: String::new(),
+            scope_ceiling: ceiling.into(),
+            mfa_required: true,
+            break_glass,
+            created_at: T0,
+            updated_at: T0,
+            version: 1,
+            passwordless: false,
+        };
+        let roles = vec![
+            role("billing", "user/Coverage.rs", false),
+            role("physician", "user/*.cruds", true),
+        ];
+        // A sign-in lock is not a disabled account: the person's grants still count.
+        let s = Subject::of(account(true), roles.clone()).expect("enabled");
+        assert_eq!(
+            (
+                s.user_id.as_str(),
+                s.username.as_str(),
+                s.display_name.as_str()
+            ),
+            ("u1", "nora", "Nora")
+        );
+        assert_eq!(s.fhir_user.as_deref(), Some("Practitioner/7"));
+        let ceilings: Vec<String> = s.ceilings.iter().map(ScopeSet::to_string).collect();
+        assert_eq!(ceilings, ["user/Coverage.rs", "user/*.cruds"]);
+        assert!(s.break_glass);
+        let no_roles = Subject::of(account(true), Vec::new()).expect("enabled");
+        assert!(no_roles.ceilings.is_empty() && !no_roles.break_glass);
+        assert!(Subject::of(account(false), roles).is_none());
     }
 
     fn subject(fhir_user: Option<&str>, ceiling: &str) -> Subject {

@@ -10,7 +10,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::authorize::CodeGrant;
+use super::authorize::{CodeGrant, Subject};
 use super::client_auth::UnrecordedAssertion;
 use super::error::{OAuthError, Params};
 use super::pkce;
@@ -24,7 +24,7 @@ use crate::fault::{self, Point};
 use crate::keys::{KeyAlg, KeyRing};
 use crate::smart::launch::LaunchContext;
 use crate::smart::scopes::{IdentityScope, ScopeSet};
-use crate::store::grants::{self, AccessTokenRow, FamilyRow, RefreshRow, Rotation};
+use crate::store::grants::{self, AccessTokenRow, FamilyRow, RefreshGrant, RefreshRow, Rotation};
 use crate::store::{credentials, write_transaction, DbConnection, StoreError};
 
 /// What the grants need besides the database.
@@ -381,9 +381,10 @@ pub fn refresh_token(
     let presented = params.require("refresh_token")?;
     let now = iss.clock.now_secs();
     let hash = sha256_b64(presented.as_bytes());
-    let Some((row, family)) = grants::find_refresh_with_family(conn, &hash)? else {
+    let Some(grant) = grants::find_refresh_grant(conn, &hash)? else {
         return Err(OAuthError::invalid_grant("unknown refresh token").into());
     };
+    let (row, family) = (&grant.token, &grant.family);
     if family.client_id != client.client_id {
         return Err(
             OAuthError::invalid_grant("the refresh token was issued to another client").into(),
@@ -398,7 +399,7 @@ pub fn refresh_token(
             kind: "refresh_token",
         })
     } else {
-        rotate(conn, iss, ctx, client, &row, &family, params, now)
+        rotate(conn, iss, ctx, client, grant, params, now)
     };
     settle(conn, iss, ctx, client, outcome)
 }
@@ -409,11 +410,15 @@ fn rotate(
     iss: &Issuer<'_>,
     ctx: &AuditContext,
     client: &Client,
-    row: &RefreshRow,
-    family: &FamilyRow,
+    grant: RefreshGrant,
     params: &Params,
     now: i64,
 ) -> Result<Value, Refusal> {
+    let RefreshGrant {
+        token: row,
+        family,
+        user,
+    } = grant;
     if family.revoked_at.is_some() {
         return Err(OAuthError::invalid_grant("the refresh token was revoked").into());
     }
@@ -441,9 +446,9 @@ fn rotate(
     // registration allow today narrows every refresh (a demoted user loses access at once).
     let mut fhir_user = None;
     let scopes = match &family.user_id {
-        Some(user_id) => {
-            // `subject` is `None` for a user who no longer exists or is disabled.
-            let Some(subject) = super::authorize::subject(conn, user_id)? else {
+        Some(_) => {
+            // `None` for a user who no longer exists or is disabled.
+            let Some(subject) = user.and_then(|(user, held)| Subject::of(user, held)) else {
                 return Err(OAuthError::invalid_grant("the user can no longer sign in").into());
             };
             let allowed_now = crate::authz::grant::grantable(
@@ -475,7 +480,7 @@ fn rotate(
         code: None,
         fhir_user,
     };
-    let issued = issue(iss, client, family, &scopes, minted, now)?;
+    let issued = issue(iss, client, &family, &scopes, minted, now)?;
     let event = audit::row(
         iss.clock,
         ctx,
@@ -484,7 +489,7 @@ fn rotate(
             grant: "refresh_token".into(),
             family: family.id.clone(),
             scope: scopes.to_string(),
-            patient: context_of(family).patient,
+            patient: context_of(&family).patient,
         },
     )?;
     // The compare-and-set and the writes, all or none: a revocation that committed after the

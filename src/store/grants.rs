@@ -14,9 +14,11 @@ use diesel::sql_types::{BigInt, Text};
 
 use super::audit_events::NewAuditEventRow;
 use super::changes::{self, Change};
+use super::credentials::LoginUserRow;
+use super::roles::RoleRow;
 use super::schema::{
     access_tokens, assertion_jtis, audit_events, auth_requests, authorization_codes, consents,
-    launch_contexts, refresh_tokens, token_families,
+    launch_contexts, refresh_tokens, roles, token_families, user_roles, users,
 };
 use super::{together, DbConnection, StoreError};
 
@@ -317,6 +319,54 @@ pub fn find_refresh_with_family(
         .select((RefreshRow::as_select(), FamilyRow::as_select()))
         .first(c)
         .optional())?)
+}
+
+/// Everything a refresh grant decides on before it writes.
+#[derive(Debug, Clone)]
+pub struct RefreshGrant {
+    pub token: RefreshRow,
+    pub family: FamilyRow,
+    /// For a person's grant, the account (`None` once it is gone) with the roles it holds
+    /// now, by name.
+    pub user: Option<(LoginUserRow, Vec<RoleRow>)>,
+}
+
+/// A refresh token with its family and the family's user with their roles, in one statement
+/// (left joins: a backend grant has no user, a user may hold no role). A refresh is a hot
+/// path, and on PostgreSQL each statement is a round trip.
+pub fn find_refresh_grant(
+    conn: &mut DbConnection,
+    token_hash: &str,
+) -> Result<Option<RefreshGrant>, StoreError> {
+    let rows: Vec<(RefreshRow, FamilyRow, Option<LoginUserRow>, Option<RoleRow>)> = on_backend!(conn, c => refresh_tokens::table
+            .inner_join(token_families::table.left_join(
+                users::table.left_join(user_roles::table.inner_join(roles::table)),
+            ))
+            .filter(refresh_tokens::token_hash.eq(token_hash))
+            .select((
+                RefreshRow::as_select(),
+                FamilyRow::as_select(),
+                Option::<LoginUserRow>::as_select(),
+                Option::<RoleRow>::as_select(),
+            ))
+            .order(roles::name)
+            .load(c))?;
+    let mut rows = rows.into_iter();
+    let Some((token, family, user, first_role)) = rows.next() else {
+        return Ok(None);
+    };
+    let user = user.map(|user| {
+        let held = first_role
+            .into_iter()
+            .chain(rows.filter_map(|(_, _, _, role)| role))
+            .collect();
+        (user, held)
+    });
+    Ok(Some(RefreshGrant {
+        token,
+        family,
+        user,
+    }))
 }
 
 /// What became of an attempt to use a refresh token.

@@ -228,6 +228,13 @@ pub fn checkpoint_wal(conn: &mut DbConnection) -> Result<Option<WalCheckpoint>, 
     Ok(Some(done))
 }
 
+/// Bytes of heap SQLite holds in this process now: every connection's page cache (up to the
+/// cache size each is given), schemas and prepared statements. Process-wide; 0 on PostgreSQL.
+pub fn sqlite_heap_bytes() -> i64 {
+    // SAFETY: a read of SQLite's global memory counter, which SQLite keeps thread-safe.
+    unsafe { libsqlite3_sys::sqlite3_memory_used() }
+}
+
 /// Plans each SQLite statement once, when it is prepared (the "query planner stability
 /// guarantee", `SQLITE_DBCONFIG_ENABLE_QPSG`).
 ///

@@ -326,6 +326,20 @@ fn targets_table(w: &mut String, r: &Results, tag: &str) {
             met(quick),
         );
     }
+    if let Some(m) = soak_memory(&soak_rss(r)) {
+        let _ = writeln!(
+            w,
+            "| memory: RSS over the {:.0}-minute soak (below) | {:.1} → {:.1} MiB ({:+.1}%, {:+.0} MiB/h at that pace) | — | — | — | — | \
+             flat: the last quarter's mean within {:.0}% of the second quarter's (the first is warm-up) | {} |",
+            m.minutes,
+            m.settled_mib,
+            m.last_mib,
+            m.growth() * 100.0,
+            m.mib_per_hour(),
+            FLAT_GROWTH * 100.0,
+            met(Some(m.flat())),
+        );
+    }
     let _ = writeln!(w);
     let bounds: Vec<String> = r
         .lines
@@ -455,6 +469,64 @@ fn memory(w: &mut String, r: &Results, tags: &[String]) {
     let _ = writeln!(w);
 }
 
+/// How much RSS may grow between the soak's second quarter and its last and still count as
+/// flat.
+const FLAT_GROWTH: f64 = 0.05;
+
+/// The soak's RSS samples: (seconds since the soak began, MiB).
+fn soak_rss(r: &Results) -> Vec<(f64, f64)> {
+    r.lines
+        .iter()
+        .filter(|l| l["scenario"] == "soak-rss")
+        .filter_map(|l| Some((l["elapsed_s"].as_f64()?, l["rss_kb"].as_f64()? / 1024.0)))
+        .collect()
+}
+
+/// Memory over a soak: the mean RSS of its second quarter (the first is warm-up, while page
+/// caches and the allocators fill) against the mean of its last.
+#[derive(Debug, PartialEq)]
+struct SoakMemory {
+    settled_mib: f64,
+    last_mib: f64,
+    /// Minutes from the middle of the second quarter to the middle of the last.
+    apart_minutes: f64,
+    /// The soak's length.
+    minutes: f64,
+}
+
+impl SoakMemory {
+    fn growth(&self) -> f64 {
+        self.last_mib / self.settled_mib - 1.0
+    }
+
+    fn mib_per_hour(&self) -> f64 {
+        (self.last_mib - self.settled_mib) / self.apart_minutes * 60.0
+    }
+
+    fn flat(&self) -> bool {
+        self.growth() <= FLAT_GROWTH
+    }
+}
+
+/// `None` with fewer than four samples (no quarters to compare).
+fn soak_memory(samples: &[(f64, f64)]) -> Option<SoakMemory> {
+    let quarter = samples.len() / 4;
+    if quarter == 0 {
+        return None;
+    }
+    let mean = |part: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        part.iter().map(pick).sum::<f64>() / part.len() as f64
+    };
+    let settled = &samples[quarter..2 * quarter];
+    let last = &samples[samples.len() - quarter..];
+    Some(SoakMemory {
+        settled_mib: mean(settled, |s| s.1),
+        last_mib: mean(last, |s| s.1),
+        apart_minutes: (mean(last, |s| s.0) - mean(settled, |s| s.0)) / 60.0,
+        minutes: samples[samples.len() - 1].0 / 60.0,
+    })
+}
+
 fn soak(w: &mut String, r: &Results) {
     let samples: Vec<&Value> = r
         .lines
@@ -467,14 +539,23 @@ fn soak(w: &mut String, r: &Results) {
     let _ = writeln!(
         w,
         "## Soak (mixed load on SQLite: introspection, client_credentials RS384, refresh, JWKS)\n\n\
-         | elapsed s | RSS MiB | threads |\n|---:|---:|---:|"
+         `SQLite heap` is `ward_sqlite_heap_bytes` from `/metrics`: SQLite's page caches, \
+         schemas and prepared statements, part of the RSS. It rises and falls as the writer \
+         commits (each reader's page cache starts again after a commit it did not make).\n\n\
+         | elapsed s | RSS MiB | SQLite heap MiB | threads |\n|---:|---:|---:|---:|"
     );
     for s in &samples {
         let _ = writeln!(
             w,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} |",
             fmt(s["elapsed_s"].as_f64(), 0),
             fmt(s["rss_kb"].as_f64().map(|k| k / 1024.0), 1),
+            fmt(
+                s["sqlite_heap_bytes"]
+                    .as_f64()
+                    .map(|b| b / (1024.0 * 1024.0)),
+                1
+            ),
             fmt(s["threads"].as_f64(), 0),
         );
     }
@@ -528,6 +609,50 @@ mod tests {
         Results {
             lines: lines.to_vec(),
         }
+    }
+
+    #[test]
+    fn soak_memory_compares_the_second_quarter_with_the_last() {
+        let samples = |rss: &[f64]| -> Vec<(f64, f64)> {
+            rss.iter()
+                .enumerate()
+                .map(|(i, r)| ((i as f64 + 1.0) * 30.0, *r))
+                .collect()
+        };
+        // Warm-up in the first quarter does not count; growth after it does.
+        let m = soak_memory(&samples(&[
+            50.0, 80.0, 100.0, 100.0, 102.0, 103.0, 104.0, 104.0,
+        ]))
+        .unwrap();
+        assert_eq!((m.settled_mib, m.last_mib), (100.0, 104.0));
+        assert_eq!((m.apart_minutes, m.minutes), (2.0, 4.0));
+        assert!((m.growth() - 0.04).abs() < 1e-9 && m.flat());
+        assert_eq!(m.mib_per_hour(), 120.0);
+        let leaking = soak_memory(&samples(&[
+            50.0, 60.0, 100.0, 100.0, 104.0, 105.0, 106.0, 106.0,
+        ]));
+        assert!(!leaking.unwrap().flat());
+        assert_eq!(soak_memory(&samples(&[1.0, 2.0, 3.0])), None);
+    }
+
+    #[test]
+    fn the_targets_table_judges_memory_when_there_was_a_soak() {
+        let mut lines = vec![json!({"scenario": "get:/healthz", "rps": 1000.0, "tag": "sqlite"})];
+        let only_healthz = render(&results(&lines), &[]);
+        assert!(!only_healthz.contains("memory: RSS"));
+        for (i, rss_mib) in [60.0, 100.0, 100.0, 120.0].iter().enumerate() {
+            lines.push(json!({"scenario": "soak-rss", "tag": "soak",
+                "elapsed_s": (i + 1) * 30, "rss_kb": rss_mib * 1024.0, "threads": 9,
+                "sqlite_heap_bytes": 2_097_152}));
+        }
+        let out = render(&results(&lines), &[]);
+        let row = out
+            .lines()
+            .find(|l| l.starts_with("| memory: RSS over the 2-minute soak"))
+            .expect("memory row");
+        assert!(row.contains("100.0 → 120.0 MiB (+20.0%"), "{row}");
+        assert!(row.ends_with("| **no** |"), "{row}");
+        assert!(out.contains("| 30 | 60.0 | 2.0 | 9 |"), "{out}");
     }
 
     #[test]
