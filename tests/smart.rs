@@ -38,6 +38,7 @@ on_both_backends!(
     patients_only_ever_get_their_own_record,
     a_pending_request_belongs_to_the_first_person_signed_in,
     refreshes_follow_todays_roles_and_offline_access_can_be_declined,
+    a_refresh_for_an_account_disabled_or_gone_is_refused_and_spends_nothing,
     launch_pages_keep_a_strict_content_security_policy,
     sign_out_confirmation_goes_only_to_a_registered_uri,
 );
@@ -1812,6 +1813,44 @@ async fn refreshes_follow_todays_roles_and_offline_access_can_be_declined(backen
         submit_consent(&browser, &tampered).await.other().status,
         StatusCode::BAD_REQUEST
     );
+}
+
+/// Whether the person behind a grant may still use it is read at every refresh, also when
+/// the account changed underneath Ward's own admin paths (which revoke the grants too): a
+/// disabled account refreshes nothing, and the refused refresh leaves its token unused; an
+/// account that is gone refreshes nothing either.
+async fn a_refresh_for_an_account_disabled_or_gone_is_refused_and_spends_nothing(backend: Backend) {
+    use diesel::connection::SimpleConnection;
+    let Some(app) = smart_app(backend).await else {
+        return;
+    };
+    add_user(&app, "pat", &["patient"], Some("Patient/123"));
+    let app_id = public_app(&app);
+    let browser = Browser::new(&app.base);
+    let scope = "openid launch/patient offline_access patient/Observation.rs";
+    let tokens = full_flow(&app, &browser, &app_id, "pat", scope).await;
+    let presented = tokens["refresh_token"].as_str().unwrap();
+    let sql = |statement: &str| app.conn().batch_execute(statement).unwrap();
+    let refused = |body: &Value| {
+        body["error"] == "invalid_grant"
+            && body["error_description"]
+                .as_str()
+                .is_some_and(|d| d.contains("can no longer sign in"))
+    };
+
+    sql("UPDATE users SET enabled = FALSE WHERE username = 'pat'");
+    let (status, body) = refresh(&app, presented, &app_id).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(refused(&body), "{body}");
+    // Nothing was spent: enabled again, the same refresh token still works once.
+    sql("UPDATE users SET enabled = TRUE WHERE username = 'pat'");
+    let (status, body) = refresh(&app, presented, &app_id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    sql("DELETE FROM users WHERE username = 'pat'");
+    let (status, gone) = refresh(&app, body["refresh_token"].as_str().unwrap(), &app_id).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{gone}");
+    assert!(refused(&gone), "{gone}");
 }
 
 async fn launch_pages_keep_a_strict_content_security_policy(backend: Backend) {

@@ -545,6 +545,55 @@ async fn a_rotation_writes_everything_for_the_one_caller_it_lets_through_and_not
     assert_eq!(token_rows(&app), (after.0 + 1, after.1, after.2 + 1));
 }
 
+/// Records the SQL `conn` sends from now on (without its binds).
+struct Sent(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Instrumentation for Sent {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if let InstrumentationEvent::StartQuery { query, .. } = event {
+            let text = query.to_string();
+            let sql = text.split(" -- binds:").next().unwrap_or_default();
+            self.0.lock().unwrap().push(sql.to_owned());
+        }
+    }
+}
+
+/// What SQLite plans for `sql` (one `?` bound to a placeholder value): each step's detail.
+fn sqlite_plan(conn: &mut DbConnection, sql: &str) -> Vec<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Step {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
+    let steps: Vec<Step> = diesel::RunQueryDsl::load(
+        diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+            .bind::<diesel::sql_types::Text, _>("x"),
+        conn,
+    )
+    .unwrap();
+    steps.into_iter().map(|s| s.detail).collect()
+}
+
+/// On SQLite: what `read` sends is looked up by key through indexes, with no table scanned and
+/// nothing materialised (whose cost would grow with every user and role assignment).
+fn assert_looked_up_by_key(conn: &mut DbConnection, read: impl FnOnce(&mut DbConnection)) {
+    let DbConnection::Sqlite(sqlite) = conn else {
+        return;
+    };
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    sqlite.set_instrumentation(Sent(Arc::clone(&sent)));
+    read(conn);
+    let statements = sent.lock().unwrap().clone();
+    assert_eq!(statements.len(), 1, "{statements:?}");
+    let plan = sqlite_plan(conn, &statements[0]);
+    assert!(
+        plan.iter()
+            .all(|step| step.starts_with("SEARCH ") || step.starts_with("USE TEMP B-TREE")),
+        "{plan:?} for {}",
+        statements[0]
+    );
+}
+
 /// Everything a refresh decides on before it writes comes from one statement (on PostgreSQL,
 /// one round trip): the token, its family and, for a person's grant, the account with every
 /// role it holds, by name; a user without roles, an account that is gone and a backend
@@ -638,4 +687,11 @@ async fn a_refresh_reads_its_token_family_user_and_roles_in_one_statement(backen
     assert!(grants::find_refresh_grant(&mut conn, "hash-unknown")
         .unwrap()
         .is_none());
+    // Looked up by key, as is the account with its roles that /authorize reads.
+    assert_looked_up_by_key(&mut conn, |c| {
+        grants::find_refresh_grant(c, "hash-fam-nora").unwrap();
+    });
+    assert_looked_up_by_key(&mut conn, |c| {
+        ward::store::roles::user_with_roles(c, &nora).unwrap();
+    });
 }

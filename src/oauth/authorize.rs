@@ -19,9 +19,8 @@ use crate::clock::Clock;
 use crate::crypto::{random_token, sha256_b64};
 use crate::smart::launch::LaunchContext;
 use crate::smart::scopes::{IdentityScope, ScopeSet};
-use crate::store::credentials::LoginUserRow;
 use crate::store::grants::{self, AuthRequestRow, CodeRow, ConsentRow, FamilyRow};
-use crate::store::roles::RoleRow;
+use crate::store::roles::{AccountRow, RoleRow};
 use crate::store::{roles, write_transaction, DbConnection, StoreError};
 
 /// How long a person has to sign in, pick a patient and consent.
@@ -95,7 +94,7 @@ pub struct Subject {
 impl Subject {
     /// The person behind an account, with what the roles they hold allow; `None` when the
     /// account is disabled.
-    pub fn of(user: LoginUserRow, held: Vec<RoleRow>) -> Option<Self> {
+    pub fn of(user: AccountRow, held: Vec<RoleRow>) -> Option<Self> {
         if !user.enabled {
             return None;
         }
@@ -850,15 +849,12 @@ mod tests {
 
     #[test]
     fn a_subject_is_what_an_enabled_accounts_roles_allow() {
-        let account = |enabled: bool| LoginUserRow {
+        let account = |enabled: bool| AccountRow {
             id: "u1".into(),
             username: "nora".into(),
             display_name: "Nora".into(),
             fhir_user: Some("Practitioner/7".into()),
             enabled,
-            password_hash: None,
-            failed_logins: 3,
-            locked_at: Some(T0),
         };
         let role = |name: &str, ceiling: &str, break_glass: bool| RoleRow {
             name: name.into(),
@@ -875,7 +871,6 @@ mod tests {
             role("billing", "user/Coverage.rs", false),
             role("physician", "user/*.cruds", true),
         ];
-        // A sign-in lock is not a disabled account: the person's grants still count.
         let s = Subject::of(account(true), roles.clone()).expect("enabled");
         assert_eq!(
             (

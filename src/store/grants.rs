@@ -14,8 +14,7 @@ use diesel::sql_types::{BigInt, Text};
 
 use super::audit_events::NewAuditEventRow;
 use super::changes::{self, Change};
-use super::credentials::LoginUserRow;
-use super::roles::RoleRow;
+use super::roles::{AccountRow, RoleRow};
 use super::schema::{
     access_tokens, assertion_jtis, audit_events, auth_requests, authorization_codes, consents,
     launch_contexts, refresh_tokens, roles, token_families, user_roles, users,
@@ -308,7 +307,7 @@ pub fn find_refresh(
         .optional()?)
 }
 
-/// A refresh token with its family (one lookup: a refresh grant needs both).
+/// A refresh token with its family, in one lookup (revocation: RFC 7009).
 pub fn find_refresh_with_family(
     conn: &mut DbConnection,
     token_hash: &str,
@@ -328,45 +327,42 @@ pub struct RefreshGrant {
     pub family: FamilyRow,
     /// For a person's grant, the account (`None` once it is gone) with the roles it holds
     /// now, by name.
-    pub user: Option<(LoginUserRow, Vec<RoleRow>)>,
+    pub user: Option<(AccountRow, Vec<RoleRow>)>,
 }
 
-/// A refresh token with its family and the family's user with their roles, in one statement
-/// (left joins: a backend grant has no user, a user may hold no role). A refresh is a hot
-/// path, and on PostgreSQL each statement is a round trip.
+/// A refresh token with its family and the family's account with its roles, in one statement
+/// (left joins: a backend grant has no account, an account may hold no role; written flat for
+/// the reason `roles::user_with_roles` gives). A refresh is a hot path, and on PostgreSQL each
+/// statement is a round trip.
 pub fn find_refresh_grant(
     conn: &mut DbConnection,
     token_hash: &str,
 ) -> Result<Option<RefreshGrant>, StoreError> {
-    let rows: Vec<(RefreshRow, FamilyRow, Option<LoginUserRow>, Option<RoleRow>)> = on_backend!(conn, c => refresh_tokens::table
-            .inner_join(token_families::table.left_join(
-                users::table.left_join(user_roles::table.inner_join(roles::table)),
-            ))
+    let rows: Vec<(RefreshRow, FamilyRow, Option<AccountRow>, Option<RoleRow>)> = on_backend!(conn, c => refresh_tokens::table
+            .inner_join(token_families::table)
+            .left_join(users::table.on(token_families::user_id.eq(users::id.nullable())))
+            .left_join(user_roles::table.on(user_roles::user_id.eq(users::id)))
+            .left_join(roles::table.on(roles::name.eq(user_roles::role_name)))
             .filter(refresh_tokens::token_hash.eq(token_hash))
             .select((
                 RefreshRow::as_select(),
                 FamilyRow::as_select(),
-                Option::<LoginUserRow>::as_select(),
+                Option::<AccountRow>::as_select(),
                 Option::<RoleRow>::as_select(),
             ))
             .order(roles::name)
             .load(c))?;
-    let mut rows = rows.into_iter();
-    let Some((token, family, user, first_role)) = rows.next() else {
-        return Ok(None);
-    };
-    let user = user.map(|user| {
-        let held = first_role
-            .into_iter()
-            .chain(rows.filter_map(|(_, _, _, role)| role))
-            .collect();
-        (user, held)
-    });
-    Ok(Some(RefreshGrant {
-        token,
-        family,
-        user,
-    }))
+    let rows = rows
+        .into_iter()
+        .map(|(token, family, user, role)| ((token, family, user), role))
+        .collect();
+    Ok(
+        super::roles::gather(rows).map(|((token, family, user), held)| RefreshGrant {
+            token,
+            family,
+            user: user.map(|user| (user, held)),
+        }),
+    )
 }
 
 /// What became of an attempt to use a refresh token.

@@ -2,7 +2,6 @@
 
 use diesel::prelude::*;
 
-use super::credentials::LoginUserRow;
 use super::schema::{roles, user_roles, users};
 use super::{DbConnection, StoreError};
 
@@ -37,8 +36,7 @@ pub fn list(conn: &mut DbConnection) -> Result<Vec<RoleRow>, StoreError> {
 
 /// The roles `user_id` holds, by name. One join: a statement diesel prepares once and keeps,
 /// where looking the names up first and then `find_many` costs two queries and an `IN (…)` list
-/// whose SQL changes with the number of names, so it is prepared afresh on every call (a tenth
-/// of a refresh grant's time, which re-reads the roles to cut the scopes to what they allow now).
+/// whose SQL changes with the number of names, so it is prepared afresh on every call.
 pub fn of_user(conn: &mut DbConnection, user_id: &str) -> Result<Vec<RoleRow>, StoreError> {
     Ok(roles::table
         .inner_join(user_roles::table)
@@ -48,27 +46,49 @@ pub fn of_user(conn: &mut DbConnection, user_id: &str) -> Result<Vec<RoleRow>, S
         .load(conn)?)
 }
 
-/// A user (as sign-in sees them) with the roles they hold, by name: one statement (a left
-/// join, so a user without roles is found too). `None` when there is no such user.
+/// A person's account as grants see it: who they are and whether it is enabled. No password
+/// hash or lock state: no grant decision needs them.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = users)]
+pub struct AccountRow {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub fhir_user: Option<String>,
+    pub enabled: bool,
+}
+
+/// An account with the roles it holds, by name: one statement (left joins, so an account
+/// without roles is found too). `None` when there is no such account.
+///
+/// The joins are written flat (`users ⟕ user_roles ⟕ roles`), never nested: diesel puts a
+/// nested join in parentheses, and SQLite cannot flatten a parenthesised join on the right of
+/// a LEFT JOIN, so it would materialise every role assignment of every user per call
+/// (`tests/token_writes.rs` checks the plans).
 pub fn user_with_roles(
     conn: &mut DbConnection,
     user_id: &str,
-) -> Result<Option<(LoginUserRow, Vec<RoleRow>)>, StoreError> {
-    let rows: Vec<(LoginUserRow, Option<RoleRow>)> = on_backend!(conn, c => users::table
-        .left_join(user_roles::table.inner_join(roles::table))
+) -> Result<Option<(AccountRow, Vec<RoleRow>)>, StoreError> {
+    let rows: Vec<(AccountRow, Option<RoleRow>)> = on_backend!(conn, c => users::table
+        .left_join(user_roles::table)
+        .left_join(roles::table.on(roles::name.eq(user_roles::role_name)))
         .filter(users::id.eq(user_id))
-        .select((LoginUserRow::as_select(), Option::<RoleRow>::as_select()))
+        .select((AccountRow::as_select(), Option::<RoleRow>::as_select()))
         .order(roles::name)
         .load(c))?;
+    Ok(gather(rows))
+}
+
+/// The rows of a left join to someone's roles (one per role held, or one without a role when
+/// none is) as that someone with the roles held; `None` for no rows.
+pub(super) fn gather<H>(rows: Vec<(H, Option<RoleRow>)>) -> Option<(H, Vec<RoleRow>)> {
     let mut rows = rows.into_iter();
-    let Some((user, first)) = rows.next() else {
-        return Ok(None);
-    };
+    let (head, first) = rows.next()?;
     let held = first
         .into_iter()
         .chain(rows.filter_map(|(_, role)| role))
         .collect();
-    Ok(Some((user, held)))
+    Some((head, held))
 }
 
 pub fn find_many(conn: &mut DbConnection, names: &[String]) -> Result<Vec<RoleRow>, StoreError> {

@@ -335,7 +335,6 @@ diesel::joinable!(client_secrets -> clients (client_id));
 diesel::joinable!(enrolment_links -> users (user_id));
 diesel::joinable!(refresh_tokens -> token_families (family_id));
 diesel::joinable!(access_tokens -> token_families (family_id));
-diesel::joinable!(token_families -> users (user_id));
 diesel::joinable!(totp_credentials -> users (user_id));
 diesel::joinable!(recovery_codes -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));

@@ -330,7 +330,7 @@ fn targets_table(w: &mut String, r: &Results, tag: &str) {
         let _ = writeln!(
             w,
             "| memory: RSS over the {:.0}-minute soak (below) | {:.1} → {:.1} MiB ({:+.1}%, {:+.0} MiB/h at that pace) | — | — | — | — | \
-             flat: the last quarter's mean within {:.0}% of the second quarter's (the first is warm-up) | {} |",
+             flat: the last quarter's mean at most {:.0}% above the second quarter's (the first is warm-up) | {} |",
             m.minutes,
             m.settled_mib,
             m.last_mib,
@@ -508,21 +508,23 @@ impl SoakMemory {
     }
 }
 
-/// `None` with fewer than four samples (no quarters to compare).
+/// `None` with fewer than eight samples (four minutes): with fewer, a quarter is one sample and
+/// the second is still warm-up.
 fn soak_memory(samples: &[(f64, f64)]) -> Option<SoakMemory> {
-    let quarter = samples.len() / 4;
-    if quarter == 0 {
+    if samples.len() < 8 {
         return None;
     }
+    let quarter = samples.len() / 4;
     let mean = |part: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
         part.iter().map(pick).sum::<f64>() / part.len() as f64
     };
     let settled = &samples[quarter..2 * quarter];
     let last = &samples[samples.len() - quarter..];
-    Some(SoakMemory {
+    let apart_minutes = (mean(last, |s| s.0) - mean(settled, |s| s.0)) / 60.0;
+    (apart_minutes > 0.0).then(|| SoakMemory {
         settled_mib: mean(settled, |s| s.1),
         last_mib: mean(last, |s| s.1),
-        apart_minutes: (mean(last, |s| s.0) - mean(settled, |s| s.0)) / 60.0,
+        apart_minutes,
         minutes: samples[samples.len() - 1].0 / 60.0,
     })
 }
@@ -632,7 +634,11 @@ mod tests {
             50.0, 60.0, 100.0, 100.0, 104.0, 105.0, 106.0, 106.0,
         ]));
         assert!(!leaking.unwrap().flat());
-        assert_eq!(soak_memory(&samples(&[1.0, 2.0, 3.0])), None);
+        assert_eq!(soak_memory(&samples(&[1.0; 7])), None);
+        // Samples out of order (two runs merged) are not judged.
+        let mut mixed = samples(&[1.0; 8]);
+        mixed.reverse();
+        assert_eq!(soak_memory(&mixed), None);
     }
 
     #[test]
@@ -640,7 +646,10 @@ mod tests {
         let mut lines = vec![json!({"scenario": "get:/healthz", "rps": 1000.0, "tag": "sqlite"})];
         let only_healthz = render(&results(&lines), &[]);
         assert!(!only_healthz.contains("memory: RSS"));
-        for (i, rss_mib) in [60.0, 100.0, 100.0, 120.0].iter().enumerate() {
+        for (i, rss_mib) in [60.0, 90.0, 100.0, 100.0, 110.0, 110.0, 120.0, 120.0]
+            .iter()
+            .enumerate()
+        {
             lines.push(json!({"scenario": "soak-rss", "tag": "soak",
                 "elapsed_s": (i + 1) * 30, "rss_kb": rss_mib * 1024.0, "threads": 9,
                 "sqlite_heap_bytes": 2_097_152}));
@@ -648,7 +657,7 @@ mod tests {
         let out = render(&results(&lines), &[]);
         let row = out
             .lines()
-            .find(|l| l.starts_with("| memory: RSS over the 2-minute soak"))
+            .find(|l| l.starts_with("| memory: RSS over the 4-minute soak"))
             .expect("memory row");
         assert!(row.contains("100.0 → 120.0 MiB (+20.0%"), "{row}");
         assert!(row.ends_with("| **no** |"), "{row}");
