@@ -551,7 +551,7 @@ async fn refresh_storm(
     app: &TestApp,
     client_id: &str,
     starts: Vec<Value>,
-    action: impl FnOnce() + Send + 'static,
+    action: impl FnOnce(&mut ward::store::DbConnection) + Send + 'static,
 ) -> (Vec<String>, Vec<String>) {
     let barrier = Arc::new(tokio::sync::Barrier::new(starts.len() + 1));
     let chains = starts.into_iter().map(|start| {
@@ -581,7 +581,17 @@ async fn refresh_storm(
     });
     let acting = async {
         barrier.wait().await;
-        tokio::task::spawn_blocking(action).await.unwrap();
+        // The way an administrator's request runs in Ward: a pooled connection, Ward's own
+        // queue for it and for SQLite's write lock. A bare connection of the pool would compete
+        // outside both and could starve (seen once in CI under load).
+        app.state
+            .db
+            .run(move |conn| {
+                action(conn);
+                Ok::<_, ward::store::StoreError>(())
+            })
+            .await
+            .unwrap();
     };
     let (results, ()) = futures_util::join!(futures_util::future::join_all(chains), acting);
     let mut accesses = Vec::new();
@@ -609,16 +619,11 @@ async fn revoking_or_disabling_while_refreshes_run_leaves_no_active_token(backen
             let login = (i == 0).then_some((username, PASSWORD));
             starts.push(code_flow(&app, &browser, &client_id, SCOPE, login).await);
         }
-        let (db, clock, name) = (
-            app.state.db.clone(),
-            app.state.clock.clone(),
-            username.to_owned(),
-        );
-        let action = move || {
-            let mut conn = db.conn().unwrap();
+        let (clock, name) = (app.state.clock.clone(), username.to_owned());
+        let action = move |conn: &mut ward::store::DbConnection| {
             if disable {
                 ward::authn::accounts::set_enabled(
-                    &mut conn,
+                    conn,
                     clock.as_ref(),
                     &AuditContext::cli(),
                     &name,
@@ -626,9 +631,9 @@ async fn revoking_or_disabling_while_refreshes_run_leaves_no_active_token(backen
                 )
                 .unwrap();
             } else {
-                let user = ward::authz::users::get_by_username(&mut conn, &name).unwrap();
+                let user = ward::authz::users::get_by_username(conn, &name).unwrap();
                 ward::admin::revoke_all(
-                    &mut conn,
+                    conn,
                     clock.as_ref(),
                     &AuditContext::cli(),
                     grants::GrantOwner::User(&user.id),
