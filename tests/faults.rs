@@ -545,8 +545,9 @@ async fn a_backward_clock_jump_never_revives_an_expired_token(backend: Backend) 
 }
 
 /// Runs one refresh chain per token response concurrently; once every chain has rotated once,
-/// `action` runs while they keep rotating. Returns every access token the chains obtained and
-/// every chain's last refresh token (the one that was refused).
+/// `action` runs while they keep rotating, and every refresh sent once it has committed must be
+/// refused. Returns every access token the chains obtained and every chain's last refresh token
+/// (the one that was refused).
 async fn refresh_storm(
     app: &TestApp,
     client_id: &str,
@@ -554,13 +555,21 @@ async fn refresh_storm(
     action: impl FnOnce(&mut ward::store::DbConnection) + Send + 'static,
 ) -> (Vec<String>, Vec<String>) {
     let barrier = Arc::new(tokio::sync::Barrier::new(starts.len() + 1));
+    // Set once the action has committed: every refresh sent after that must be refused.
+    let acted = Arc::new(AtomicBool::new(false));
     let chains = starts.into_iter().map(|start| {
-        let barrier = barrier.clone();
+        let (barrier, acted) = (barrier.clone(), acted.clone());
         async move {
             let mut accesses = vec![start["access_token"].as_str().unwrap().to_owned()];
             let mut current = start["refresh_token"].as_str().unwrap().to_owned();
-            for round in 0..200 {
+            for round in 0.. {
+                let after_action = acted.load(Ordering::SeqCst);
                 let (status, body) = refresh(app, &current, client_id).await;
+                assert!(
+                    !(after_action && status == StatusCode::OK),
+                    "a refresh sent after the action committed was honoured (scope {})",
+                    body["scope"]
+                );
                 if status != StatusCode::OK {
                     assert_eq!(
                         (status, body["error"].as_str()),
@@ -576,7 +585,7 @@ async fn refresh_storm(
                     barrier.wait().await;
                 }
             }
-            panic!("the chain was never refused");
+            unreachable!("the loop ends only by returning")
         }
     });
     let acting = async {
@@ -592,6 +601,7 @@ async fn refresh_storm(
             })
             .await
             .unwrap();
+        acted.store(true, Ordering::SeqCst);
     };
     let (results, ()) = futures_util::join!(futures_util::future::join_all(chains), acting);
     let mut accesses = Vec::new();
