@@ -223,6 +223,7 @@ async fn a_clinician_breaks_the_glass_for_one_patient(backend: Backend) {
         return;
     };
     let app = &s.app;
+    app.alert_cursor_started().await;
     let browser = sign_in(&s, "nina").await;
     let (verifier, picker, at_picker) = start(&s, &browser, &s.client, REQUESTED).await;
     assert!(at_picker, "launch/patient sends a clinician to the picker");

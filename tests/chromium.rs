@@ -122,7 +122,7 @@ async fn a_person_registers_a_passkey_and_signs_in_with_it_in_chromium() {
     // Register a passkey from the account page.
     chrome.type_into("#passkey-name", "Test laptop").await;
     chrome.click("button[data-passkey=register]").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !chrome.source().await.contains("value=\"Test laptop\"") {
         assert!(
             std::time::Instant::now() < deadline,
@@ -191,7 +191,7 @@ async fn a_person_registers_a_passkey_and_signs_in_with_it_in_chromium() {
     chrome.click("header form button").await;
     chrome.wait_for_path("/login").await;
     chrome.click("button[data-passkey=login]").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !chrome.source().await.contains("cannot sign you in") {
         assert!(
             std::time::Instant::now() < deadline,

@@ -320,7 +320,8 @@ async fn the_database_going_away_answers_503_and_service_resumes_by_itself(backe
 
     outage.restore();
     let mut ready = false;
-    for _ in 0..100 {
+    // Up to 30 s on a loaded machine.
+    for _ in 0..300 {
         if app.get("/readyz").await.status() == StatusCode::OK {
             ready = true;
             break;
@@ -842,8 +843,9 @@ async fn every_family_keeps_one_usable_refresh_token_across_sigkills(backend: Ba
                 lost += 1;
             }
         }
+        // Generous: a debug build on a loaded two-core machine restarts Ward several times.
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < Duration::from_secs(300),
             "{rotations} rotations, {kills} kills"
         );
     }
@@ -1132,10 +1134,12 @@ async fn hostile_jwks_urls_are_bounded_and_do_not_hold_up_other_requests() {
             "{path}: {answer:?}"
         );
         assert_eq!(answer.json()["error"], "invalid_client", "{path}");
-        assert!(took < &Duration::from_secs(10), "{path} took {took:?}");
+        // Bounded by the 5 s fetch timeout, far below the 30 s the slow server takes.
+        assert!(took < &Duration::from_secs(20), "{path} took {took:?}");
     }
+    // Below the 5 s fetch timeout: nothing waited on a hostile fetch.
     assert!(
-        slowest < Duration::from_secs(3),
+        slowest < Duration::from_secs(4),
         "other requests were held up: {slowest:?}"
     );
     assert_eq!(

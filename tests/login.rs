@@ -1028,7 +1028,9 @@ async fn changing_factors_needs_a_recent_sign_in(backend: Backend) {
 }
 
 async fn guessing_the_current_password_backs_off(backend: Backend) {
-    let Some(app) = TestApp::start(backend).await else {
+    // A stopped clock: the back-off after the third failure lasts a second, and a second
+    // boundary between the guesses (a slow machine) would let the fourth one be checked.
+    let Some((app, _clock)) = app_with_clock(backend, &[]).await else {
         return;
     };
     add_user(&app, "pat", &["patient"]);
@@ -1140,31 +1142,32 @@ async fn a_login_flood_is_bounded_and_other_endpoints_keep_answering() {
             })
         })
         .collect();
-    // While the flood runs, liveness, keys and readiness still answer.
+    // While the flood runs, liveness, keys and readiness still answer (a stall behind the
+    // flood would last as long as the flood; the bound is generous for a loaded machine).
     for path in ["/healthz", "/jwks", "/readyz"] {
         let answered =
-            tokio::time::timeout(std::time::Duration::from_secs(10), app.get(path)).await;
+            tokio::time::timeout(std::time::Duration::from_secs(30), app.get(path)).await;
         assert!(
             answered.is_ok_and(|r| r.status() == StatusCode::OK),
             "{path} stalled during the flood"
         );
     }
-    let mut busy = 0;
+    let (mut busy, mut unread) = (0, 0);
     for task in flood {
-        let status = task.await.unwrap();
-        assert!(
-            status == StatusCode::UNAUTHORIZED || status == StatusCode::SERVICE_UNAVAILABLE,
-            "{status}"
-        );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            busy += 1;
+        match task.await.unwrap() {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::SERVICE_UNAVAILABLE => busy += 1,
+            // On a machine busy with other work the server may not even read a request in
+            // time (actix's 408): never a sign-in attempt, so not audited as one.
+            StatusCode::REQUEST_TIMEOUT => unread += 1,
+            other => panic!("{other}"),
         }
     }
     assert!(
         busy > 0,
         "excess logins get a quick 503 instead of queueing without bound"
     );
-    assert!(busy < 300, "some logins were served");
+    assert!(busy + unread < 300, "some logins were served");
     // Every sign-in is audited, the shed ones as such.
     let failed = audit_events::list(&mut app.conn(), Some("login.failed"), 10_000).unwrap();
     let shed = failed
@@ -1172,7 +1175,11 @@ async fn a_login_flood_is_bounded_and_other_endpoints_keep_answering() {
         .filter(|e| e.details.contains("\"busy\""))
         .count();
     assert_eq!(shed, busy, "one login.failed (busy) event per shed sign-in");
-    assert_eq!(failed.len(), 300, "one login.failed event per sign-in");
+    assert_eq!(
+        failed.len(),
+        300 - unread,
+        "one login.failed event per sign-in read"
+    );
 }
 
 #[tokio::test]
@@ -1354,8 +1361,10 @@ async fn flood(
     let probe = reqwest::Client::new();
     for _ in 0..10 {
         for path in ["/healthz", "/jwks", "/.well-known/smart-configuration"] {
+            // Generous for a loaded CI machine; a stall behind the flood would last as long
+            // as the flood (tens of seconds).
             let answered = tokio::time::timeout(
-                std::time::Duration::from_secs(2),
+                std::time::Duration::from_secs(10),
                 probe.get(format!("{base}{path}")).send(),
             )
             .await;

@@ -306,8 +306,8 @@ async fn high_severity_events_reach_the_alert_webhook_signed_and_retried() {
     };
     crate::common::smart::add_clinician_role(&app);
     crate::common::smart::add_user(&app, "carl", &["clinician"], None);
-    // Let the alert cursor start, then sign in (ordinary) and reach for the admin API (alert).
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Once the alert cursor has started, sign in (ordinary) and reach for the admin API (alert).
+    app.alert_cursor_started().await;
     let browser = crate::common::browser::Browser::new(&app.base);
     browser
         .sign_in("carl", crate::common::smart::PASSWORD)

@@ -207,7 +207,8 @@ async fn keys_cli_lists_and_rotates(backend: Backend) {
 
     // The running node publishes the new key within its refresh period.
     let mut published = false;
-    for _ in 0..40 {
+    // Up to 30 s: generous for a loaded machine; the period itself is a second.
+    for _ in 0..300 {
         if jwks_kids().await.contains(&new_kid) {
             published = true;
             break;

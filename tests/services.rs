@@ -877,8 +877,10 @@ async fn the_policy_check_answers_for_fhir_requests(backend: Backend) {
 
 on_both_backends!(changes_on_one_node_reach_every_node_within_a_second);
 
-/// Polls `check` every 20 ms until it holds; panics when it has not within a second (the
-/// promise of the change feed: DESIGN.md §4, README "Several nodes").
+/// Polls `check` every 20 ms until it holds; panics when a check that began a second or more
+/// after the first still saw the old state (the promise of the change feed: DESIGN.md §4,
+/// README "Several nodes"). Judged by when each check began, not when it returned: a check
+/// begun in time may answer late on a loaded machine, and what it saw still counts.
 async fn within_a_second<F, Fut>(what: &str, mut check: F) -> std::time::Duration
 where
     F: FnMut() -> Fut,
@@ -886,11 +888,12 @@ where
 {
     let started = std::time::Instant::now();
     loop {
+        let began = started.elapsed();
         if check().await {
-            return started.elapsed();
+            return began;
         }
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(1),
+            began < std::time::Duration::from_secs(1),
             "{what}: not seen by the other node within a second"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -1191,8 +1194,9 @@ async fn a_node_that_cannot_listen_answers_from_the_database() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    // No waiting: without its listener the second node checks the database.
-    assert!(!second.state.coherence.trusted());
+    // No waiting: without its listener the second node checks the database (its cached answer
+    // is not served; had the listener got back in between, it would have flushed the cache).
+    assert!(second.state.coherence.token(&hash).is_none());
     assert_eq!(
         introspect(&second, (&rs, &rs_secret), access).await.1,
         json!({"active": false})

@@ -5,8 +5,11 @@
 use std::net::IpAddr;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
+
+use crate::store::GroupCommits;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -14,6 +17,9 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     sqlite_heap: IntGauge,
+    /// Brought up to the writer's own totals when scraped (under the lock: two scrapes at
+    /// once must not both add the same difference).
+    group_commit: std::sync::Mutex<(IntCounter, IntCounter)>,
 }
 
 impl Metrics {
@@ -39,14 +45,27 @@ impl Metrics {
             "ward_sqlite_heap_bytes",
             "Heap memory SQLite holds in this process (page caches, schemas, prepared statements)",
         )?;
+        // SQLite's group commit: their ratio is the mean number of requests' writes that one
+        // transaction carried (they stay 0 on PostgreSQL, which does not batch).
+        let batches = IntCounter::new(
+            "ward_sqlite_group_commit_batches_total",
+            "Transactions the SQLite writer committed",
+        )?;
+        let pieces = IntCounter::new(
+            "ward_sqlite_group_commit_writes_total",
+            "Requests' writes those transactions carried",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(sqlite_heap.clone()))?;
+        registry.register(Box::new(batches.clone()))?;
+        registry.register(Box::new(pieces.clone()))?;
         Ok(Self {
             registry,
             requests,
             latency,
             sqlite_heap,
+            group_commit: std::sync::Mutex::new((batches, pieces)),
         })
     }
 
@@ -59,8 +78,16 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn render(&self) -> String {
+    /// The text exposition, with the gauges read now and the writer's totals (`None` on
+    /// PostgreSQL) brought up to date.
+    pub fn render(&self, group_commits: Option<GroupCommits>) -> String {
         self.sqlite_heap.set(crate::store::sqlite_heap_bytes());
+        if let Some(now) = group_commits {
+            let counters = self.group_commit.lock().unwrap_or_else(|e| e.into_inner());
+            let (batches, pieces) = &*counters;
+            batches.inc_by(now.batches.saturating_sub(batches.get()));
+            pieces.inc_by(now.pieces.saturating_sub(pieces.get()));
+        }
         let mut buf = Vec::new();
         if TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
@@ -99,11 +126,36 @@ mod tests {
     fn observations_render_in_text_format() {
         let m = Metrics::new().expect("registry");
         m.observe("GET", "/healthz", 200, 0.001);
-        let text = m.render();
+        let text = m.render(None);
         assert!(text.contains(
             "ward_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
         ));
         assert!(text.contains("ward_http_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn group_commit_counters_follow_the_writers_totals() {
+        let m = Metrics::new().expect("registry");
+        let counter = |text: &str, name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} rendered"))
+                .parse()
+                .expect("an integer")
+        };
+        let (batches, writes) = (
+            "ward_sqlite_group_commit_batches_total",
+            "ward_sqlite_group_commit_writes_total",
+        );
+        let text = m.render(None);
+        assert_eq!((counter(&text, batches), counter(&text, writes)), (0, 0));
+        for (b, w) in [(3, 7), (3, 7), (5, 12)] {
+            let text = m.render(Some(GroupCommits {
+                batches: b,
+                pieces: w,
+            }));
+            assert_eq!((counter(&text, batches), counter(&text, writes)), (b, w));
+        }
     }
 
     #[test]
@@ -126,7 +178,7 @@ mod tests {
              FROM n WHERE i < 2000) INSERT INTO t SELECT hex(randomblob(200)) FROM n",
         )
         .expect("fill");
-        let held = gauge(&m.render());
+        let held = gauge(&m.render(None));
         assert!(held >= 800_000, "{held}");
         drop(conn);
     }

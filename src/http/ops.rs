@@ -61,7 +61,7 @@ pub async fn metrics_get(
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render()))
+        .body(state.metrics.render(state.db.group_commits())))
 }
 
 /// The published signing keys, pre-serialised at each key-ring reload, with an ETag.

@@ -35,6 +35,7 @@ pub mod signing_keys;
 pub mod together;
 pub mod users;
 mod writer;
+pub use writer::GroupCommits;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -409,6 +410,11 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// SQLite: what the group-commit writer has committed (`writer`); `None` on PostgreSQL.
+    pub fn group_commits(&self) -> Option<GroupCommits> {
+        self.combiner.as_ref().map(|c| c.totals())
     }
 
     /// Sends the changes this node commits (through `run`) to `sink` (its caches). Once only.

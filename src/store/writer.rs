@@ -151,6 +151,38 @@ where
 /// the last `Db` handle holding it is dropped.
 pub(super) struct Combiner {
     queue: mpsc::Sender<Box<dyn Job>>,
+    totals: Arc<Totals>,
+}
+
+/// What the writer has committed since it started: transactions, and pieces of work in them.
+/// Their ratio is the mean batch size, group commit's gain.
+#[derive(Debug, Default)]
+pub(super) struct Totals {
+    batches: std::sync::atomic::AtomicU64,
+    pieces: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`Totals`]: monotonic counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommits {
+    /// Transactions the writer committed.
+    pub batches: u64,
+    /// Pieces of work they carried (each answered once its transaction committed).
+    pub pieces: u64,
+}
+
+impl Totals {
+    fn committed(&self, pieces: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.pieces.fetch_add(pieces as u64, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> GroupCommits {
+        GroupCommits {
+            batches: self.batches.load(Ordering::Relaxed),
+            pieces: self.pieces.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// What the writer thread needs besides its queue.
@@ -164,11 +196,18 @@ pub(super) struct WriterSetup {
 impl Combiner {
     pub(super) fn start(setup: WriterSetup) -> Result<Self, StoreError> {
         let (queue, jobs) = mpsc::channel(QUEUE);
+        let totals = Arc::new(Totals::default());
+        let counted = Arc::clone(&totals);
         std::thread::Builder::new()
             .name("ward-sqlite-writer".into())
-            .spawn(move || writer_loop(jobs, setup))
+            .spawn(move || writer_loop(jobs, setup, &counted))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
-        Ok(Self { queue })
+        Ok(Self { queue, totals })
+    }
+
+    /// What this writer has committed so far.
+    pub(super) fn totals(&self) -> GroupCommits {
+        self.totals.read()
     }
 
     /// Queues `work` (waiting at most `wait` for a place) and answers its result once the
@@ -253,7 +292,7 @@ impl WriterConnection {
     }
 }
 
-fn writer_loop(mut jobs: mpsc::Receiver<Box<dyn Job>>, setup: WriterSetup) {
+fn writer_loop(mut jobs: mpsc::Receiver<Box<dyn Job>>, setup: WriterSetup, totals: &Totals) {
     let mut conn: Option<WriterConnection> = None;
     while let Some(first) = jobs.blocking_recv() {
         // A bug that panics outside a piece (a cache sink, say) costs that batch's answers
@@ -272,7 +311,9 @@ fn writer_loop(mut jobs: mpsc::Receiver<Box<dyn Job>>, setup: WriterSetup) {
             }
             let sink = setup.sink.get().cloned();
             let finished = changes::with_sink(sink, || {
-                crate::fault::scoped(&setup.identity, || run_batch(&mut conn, &setup, batch))
+                crate::fault::scoped(&setup.identity, || {
+                    run_batch(&mut conn, &setup, totals, batch)
+                })
             });
             drop(marked);
             drop(held);
@@ -297,6 +338,7 @@ type Finished = Vec<(Box<dyn Job>, Result<(), StoreError>)>;
 fn run_batch(
     slot: &mut Option<WriterConnection>,
     setup: &WriterSetup,
+    totals: &Totals,
     batch: Vec<Box<dyn Job>>,
 ) -> Finished {
     let mut finished: Finished = Vec::with_capacity(batch.len());
@@ -318,9 +360,10 @@ fn run_batch(
             Err(e) => Err(e),
         },
     };
-    if outcome.is_err() {
+    match outcome {
+        Ok(()) => totals.committed(ready.len()),
         // A connection that failed a batch is not trusted with the next one.
-        *slot = None;
+        Err(_) => *slot = None,
     }
     for job in ready {
         let result = match &outcome {
@@ -388,6 +431,7 @@ mod tests {
 
     use super::super::changes::{self, Change, ChangeSink};
     use super::super::{meta, migrate, write_transaction, Db, DbConnection, StoreError};
+    use super::GroupCommits;
     use crate::config::DatabaseTarget;
 
     #[derive(Default)]
@@ -477,6 +521,10 @@ mod tests {
                 "change of piece {i}"
             );
         }
+        // Every piece rode in a committed transaction, refused ones too; most shared one.
+        let totals = db.group_commits().expect("SQLite has a writer");
+        assert_eq!(totals.pieces, 30, "{totals:?}");
+        assert!((1..30).contains(&totals.batches), "{totals:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,8 +560,17 @@ mod tests {
         assert_eq!(value(&db, "first"), None);
         assert_eq!(value(&db, "second"), None);
         assert!(seen.0.lock().unwrap().is_empty());
+        // A batch that did not commit is not counted as one.
+        assert_eq!(db.group_commits(), Some(GroupCommits::default()));
         // The writer survived the panic, on a fresh connection.
         writes_again(&db).await;
+        assert_eq!(
+            db.group_commits(),
+            Some(GroupCommits {
+                batches: 1,
+                pieces: 1
+            })
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,6 +214,22 @@ impl TestApp {
         self.state.db.conn().expect("db connection")
     }
 
+    /// Waits until the alert sink has started its cursor: it starts at the newest event (history
+    /// is not re-alerted), so an event written before that would never be sent.
+    pub async fn alert_cursor_started(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while ward::store::meta::get(&mut self.conn(), "alerts.cursor")
+            .unwrap()
+            .is_none()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the alert cursor never started"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn stop(&self) {
         // The stop command is sent when called; completion is not awaited.
         drop(self.handle.stop(false));

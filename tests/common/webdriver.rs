@@ -131,7 +131,7 @@ impl Chromium {
 
     /// Waits up to 10 s for an element matching the CSS selector.
     pub async fn find(&self, css: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let url = format!("{}/session/{}/element", self.base, self.session);
             let value: Value = self
@@ -191,7 +191,7 @@ impl Chromium {
 
     /// Waits until the page's URL path starts with `prefix`.
     pub async fn wait_for_path(&self, prefix: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let url = self.url().await;
             let path = url
