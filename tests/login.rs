@@ -1168,6 +1168,8 @@ async fn a_login_flood_is_bounded_and_other_endpoints_keep_answering() {
         "excess logins get a quick 503 instead of queueing without bound"
     );
     assert!(busy + unread < 300, "some logins were served");
+    // A few may go unread on a loaded machine; many would mean the executor itself stalled.
+    assert!(unread <= 30, "{unread} sign-ins were never even read");
     // Every sign-in is audited, the shed ones as such.
     let failed = audit_events::list(&mut app.conn(), Some("login.failed"), 10_000).unwrap();
     let shed = failed

@@ -2,6 +2,7 @@
 //! reloaded from the database every few seconds so rotations reach every node.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use josekit::jwk::Jwk;
@@ -40,6 +41,8 @@ struct LoadedKey {
 
 #[derive(Debug)]
 struct Snapshot {
+    /// The read of the key rows it was built from (see `KeyRing::reads`).
+    read: u64,
     keys: Vec<Arc<LoadedKey>>,
     jwks: Arc<JwksDocument>,
 }
@@ -49,6 +52,11 @@ pub struct KeyRing {
     sealer: Sealer,
     timing: KeyTiming,
     current: RwLock<Arc<Snapshot>>,
+    /// Numbers each read of the key rows, in the order they began. Reloads can overlap (the
+    /// periodic one, one woken by a change, a rotation made in this process): a read begun
+    /// later sees at least what an earlier one saw, so the ring keeps the latest-begun read,
+    /// whichever finishes last.
+    reads: AtomicU64,
 }
 
 impl KeyRing {
@@ -62,12 +70,14 @@ impl KeyRing {
             sealer,
             timing,
             current: RwLock::new(Arc::new(Snapshot {
+                read: 0,
                 keys: Vec::new(),
                 jwks: Arc::new(JwksDocument {
                     body: String::new(),
                     etag: String::new(),
                 }),
             })),
+            reads: AtomicU64::new(0),
         };
         ring.reload(conn, now)?;
         Ok(ring)
@@ -80,13 +90,19 @@ impl KeyRing {
         }
     }
 
-    /// Reads the key rows again; only keys not already open are unsealed.
+    /// Reads the key rows again; only keys not already open are unsealed. A reload that began
+    /// before another one already installed is dropped.
     pub fn reload(&self, conn: &mut DbConnection, now: i64) -> Result<(), KeyError> {
+        let read = self.begin_read();
         let rows = signing_keys::all(conn)?;
-        self.install(rows, now)
+        self.install(read, rows, now)
     }
 
-    fn install(&self, rows: Vec<SigningKeyRow>, now: i64) -> Result<(), KeyError> {
+    fn begin_read(&self) -> u64 {
+        self.reads.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn install(&self, read: u64, rows: Vec<SigningKeyRow>, now: i64) -> Result<(), KeyError> {
         let previous = self.snapshot();
         let known: HashMap<&str, &Arc<LoadedKey>> = previous
             .keys
@@ -101,10 +117,10 @@ impl KeyRing {
             }
         }
         let jwks = Arc::new(self.publish(&keys, now));
-        let next = Arc::new(Snapshot { keys, jwks });
-        match self.current.write() {
-            Ok(mut guard) => *guard = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
+        let next = Arc::new(Snapshot { read, keys, jwks });
+        let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if guard.read < read {
+            *guard = next;
         }
         Ok(())
     }
@@ -213,5 +229,58 @@ impl KeyRing {
 
     pub fn timing(&self) -> KeyTiming {
         self.timing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditContext;
+    use crate::clock::{Clock, ManualClock};
+    use crate::config::DatabaseTarget;
+    use crate::crypto::seal::MasterKey;
+    use crate::store::{migrate, Db};
+
+    /// Two reloads overlap and the one that began first finishes last: the ring keeps what the
+    /// later one read (a rotation it saw), not the older rows.
+    #[test]
+    fn a_reload_that_began_earlier_never_replaces_a_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = DatabaseTarget::Sqlite(dir.path().join("ward.db"));
+        let db = Db::open(&target, 2, std::time::Duration::from_secs(5)).unwrap();
+        let mut conn = db.conn().unwrap();
+        migrate::run_pending(&mut conn).unwrap();
+        let sealer = Sealer::new(&MasterKey::generate());
+        let clock = ManualClock::at_secs(1_800_000_000);
+        let ctx = AuditContext::cli();
+        crate::keys::ensure_initial_keys(&mut conn, &sealer, &clock, &ctx).unwrap();
+        let timing = KeyTiming {
+            jwks_cache_seconds: 300,
+            max_token_lifetime_seconds: 3600,
+        };
+        let now = clock.now_secs();
+        let ring = KeyRing::load(&mut conn, sealer.clone(), timing, now).unwrap();
+
+        let earlier = ring.begin_read();
+        let before_rotation = signing_keys::all(&mut conn).unwrap();
+        clock.set_secs(now + 10);
+        let now = clock.now_secs();
+        let rotated = crate::keys::rotate(
+            &mut conn,
+            &sealer,
+            &clock,
+            &ctx,
+            timing,
+            &[KeyAlg::Es256],
+            true,
+        )
+        .unwrap();
+        ring.reload(&mut conn, now).unwrap();
+        let new = rotated[0].kid.clone();
+        assert_eq!(ring.signer(KeyAlg::Es256, now).unwrap().kid, new);
+
+        ring.install(earlier, before_rotation, now).unwrap();
+        assert_eq!(ring.signer(KeyAlg::Es256, now).unwrap().kid, new);
+        assert!(ring.jwks().body.contains(&new));
     }
 }

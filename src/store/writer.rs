@@ -162,7 +162,7 @@ pub(super) struct Totals {
     pieces: std::sync::atomic::AtomicU64,
 }
 
-/// A reading of [`Totals`]: monotonic counters.
+/// A reading of the writer's totals: monotonic counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupCommits {
     /// Transactions the writer committed.
@@ -172,14 +172,16 @@ pub struct GroupCommits {
 }
 
 impl Totals {
+    /// Pieces first, then the batch (release): a reader that sees a batch sees its pieces.
     fn committed(&self, pieces: usize) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
         self.pieces.fetch_add(pieces as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Release);
     }
 
     fn read(&self) -> GroupCommits {
+        let batches = self.batches.load(Ordering::Acquire);
         GroupCommits {
-            batches: self.batches.load(Ordering::Relaxed),
+            batches,
             pieces: self.pieces.load(Ordering::Relaxed),
         }
     }

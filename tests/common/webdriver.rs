@@ -129,7 +129,7 @@ impl Chromium {
             .to_owned()
     }
 
-    /// Waits up to 10 s for an element matching the CSS selector.
+    /// Waits up to 30 s (a loaded machine) for an element matching the CSS selector.
     pub async fn find(&self, css: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
