@@ -155,6 +155,40 @@ async fn metrics_count_requests_per_route_pattern() {
     assert_eq!(relayed.status(), StatusCode::NOT_FOUND);
 }
 
+/// `/metrics` reports what SQLite's group-commit writer has committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_group_commits() {
+    let Some(app) = TestApp::start(Backend::Sqlite).await else {
+        return;
+    };
+    let counters = || async {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        let read = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} in {text}"))
+                .parse()
+                .unwrap()
+        };
+        (
+            read("ward_sqlite_group_commit_batches_total"),
+            read("ward_sqlite_group_commit_writes_total"),
+        )
+    };
+    let before = counters().await;
+    for i in 0..5 {
+        app.state
+            .db
+            .write(move |conn| ward::store::meta::insert(conn, &format!("probe:{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    let after = counters().await;
+    // At least these five writes, in at least one transaction (background work may add more).
+    assert!(after.1 >= before.1 + 5, "{before:?} then {after:?}");
+    assert!(after.0 > before.0, "{before:?} then {after:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_while_postgres_is_unreachable_and_recovers() {
     let Some(app) = TestApp::start(Backend::Postgres).await else {
